@@ -1,0 +1,1 @@
+"""The LLM text-generation server that the pipeline ships."""

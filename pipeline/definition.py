@@ -1,0 +1,261 @@
+"""The pipeline definition: stages, gates and thresholds, loaded once from pipeline.toml.
+
+Why one typed object: the workflow renderer (infra/), the AnalysisTemplate, the
+pytest gates, the benchmark and the local runner must never disagree about a
+number. They all call :func:`load_definition` and read the resolved model; none
+of them carries a default of its own.
+
+Resolution is base -> ``profiles.<profile>`` -> ``environments.<env>``: a deep
+merge of tables, where arrays (such as ``canary.steps``) replace rather than
+append. Validation runs on the merged result with ``extra="forbid"`` so a typo
+is an error, and every error names the dotted key and the file.
+
+Deliberately left out: templating inside commands, and conditionals. A stage
+that needs logic gets a gate with code behind it, not an expression language.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DEFINITION = REPO_ROOT / "pipeline.toml"
+
+_DURATION = re.compile(r"^(\d+)(s|m|h)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+class DefinitionError(ValueError):
+    """The definition file is missing, unparsable or invalid; the message names the key."""
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds in an Argo-style duration such as ``5m``; callers validated it already."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise DefinitionError(f"not a duration (use e.g. 30s, 5m, 1h): {text!r}")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _check_duration(value: str) -> str:
+    if _DURATION.match(value) is None:
+        raise ValueError(f"must be a duration such as 30s, 5m or 1h, got {value!r}")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PipelineMeta(_Strict):
+    name: str
+    registered_model: str
+    python_version: str = "3.11"
+    default_profile: str = "gpu"
+
+
+class QualityGate(_Strict):
+    suite: str
+    min_pass_rate: float = Field(ge=0.0, le=1.0)
+    max_regression_vs_champion: float = Field(ge=0.0, le=1.0)
+    case_timeout_s: float = Field(gt=0)
+    max_new_tokens: int = Field(gt=0)
+
+
+class LatencyGate(_Strict):
+    max_new_tokens: int = Field(gt=0)
+    requests: int = Field(gt=0)
+    warmup_requests: int = Field(ge=0)
+    concurrency: int = Field(gt=0)
+    max_ttft_p99_ms: float = Field(gt=0)
+    max_e2e_mean_ms: float = Field(gt=0)
+    max_error_rate: float = Field(ge=0.0, le=1.0)
+
+
+class CanaryStep(_Strict):
+    set_weight: int = Field(ge=0, le=100)
+    pause: str | None = None
+
+    @field_validator("pause")
+    @classmethod
+    def _pause(cls, value: str | None) -> str | None:
+        return None if value is None else _check_duration(value)
+
+
+class CanaryGate(_Strict):
+    min_success_rate: float = Field(ge=0.0, le=1.0)
+    max_error_rate: float = Field(ge=0.0, le=1.0)
+    max_p99_latency_s: float = Field(gt=0)
+    max_ttft_p99_s: float = Field(gt=0)
+    min_requests: int = Field(ge=1)
+    window: str
+    interval: str
+    count: int = Field(ge=1)
+    failure_limit: int = Field(ge=0)
+    inconclusive_limit: int = Field(ge=0)
+    consecutive_error_limit: int = Field(ge=0)
+    steps: tuple[CanaryStep, ...] = Field(min_length=1)
+
+    @field_validator("window", "interval")
+    @classmethod
+    def _durations(cls, value: str) -> str:
+        return _check_duration(value)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_rise_to_full(cls, steps: tuple[CanaryStep, ...]) -> tuple[CanaryStep, ...]:
+        weights = [s.set_weight for s in steps]
+        if weights != sorted(weights) or weights[-1] != 100:
+            raise ValueError(f"weights must rise and end at 100, got {weights}")
+        return steps
+
+
+class Serving(_Strict):
+    max_batch_size: int = Field(ge=1)
+    max_new_tokens_cap: int = Field(ge=1)
+    drain_timeout_s: float = Field(gt=0)
+    request_deadline_s: float = Field(gt=0)
+
+
+class Command(_Strict):
+    name: str
+    run: str
+
+
+GateName = Literal["quality", "latency", "canary"]
+
+
+class Stage(_Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    title: str
+    runner: Literal["cpu", "gpu"]
+    needs: tuple[str, ...] = ()
+    environment: Literal["staging", "prod"] | None = None
+    gates: tuple[GateName, ...] = ()
+    commands: tuple[Command, ...] = ()
+
+
+class PipelineDefinition(_Strict):
+    """The resolved definition for one (profile, environment)."""
+
+    pipeline: PipelineMeta
+    quality: QualityGate
+    latency: LatencyGate
+    canary: CanaryGate
+    serving: Serving
+    stages: tuple[Stage, ...] = Field(min_length=1)
+    profile: str
+    environment: str | None
+    source: str
+
+    def stage(self, stage_id: str) -> Stage:
+        for stage in self.stages:
+            if stage.id == stage_id:
+                return stage
+        raise KeyError(stage_id)
+
+    @field_validator("stages")
+    @classmethod
+    def _needs_exist(cls, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+        seen: set[str] = set()
+        for index, stage in enumerate(stages):
+            for need in stage.needs:
+                if need not in seen:
+                    raise ValueError(
+                        f"stages[{index}] ({stage.id}): needs {need!r}, "
+                        "which is not an earlier stage"
+                    )
+            if stage.id in seen:
+                raise ValueError(f"stages[{index}]: duplicate id {stage.id!r}")
+            seen.add(stage.id)
+        return stages
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _format_errors(source: Path, error: ValidationError, prefix: str) -> str:
+    lines = [f"{source}: invalid pipeline definition{prefix}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def read_raw(path: Path = DEFAULT_DEFINITION) -> dict[str, Any]:
+    """The file's tables, unresolved (for tools that edit or render overrides)."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise DefinitionError(f"{path}: pipeline definition not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise DefinitionError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def resolve(
+    raw: dict[str, Any],
+    profile: str | None = None,
+    environment: str | None = None,
+    source: Path = DEFAULT_DEFINITION,
+) -> PipelineDefinition:
+    """Merge base, profile and environment tables and validate the result."""
+    raw = dict(raw)
+    profiles = raw.pop("profiles", {})
+    environments = raw.pop("environments", {})
+    meta = raw.get("pipeline", {})
+    chosen = profile or (meta.get("default_profile") if isinstance(meta, dict) else None) or "gpu"
+    if not isinstance(profiles, dict) or chosen not in profiles:
+        known = ", ".join(sorted(profiles)) if isinstance(profiles, dict) else "none"
+        raise DefinitionError(f"{source}: profiles.{chosen}: no such profile (known: {known})")
+    if environment is not None and (
+        not isinstance(environments, dict) or environment not in environments
+    ):
+        known = ", ".join(sorted(environments)) if isinstance(environments, dict) else "none"
+        raise DefinitionError(
+            f"{source}: environments.{environment}: no such environment (known: {known})"
+        )
+    merged = _merge(raw, profiles[chosen] or {})
+    if environment is not None:
+        merged = _merge(merged, environments[environment] or {})
+    merged.update(profile=chosen, environment=environment, source=str(source))
+    try:
+        return PipelineDefinition.model_validate(merged)
+    except ValidationError as exc:
+        where = f" (profile {chosen}" + (f", environment {environment})" if environment else ")")
+        raise DefinitionError(_format_errors(source, exc, where)) from exc
+
+
+def load_definition(
+    profile: str | None = None,
+    environment: str | None = None,
+    path: Path | str | None = None,
+) -> PipelineDefinition:
+    """Load and resolve the definition; the one entry point every consumer uses."""
+    source = Path(path) if path is not None else DEFAULT_DEFINITION
+    return resolve(read_raw(source), profile, environment, source)
+
+
+def profiles(path: Path | str | None = None) -> list[str]:
+    source = Path(path) if path is not None else DEFAULT_DEFINITION
+    found = read_raw(source).get("profiles", {})
+    return sorted(found) if isinstance(found, dict) else []
+
+
+def environments(path: Path | str | None = None) -> list[str]:
+    source = Path(path) if path is not None else DEFAULT_DEFINITION
+    found = read_raw(source).get("environments", {})
+    return sorted(found) if isinstance(found, dict) else []

@@ -1,0 +1,71 @@
+"""PromQL for canary analysis, built once from the server's metric names.
+
+Why here: `mlcicd canary analyze` (against a real Prometheus) and the Argo
+Rollouts AnalysisTemplate that infra/ renders must ask the very same questions.
+Both call these builders; the thresholds they compare against come from the
+pipeline definition, never from this module.
+
+A selector is a PromQL label matcher list without braces, e.g.
+``job="inference", version="canary"``. The Argo template passes one with
+``{{args.*}}`` placeholders; the local runner passes concrete labels.
+
+Status label values (set by inference/metrics.py): ``success`` (2xx),
+``client_error`` (4xx other than 429: the client's mistake, not the release's)
+and ``error`` (5xx, 429 and deadline 504s). Rates are over success + error.
+
+Each ratio guards its denominator with ``> 0`` so that no traffic gives an
+*empty* result rather than NaN or 0/0; callers must treat empty as
+inconclusive, never as success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REQUESTS_TOTAL = "inference_requests_total"
+REQUEST_DURATION = "inference_request_duration_seconds"
+TIME_TO_FIRST_TOKEN = "inference_time_to_first_token_seconds"
+
+
+@dataclass(frozen=True)
+class CanaryQueries:
+    """The queries for one selector and one rate window (e.g. ``5m``)."""
+
+    selector: str
+    window: str
+
+    def _sel(self, extra: str = "") -> str:
+        parts = [p for p in (self.selector, extra) if p]
+        return "{" + ", ".join(parts) + "}"
+
+    def _count(self, status_matcher: str = "") -> str:
+        return f"sum(increase({REQUESTS_TOTAL}{self._sel(status_matcher)}[{self.window}]))"
+
+    @property
+    def request_count(self) -> str:
+        """Requests the server judged (client mistakes, status="client_error", excluded)."""
+        return self._count('status!="client_error"')
+
+    @property
+    def success_rate(self) -> str:
+        ok = self._count('status="success"')
+        return f"({ok} or vector(0)) / ({self.request_count} > 0)"
+
+    @property
+    def error_rate(self) -> str:
+        errors = self._count('status="error"')
+        return f"({errors} or vector(0)) / ({self.request_count} > 0)"
+
+    def _p99(self, histogram: str) -> str:
+        return (
+            f"histogram_quantile(0.99, sum by (le) "
+            f"(rate({histogram}_bucket{self._sel()}[{self.window}])))"
+        )
+
+    @property
+    def p99_latency_seconds(self) -> str:
+        return self._p99(REQUEST_DURATION)
+
+    @property
+    def ttft_p99_seconds(self) -> str:
+        return self._p99(TIME_TO_FIRST_TOKEN)

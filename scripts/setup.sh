@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything mlcicd needs on a fresh Debian machine with Python 3.11:
+# the Debian services the tests and the local pipeline run for real, and a
+# virtualenv with pinned Python dependencies. Idempotent: a second run with
+# nothing changed takes a second. Sourced or run by scripts/main.sh and
+# scripts/test.sh; prints what it does, since a first install takes minutes.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+APT_PACKAGES=(prometheus docker-registry buildah skopeo nginx shellcheck)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3.11}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $PYTHON"
+  "$PYTHON" -m venv .venv
+fi
+
+stamp="$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ "$(cat .venv/.mlcicd-installed 2>/dev/null || true)" != "$stamp" ]; then
+  echo "setup: installing Python dependencies (torch 2.13.0 CPU first, then requirements.lock)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch first and pinned: an unpinned torch, pulled in by transformers, is a multi-GB CUDA build.
+  .venv/bin/python -m pip install -q torch==2.13.0
+  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
+  echo "$stamp" > .venv/.mlcicd-installed
+fi
+echo "setup: ready ($(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

@@ -1,0 +1,5 @@
+"""Shared fixtures. Service fixtures live in tests/fixtures/, one module per service."""
+
+from __future__ import annotations
+
+pytest_plugins: list[str] = []
