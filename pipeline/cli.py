@@ -15,7 +15,15 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 # Modules that add sub-commands; each has ``register(subparsers) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ("inference.serve_cli",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "inference.serve_cli",
+    "pipeline.run_cli",
+    "pipeline.hello_cli",
+    "pipeline.gates_cli",
+    "pipeline.registry_cli",
+    "pipeline.canary_cli",
+    "pipeline.rollback_cli",
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -22,7 +22,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEFINITION = REPO_ROOT / "pipeline.toml"
@@ -123,12 +130,57 @@ class Serving(_Strict):
     request_deadline_s: float = Field(gt=0)
 
 
+BenchMetric = Literal[
+    "tokens_per_s",
+    "speedup_vs_baseline",
+    "itl_p50_ms",
+    "e2e_p99_over_p50",
+    "rss_over_weights_gib",
+    "server_errors",
+]
+
+
+class BenchTarget(_Strict):
+    """One benchmark target: a metric of our server, for one model at one concurrency."""
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    description: str
+    model: str
+    concurrency: int = Field(ge=1)
+    metric: BenchMetric
+    min: float | None = None
+    max: float | None = None
+
+    @field_validator("max")
+    @classmethod
+    def _one_bound(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if (value is None) == (info.data.get("min") is None):
+            raise ValueError("give exactly one of min or max")
+        return value
+
+
+class Bench(_Strict):
+    """What ``mlcicd bench`` runs (models x concurrency levels) and the targets it reports."""
+
+    models: tuple[str, ...] = Field(min_length=1)
+    concurrency: tuple[int, ...] = Field(min_length=1)
+    max_new_tokens: int = Field(gt=0)
+    requests_per_client: int = Field(ge=1)
+    min_requests: int = Field(ge=1)
+    warmup_requests: int = Field(ge=0)
+    cell_budget_s: float = Field(gt=0)
+    targets: tuple[BenchTarget, ...] = ()
+
+
 class Command(_Strict):
     name: str
     run: str
 
 
 GateName = Literal["quality", "latency", "canary"]
+# What a stage does besides its commands and gates. The workflow renderer and the
+# local runner each implement every action for their platform.
+StageAction = Literal["build-and-register", "deploy", "canary-rollout"]
 
 
 class Stage(_Strict):
@@ -138,6 +190,7 @@ class Stage(_Strict):
     needs: tuple[str, ...] = ()
     environment: Literal["staging", "prod"] | None = None
     gates: tuple[GateName, ...] = ()
+    action: StageAction | None = None
     commands: tuple[Command, ...] = ()
 
 
@@ -149,6 +202,8 @@ class PipelineDefinition(_Strict):
     latency: LatencyGate
     canary: CanaryGate
     serving: Serving
+    # Absent in a definition that has no benchmark; `mlcicd bench` then refuses to run.
+    bench: Bench | None = None
     stages: tuple[Stage, ...] = Field(min_length=1)
     profile: str
     environment: str | None
