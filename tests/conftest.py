@@ -2,4 +2,9 @@
 
 from __future__ import annotations
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.fixtures.mlflow_server",
+    "tests.fixtures.prometheus",
+    "tests.fixtures.builtin_model",
+    "tests.fixtures.inference_server",
+]

@@ -1,0 +1,118 @@
+"""Prometheus metrics of the inference server (stable names: dashboards and canary read them).
+
+Every app gets its own ``CollectorRegistry`` so tests can build many apps in
+one process; ``GET /metrics`` exposes that registry in the text format.
+
+Metrics (only generation endpoints, ``/v1/generate`` and ``/v1/completions``,
+are counted; health, readiness, metrics and docs requests are not):
+
+- ``inference_requests_total{status, code}`` (counter): finished generation
+  requests. ``code`` is the HTTP status answered (``"200"``, ``"422"``, ...;
+  a stream that fails after its 200 header counts with the code it would have
+  had, e.g. ``"500"`` or ``"504"``). ``status`` is ``success`` for 2xx,
+  ``client_error`` for 4xx other than 429 (the client's mistake, not the
+  release's), and ``error`` for 5xx, 429 (overload) and 504 (deadline).
+- ``inference_request_duration_seconds`` (histogram): arrival to last byte
+  of requests that reached the engine (succeeded, failed or timed out).
+  Instant rejections (validation, 413, 429, 503) are left out so that they
+  cannot pull the latency quantiles down.
+- ``inference_time_to_first_token_seconds`` (histogram): arrival to the first
+  generated token (includes queueing and any injected latency).
+- ``inference_generated_tokens_total`` (counter): tokens generated.
+- ``inference_prompt_tokens_total`` (counter): prompt tokens submitted.
+- ``inference_queue_depth`` (gauge): requests waiting in the engine's queue,
+  read from the engine at scrape time.
+- ``inference_requests_in_flight`` (gauge): generation requests admitted and
+  not yet answered (what a drain waits for).
+- ``inference_batch_size`` (histogram): requests per forward pass, reported
+  by the engine's worker (``Engine.observe_batches``).
+- ``inference_model_info{model, revision}`` (gauge, always 1): what is served.
+- ``inference_build_info{git_sha, version}`` (gauge, always 1): which build.
+
+The PromQL over these names lives in ``pipeline/promql.py``.
+Left out: per-endpoint labels (the canary judges the release, not a route)
+and process metrics of the default registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def status_label(code: int) -> str:
+    """success (2xx), client_error (4xx except 429), error (5xx, 429)."""
+    if 200 <= code < 300:
+        return "success"
+    if 400 <= code < 500 and code != 429:
+        return "client_error"
+    return "error"
+
+
+class ServerMetrics:
+    """The server's collectors, registered in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "inference_requests_total",
+            "Finished generation requests by outcome (status) and HTTP code.",
+            ["status", "code"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "inference_request_duration_seconds",
+            "Arrival to last byte of generation requests that reached the engine.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "inference_time_to_first_token_seconds",
+            "Arrival to the first generated token.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.generated_tokens = Counter(
+            "inference_generated_tokens", "Tokens generated.", registry=r
+        )
+        self.prompt_tokens = Counter(
+            "inference_prompt_tokens", "Prompt tokens submitted to the engine.", registry=r
+        )
+        self.queue_depth = Gauge(
+            "inference_queue_depth", "Requests waiting in the engine queue.", registry=r
+        )
+        self.in_flight = Gauge(
+            "inference_requests_in_flight",
+            "Generation requests admitted and not yet answered.",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size",
+            "Requests per forward pass.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "inference_model_info",
+            "The model served (always 1).",
+            ["model", "revision"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "inference_build_info",
+            "The server build (always 1).",
+            ["git_sha", "version"],
+            registry=r,
+        )
+
+    def record(self, code: int) -> None:
+        self.requests.labels(status=status_label(code), code=str(code)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,203 @@
+"""``mlcicd serve``: load a model, put the HTTP server in front of it, drain on SIGTERM.
+
+Start-up order: settings (flags over ``MLCICD_*`` env over the pipeline
+definition; a bad one exits 2 naming it) -> load the model (a failure exits 2
+with the loader's message, no traceback) -> bind the socket -> warm the engine
+in the background, so ``/health`` answers at once and ``/ready`` is 503 until
+the model is warm. One line is logged when ready:
+``ready: model=NAME url=http://HOST:PORT``.
+
+Shutdown (SIGTERM or Ctrl-C): uvicorn's own handling would close the listening
+socket at once, so ``/ready`` could never say 503 and a load balancer would
+see refused connections. Instead the first signal starts a drain: ``/ready``
+and new generation requests answer 503 while requests in flight finish (up to
+the drain timeout); then uvicorn shuts down normally and the process exits 0.
+A second signal skips the rest of the drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from inference.server import ServerRuntime, create_app
+from inference.settings import (
+    Device,
+    DType,
+    Environment,
+    ServerSettings,
+    SettingsError,
+    flag_name,
+    load_settings,
+)
+
+log = logging.getLogger("mlcicd.serve")
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+# After the drain, how long uvicorn may still wait for responses being written.
+_GRACE_AFTER_DRAIN_S = 5.0
+
+_FLAGS: dict[str, dict[str, Any]] = {
+    "model": {"help": "HF id, local directory, `builtin` or `builtin-weak` (default builtin)"},
+    "device": {"choices": [d.value for d in Device]},
+    "dtype": {"choices": [d.value for d in DType]},
+    "profile": {"help": "pipeline profile for serving defaults (default: by model)"},
+    "max_batch_size": {"type": int},
+    "batch_window_s": {"type": float, "help": "wait this long to fill a batch"},
+    "queue_cap": {"type": int, "help": "waiting requests before 429"},
+    "max_new_tokens_cap": {"type": int},
+    "context_cap": {"type": int, "help": "lower the model's context length"},
+    "request_deadline_s": {"type": float},
+    "drain_timeout_s": {"type": float},
+    "max_body_bytes": {"type": int},
+    "port": {"type": int},
+    "host": {"help": "bind address (default 127.0.0.1)"},
+    "environment": {"choices": [e.value for e in Environment]},
+    "fault_error_rate": {"type": float, "help": "tests/demos only: fraction answered 500"},
+    "fault_latency_ms": {"type": float, "help": "tests/demos only: added latency"},
+    "fault_seed": {"type": int, "help": "seed of the fault injector's RNG"},
+}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the text-generation HTTP server",
+        description="Run the text-generation server. Every flag can also be set as "
+        "MLCICD_<NAME> (e.g. MLCICD_MAX_BATCH_SIZE); flags win.",
+    )
+    for field, options in _FLAGS.items():
+        parser.add_argument(flag_name(field), dest=field, default=None, **options)
+    parser.add_argument("--access-log", dest="access_log", action="store_true", default=None)
+    parser.set_defaults(handler=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    overrides = {field: getattr(args, field) for field in (*_FLAGS, "access_log")}
+    try:
+        settings = load_settings(overrides)
+    except SettingsError as exc:
+        print(f"mlcicd serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        from inference.loader import load_model
+        from inference.torch_engine import TorchEngine
+
+        loaded = load_model(settings.model, settings.device.value, settings.dtype.value)
+        engine = TorchEngine(
+            loaded,
+            max_batch_size=settings.max_batch_size,
+            batch_window_s=settings.batch_window_s,
+            queue_cap=settings.queue_cap,
+        )
+    except Exception as exc:  # the CLI boundary: any load failure is a clear message, exit 2
+        print(f"mlcicd serve: cannot load model {settings.model!r}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    log.info(
+        "loaded model=%s revision=%s device=%s dtype=%s context=%d",
+        loaded.name,
+        loaded.revision,
+        loaded.device,
+        loaded.dtype,
+        loaded.context_length,
+    )
+    return run_server(create_app(engine, settings), settings)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn with a drain before its shutdown (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, runtime: ServerRuntime, settings: ServerSettings):
+        super().__init__(config)
+        self.runtime = runtime
+        self.settings = settings
+        self.exit_code = EXIT_OK
+        self.bound_port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._announced = False
+        runtime.on_ready.append(self._announce)
+        runtime.on_failure.append(self._engine_failed)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+        if self.started and self.servers and self.servers[0].sockets:
+            self.bound_port = int(self.servers[0].sockets[0].getsockname()[1])
+            self._announce()
+
+    def _announce(self) -> None:
+        if self._announced or not self.runtime.ready or self.bound_port is None:
+            return
+        self._announced = True
+        url = f"http://{self.settings.host}:{self.bound_port}"
+        log.info("ready: model=%s url=%s", self.settings.model, url)
+
+    def _engine_failed(self, message: str) -> None:
+        self.exit_code = EXIT_USAGE
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded in _captured_signals: uvicorn would re-raise it after shutdown
+        # and the process would die by the signal instead of exiting 0.
+        if self._drain is None and self._loop is not None and not self.should_exit:
+            self._loop.call_soon_threadsafe(self._start_drain)
+        elif self.should_exit:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+    def _start_drain(self) -> None:
+        if self._drain is None:
+            self._drain = asyncio.create_task(self._drain_then_exit())
+        else:  # a second signal: skip the rest of the drain
+            self.should_exit = True
+
+    async def _drain_then_exit(self) -> None:
+        self.runtime.begin_drain()
+        timeout = self.settings.drain_timeout_s
+        if await self.runtime.wait_drained(timeout):
+            log.info("drained: no requests in flight; shutting down")
+        else:
+            log.warning(
+                "drain timeout of %gs passed with %d request(s) in flight; shutting down",
+                timeout,
+                self.runtime.in_flight,
+            )
+        self.should_exit = True
+
+
+def run_server(app: FastAPI, settings: ServerSettings) -> int:
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=int(_GRACE_AFTER_DRAIN_S),
+        log_level="info",
+        lifespan="on",
+    )
+    runtime: ServerRuntime = app.state.runtime
+    server = DrainingServer(config, runtime, settings)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits this way when it cannot bind or start
+        print(
+            f"mlcicd serve: server failed to start on {settings.host}:{settings.port} "
+            f"(exit {exc.code}); see the log above",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return server.exit_code

@@ -1,0 +1,199 @@
+"""Typed settings for ``mlcicd serve``: CLI flags over ``MLCICD_*`` env over defaults.
+
+Why one typed object: the server, the engine and the fault injector read their
+knobs from :class:`ServerSettings` and nothing else, so a bad value fails at
+start-up with a message naming the setting (flag and env var), never halfway
+through a request.
+
+Where defaults come from: the serving limits that the pipeline judges a release
+by (max batch size, max new tokens cap, request deadline, drain timeout) are
+read from the pipeline definition's ``serving`` table
+(``pipeline.definition.load_definition``), for the ``builtin`` profile when the
+model is a built-in one and the definition's default profile otherwise (or the
+``--profile`` given). Knobs that only this process cares about (batch window,
+queue cap, body size cap, port) have their defaults here.
+
+Left out on purpose: config files (env and flags are what containers use) and
+hot reload (a changed setting is a new rollout).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from enum import StrEnum
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inference.faults import FaultConfigError, check_faults_allowed
+from pipeline.definition import DefinitionError, load_definition
+
+ENV_PREFIX = "MLCICD_"
+BUILTIN_MODELS = ("builtin", "builtin-weak")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(StrEnum):
+    auto = "auto"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+class Environment(StrEnum):
+    dev = "dev"
+    staging = "staging"
+    prod = "prod"
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names it (flag and env var)."""
+
+
+class ServerSettings(BaseModel):
+    """Everything ``mlcicd serve`` is configured by; frozen once built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+    model: str = Field(default="builtin", min_length=1)
+    device: Device = Device.auto
+    dtype: DType = DType.auto
+    profile: str | None = None
+    max_batch_size: int = Field(ge=1)
+    batch_window_s: float = Field(default=0.005, ge=0.0, le=1.0)
+    queue_cap: int = Field(default=64, ge=1)
+    max_new_tokens_cap: int = Field(ge=1)
+    context_cap: int | None = Field(default=None, ge=1)
+    request_deadline_s: float = Field(gt=0)
+    drain_timeout_s: float = Field(gt=0)
+    max_body_bytes: int = Field(default=262_144, ge=64)
+    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", min_length=1)
+    environment: Environment = Environment.dev
+    fault_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    fault_latency_ms: float = Field(default=0.0, ge=0.0, le=600_000.0)
+    fault_seed: int | None = None
+    access_log: bool = False
+    git_sha: str = "unknown"
+    version: str = "0.0.0"
+
+    @model_validator(mode="after")
+    def _faults_not_in_prod(self) -> ServerSettings:
+        try:
+            check_faults_allowed(
+                self.environment.value, self.fault_error_rate, self.fault_latency_ms
+            )
+        except FaultConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+
+# The fields whose defaults come from the pipeline definition's `serving` table.
+DEFINITION_FIELDS = (
+    "max_batch_size",
+    "max_new_tokens_cap",
+    "request_deadline_s",
+    "drain_timeout_s",
+)
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def git_sha(env: Mapping[str, str]) -> str:
+    """``MLCICD_GIT_SHA``, else ``git rev-parse HEAD`` (best effort), else ``unknown``."""
+    if env.get(env_name("git_sha")):
+        return env[env_name("git_sha")]
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    sha = found.stdout.strip()
+    return sha if found.returncode == 0 and sha else "unknown"
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("mlcicd")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def _format(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        if field:
+            where = f"`{field}` ({flag_name(field)} / {env_name(field)})"
+            lines.append(f"invalid setting {where}: {item['msg']}, got {item['input']!r}")
+        else:
+            lines.append(f"invalid settings: {item['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    definition_path: Path | str | None = None,
+) -> ServerSettings:
+    """Resolve flags (``overrides``; ``None`` values ignored) over env over defaults.
+
+    Raises :class:`SettingsError` naming the setting on any invalid value.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for field in ServerSettings.model_fields:
+        if field in ("git_sha", "version"):
+            continue
+        raw = env.get(env_name(field))
+        if raw is not None and raw != "":
+            values[field] = raw
+    for key, value in (overrides or {}).items():
+        if key not in ServerSettings.model_fields:
+            raise SettingsError(f"unknown setting `{key}`")
+        if value is not None:
+            values[key] = value
+    if isinstance(values.get("access_log"), str):
+        values["access_log"] = values["access_log"].strip().lower() in ("1", "true", "yes", "on")
+
+    model = str(values.get("model", "builtin"))
+    default_profile = "builtin" if model in BUILTIN_MODELS else None
+    profile = values.get("profile") or default_profile
+    environment = values.get("environment")
+    definition_env = environment if environment in ("staging", "prod") else None
+    try:
+        definition = load_definition(profile, definition_env, definition_path)
+    except DefinitionError as exc:
+        raise SettingsError(f"invalid setting `profile` ({flag_name('profile')}): {exc}") from exc
+    serving = definition.serving
+    for field in DEFINITION_FIELDS:
+        values.setdefault(field, getattr(serving, field))
+    values.setdefault("profile", definition.profile)
+    values["git_sha"] = git_sha(env)
+    values["version"] = package_version()
+    try:
+        return ServerSettings.model_validate(values)
+    except ValidationError as exc:
+        raise SettingsError(_format(exc)) from exc

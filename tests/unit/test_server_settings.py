@@ -1,0 +1,82 @@
+"""Server settings: defaults from the pipeline definition, env and flags, errors naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference.settings import Device, DType, Environment, SettingsError, load_settings
+from pipeline.cli import main
+from pipeline.definition import load_definition
+
+ENV = {"MLCICD_GIT_SHA": "abc123"}
+
+
+def test_serving_defaults_come_from_the_definition() -> None:
+    settings = load_settings(env=ENV)
+    serving = load_definition("builtin").serving
+    assert settings.profile == "builtin"
+    assert settings.max_batch_size == serving.max_batch_size
+    assert settings.max_new_tokens_cap == serving.max_new_tokens_cap
+    assert settings.request_deadline_s == serving.request_deadline_s
+    assert settings.drain_timeout_s == serving.drain_timeout_s
+    assert (settings.model, settings.host, settings.git_sha) == ("builtin", "127.0.0.1", "abc123")
+    assert (settings.device, settings.dtype, settings.environment) == (
+        Device.auto,
+        DType.auto,
+        Environment.dev,
+    )
+    assert settings.fault_error_rate == 0 and settings.fault_latency_ms == 0
+
+
+def test_a_non_builtin_model_takes_the_default_profile() -> None:
+    settings = load_settings({"model": "gpt2"}, env=ENV)
+    expected = load_definition()
+    assert settings.profile == expected.profile
+    assert settings.drain_timeout_s == expected.serving.drain_timeout_s
+
+
+def test_flags_win_over_env_and_env_over_defaults() -> None:
+    env = {**ENV, "MLCICD_QUEUE_CAP": "7", "MLCICD_PORT": "9001", "MLCICD_DTYPE": "bf16"}
+    settings = load_settings({"port": 9100, "queue_cap": None}, env=env)
+    assert (settings.queue_cap, settings.port, settings.dtype) == (7, 9100, DType.bf16)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "names"),
+    [
+        ({"max_batch_size": 0}, {}, "`max_batch_size` (--max-batch-size / MLCICD_MAX_BATCH_SIZE)"),
+        ({}, {"MLCICD_QUEUE_CAP": "lots"}, "`queue_cap` (--queue-cap / MLCICD_QUEUE_CAP)"),
+        ({"device": "tpu"}, {}, "`device`"),
+        ({"fault_error_rate": 1.5}, {}, "`fault_error_rate`"),
+        ({"port": 70000}, {}, "`port`"),
+        ({"profile": "nope"}, {}, "profiles.nope: no such profile"),
+    ],
+)
+def test_invalid_setting_is_named(
+    overrides: dict[str, object], env: dict[str, str], names: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(overrides, env={**ENV, **env})
+    assert names in str(caught.value)
+
+
+def test_prod_refuses_fault_injection_settings() -> None:
+    with pytest.raises(SettingsError, match="refused when `environment` is prod"):
+        load_settings({"environment": "prod", "fault_latency_ms": 50}, env=ENV)
+    assert load_settings({"environment": "staging", "fault_error_rate": 0.5}, env=ENV)
+
+
+def test_serve_cli_exits_2_naming_the_bad_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--queue-cap", "0"]) == 2
+    assert "`queue_cap`" in capsys.readouterr().err
+    assert main(["serve", "--environment", "prod", "--fault-error-rate", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "prod" in err and "Traceback" not in err
+
+
+def test_serve_cli_exits_2_when_the_model_cannot_load(
+    capsys: pytest.CaptureFixture[str], tmp_path: object
+) -> None:
+    assert main(["serve", "--model", f"{tmp_path}/no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load model" in err and "no-such-model" in err and "Traceback" not in err
