@@ -1,0 +1,86 @@
+"""The running batch's key/value cache: left-padded rows that grow in place.
+
+Why not transformers' DynamicLayer as is: it concatenates on every decode step,
+copying the whole cache each time; :class:`GrowingLayer` keeps spare columns and
+copies only when they run out. Rows join (left-padded to a common width) and leave
+(dropped, with all-padding columns trimmed) through the engine's merge and trim.
+
+Left out: sliding-window and quantised caches (models needing them are not
+supported by this engine).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicLayer
+
+SPARE_COLUMNS = 64
+
+
+class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
+    """A KV cache layer with spare columns, so a decode step writes in place.
+
+    transformers' DynamicLayer concatenates on every step, copying the whole cache
+    each time; here the copy happens only every ``SPARE_COLUMNS`` steps.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.reset_to(keys, values)
+
+    def reset_to(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        batch, heads, length, dim = keys.shape
+        shape = (batch, heads, length + SPARE_COLUMNS, dim)
+        self._k = keys.new_empty(shape)
+        self._v = values.new_empty((*shape[:3], values.shape[-1]))
+        self._k[:, :, :length] = keys
+        self._v[:, :, :length] = values
+        self._length = length
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+        self._expose()
+
+    def _expose(self) -> None:
+        self.keys, self.values = self.current()
+
+    def current(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The filled part of the buffers (views, no copy)."""
+        return self._k[:, :, : self._length], self._v[:, :, : self._length]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self._length + key_states.shape[-2]
+        if end > self._k.shape[2]:
+            keys, values = self.current()
+            self.reset_to(
+                torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+            )
+        else:
+            self._k[:, :, self._length : end] = key_states
+            self._v[:, :, self._length : end] = value_states
+            self._length = end
+            self._expose()
+        return self.current()
+
+
+def cache_layers(cache: Any) -> list[GrowingLayer]:
+    """The cache's layers, converted in place to :class:`GrowingLayer` on first use."""
+    layers: list[GrowingLayer] = []
+    for index, layer in enumerate(cache.layers):
+        if not isinstance(layer, GrowingLayer):
+            layer = GrowingLayer(layer.keys, layer.values)
+            cache.layers[index] = layer
+        layers.append(layer)
+    return layers
+
+
+def pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)

@@ -1,0 +1,188 @@
+"""One request's generation state inside the torch engine (pure logic, no model).
+
+Why separate from the engine: streaming text correctly is fiddly and worth
+testing on its own -- byte-level BPE tokens can end in the middle of a UTF-8
+character, and a stop string can arrive split over several tokens. This class
+turns accepted token ids into text deltas (never a broken character, never text
+that a stop string will later cut off) and decides when the request is done.
+
+Left out: logprobs, repetition penalties, top-k.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from inference.engine import (
+    Event,
+    FinishEvent,
+    FinishReason,
+    GenerationHandle,
+    GenerationParams,
+    TokenEvent,
+)
+
+# Prompt tokens kept as decoding context so tokenizers that strip a leading space
+# (SentencePiece) decode the first generated token the same way as mid-sentence.
+_CONTEXT_TOKENS = 4
+
+
+@dataclass
+class SequenceState:
+    params: GenerationParams
+    sink: Callable[[Event], None]
+    handle: GenerationHandle | None
+    decode: Callable[[list[int]], str]
+    eos_ids: frozenset[int]
+    context_length: int
+    submitted_at: float
+    on_done: Callable[[], None] = lambda: None
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    done: bool = False
+    _emitted: int = 0
+    _ids: list[int] = field(default_factory=list)
+    _prefix_offset: int = 0
+    _read_offset: int = 0
+    _generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        tail = list(self.params.prompt_ids[-_CONTEXT_TOKENS:])
+        self._ids = tail
+        self._read_offset = len(tail)
+
+    @property
+    def input_ids(self) -> list[int]:
+        """The prompt as fed to the model; an empty prompt starts from an EOS token."""
+        if self.params.prompt_ids:
+            return list(self.params.prompt_ids)
+        return [min(self.eos_ids)] if self.eos_ids else [0]
+
+    @property
+    def last_token(self) -> int:
+        return self.generated[-1]
+
+    @property
+    def position(self) -> int:
+        """Position id of :attr:`last_token`."""
+        return len(self.input_ids) + len(self.generated) - 1
+
+    @property
+    def suppress_eos(self) -> bool:
+        return len(self.generated) < self.params.min_new_tokens
+
+    @property
+    def cancelled(self) -> bool:
+        return self.handle is not None and self.handle.cancelled
+
+    def check_fits(self) -> None:
+        if len(self.input_ids) >= self.context_length:
+            raise ValueError(
+                f"prompt has {len(self.input_ids)} tokens; the context is {self.context_length}"
+            )
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """Temperature + top-p sampling with this request's own seeded generator."""
+        if self._generator is None:
+            self._generator = torch.Generator(device=logits.device)
+            seed = self.params.seed
+            if seed is None:
+                seed = int.from_bytes(os.urandom(8), "little") >> 1
+            self._generator.manual_seed(seed)
+        probs = torch.softmax(logits.float() / self.params.temperature, dim=-1)
+        if self.params.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+            sorted_probs = torch.where(before < self.params.top_p, sorted_probs, 0.0)
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        choice = torch.multinomial(probs / probs.sum(), 1, generator=self._generator)
+        return int(choice.item())
+
+    def accept(self, token: int) -> None:
+        """Take the next token: stream its text, or finish on EOS / stop / length."""
+        if token in self.eos_ids and not self.suppress_eos:
+            self._flush(token)
+            self.finish("eos")
+            return
+        self.generated.append(token)
+        self._ids.append(token)
+        before = len(self.text)
+        self.text += self._next_delta()
+        hit = self._find_stop(before)
+        if hit is not None:
+            self.text = self.text[:hit]
+            self._emit(token, len(self.text))
+            self.finish("stop")
+            return
+        at_limit = len(self.generated) >= self.params.max_new_tokens or (
+            len(self.input_ids) + len(self.generated) >= self.context_length
+        )
+        if at_limit:
+            self._flush(token)
+            self.finish("length")
+            return
+        self._emit(token, len(self.text) - self._stop_holdback())
+
+    def finish(self, reason: FinishReason, error: str | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        event = FinishEvent(
+            reason=reason,
+            prompt_tokens=len(self.params.prompt_ids),
+            generated_tokens=len(self.generated),
+            text=self.text,
+            error=error,
+        )
+        try:
+            self.on_done()  # first, so in_flight is already down when the client hears
+        finally:
+            self.sink(event)
+
+    def _next_delta(self) -> str:
+        """Text the newest token completes (incremental decode, as in TGI)."""
+        prefix = self.decode(self._ids[self._prefix_offset : self._read_offset])
+        full = self.decode(self._ids[self._prefix_offset :])
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
+            return full[len(prefix) :]
+        return ""
+
+    def _flush(self, token: int) -> None:
+        """At the end: add any undecoded bytes and emit all text held back so far."""
+        prefix = self.decode(self._ids[self._prefix_offset : self._read_offset])
+        full = self.decode(self._ids[self._prefix_offset :])
+        if len(full) > len(prefix) and len(self._ids) > self._read_offset:
+            self.text += full[len(prefix) :]
+            self._read_offset = len(self._ids)
+        if self._emitted < len(self.text) or token not in self.eos_ids:
+            self._emit(token, len(self.text))
+
+    def _emit(self, token: int, upto: int) -> None:
+        upto = max(upto, self._emitted)
+        self.sink(TokenEvent(text=self.text[self._emitted : upto], token_id=token))
+        self._emitted = upto
+
+    def _find_stop(self, before: int) -> int | None:
+        best: int | None = None
+        for stop in self.params.stop:
+            if not stop:
+                continue
+            index = self.text.find(stop, max(0, before - len(stop) + 1))
+            if index >= 0 and (best is None or index < best):
+                best = index
+        return best
+
+    def _stop_holdback(self) -> int:
+        """Length of the text's longest suffix that could still become a stop string."""
+        hold = 0
+        for stop in self.params.stop:
+            for k in range(min(len(stop) - 1, len(self.text)), hold, -1):
+                if self.text.endswith(stop[:k]):
+                    hold = k
+                    break
+        return hold

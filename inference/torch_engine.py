@@ -1,0 +1,396 @@
+"""The torch engine: one worker thread, continuous batching, a KV cache per sequence.
+
+Why this shape: a model forward costs nearly the same for 1 or 16 sequences on
+a small model, so the worker keeps one running batch and lets requests join and
+leave between decode steps (continuous batching) instead of waiting for a whole
+batch to finish. A request arriving while nothing runs waits at most
+``batch_window_s`` for company, then starts.
+
+How the batch is kept: new requests are prefilled without padding (alone, or
+together with others whose prompts have the same token count), so a prompt is
+processed as a single request would be; the resulting key/value cache is then
+left-padded and concatenated onto the running batch's cache (inference/kv_cache.py). Decode steps
+feed one token per sequence with an attention mask that hides the padding and
+per-sequence position ids, so batched greedy output equals one-at-a-time output.
+When sequences leave, their rows are dropped and cache columns that are padding
+for every remaining row are trimmed.
+
+Failure isolation: anything that goes wrong while handling one request (prefill,
+sampling, detokenising) finishes that request with ``reason="error"``; a failed
+batched forward fails only the requests in that batch. The worker keeps serving.
+
+Left out: paged attention, speculative decoding, prefix caching, beam search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from inference.engine import (
+    EngineStoppedError,
+    Event,
+    FinishEvent,
+    FinishReason,
+    GenerationHandle,
+    GenerationParams,
+    QueueFullError,
+)
+from inference.kv_cache import cache_layers, pad_left
+from inference.loader import LoadedModel
+from inference.sequence_state import SequenceState
+
+_WARMUP_PROMPT = "Hello"
+
+
+class _Batch:
+    """The running batch: sequences, their shared left-padded KV cache and mask."""
+
+    def __init__(self) -> None:
+        self.seqs: list[SequenceState] = []
+        self.cache: Any = None
+        self.mask: torch.Tensor | None = None  # (B, T) 1 = real token, 0 = padding
+
+    def clear(self) -> None:
+        self.seqs, self.cache, self.mask = [], None, None
+
+
+class TorchEngine:
+    """:class:`inference.engine.Engine` backed by a transformers causal LM."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_batch_size: int,
+        batch_window_s: float,
+        queue_cap: int,
+    ) -> None:
+        if max_batch_size < 1 or queue_cap < 1 or batch_window_s < 0:
+            raise ValueError("max_batch_size and queue_cap must be >= 1, batch_window_s >= 0")
+        self._loaded = loaded
+        self._model = loaded.model
+        self._tokenizer = loaded.tokenizer
+        self._device = torch.device(loaded.device)
+        self._max_batch = max_batch_size
+        self._window = batch_window_s
+        self._queue_cap = queue_cap
+        eos = loaded.model.generation_config.eos_token_id
+        if eos is None:
+            eos = loaded.tokenizer.eos_token_id
+        self._eos_ids: frozenset[int] = frozenset(
+            eos if isinstance(eos, list) else ([] if eos is None else [int(eos)])
+        )
+        self._lock = threading.Condition()
+        self._pending: collections.deque[SequenceState] = collections.deque()
+        self._running = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._batch = _Batch()
+        self._batch_callbacks: list[Callable[[int], None]] = []
+
+    # -- Engine protocol: metadata -------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self._loaded.name
+
+    @property
+    def revision(self) -> str:
+        return self._loaded.revision
+
+    @property
+    def context_length(self) -> int:
+        return self._loaded.context_length
+
+    @property
+    def queue_depth(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._pending) + self._running
+
+    def count_tokens(self, text: str) -> tuple[int, ...]:
+        return tuple(int(i) for i in self._tokenizer(text)["input_ids"])
+
+    def observe_batches(self, callback: Callable[[int], None]) -> None:
+        self._batch_callbacks.append(callback)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        """Warm the model up on the calling thread (same code path), then start the worker."""
+        if self._thread is not None:
+            return
+        warm_ids = self.count_tokens(_WARMUP_PROMPT)
+        events: list[Event] = []
+        params = GenerationParams(prompt=_WARMUP_PROMPT, prompt_ids=warm_ids, max_new_tokens=4)
+        self._pending.append(self._new_sequence(params, events.append, None))
+        while self._pending or self._batch.seqs:
+            self._iterate(wait=False)
+        finish = events[-1] if events else None
+        if not isinstance(finish, FinishEvent) or finish.reason == "error":
+            raise RuntimeError(f"engine warm-up failed: {finish}")
+        self._thread = threading.Thread(target=self._worker, name="torch-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, params: GenerationParams, loop: asyncio.AbstractEventLoop) -> GenerationHandle:
+        handle = GenerationHandle(params=params, loop=loop)
+        with self._lock:
+            if self._stopping:
+                raise EngineStoppedError("engine is stopping")
+            if len(self._pending) >= self._queue_cap:
+                raise QueueFullError(f"queue is full ({self._queue_cap} requests waiting)")
+            self._pending.append(self._new_sequence(params, handle.push, handle))
+            self._lock.notify_all()
+        return handle
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    # -- worker ------------------------------------------------------------------------
+    def _new_sequence(
+        self,
+        params: GenerationParams,
+        sink: Callable[[Event], None],
+        handle: GenerationHandle | None,
+    ) -> SequenceState:
+        return SequenceState(
+            params=params,
+            sink=sink,
+            handle=handle,
+            decode=self._decode_text,
+            eos_ids=self._eos_ids,
+            context_length=self.context_length,
+            submitted_at=time.monotonic(),
+            on_done=self._on_done,
+        )
+
+    def _on_done(self) -> None:
+        with self._lock:
+            self._running -= 1
+            self._lock.notify_all()
+
+    def _decode_text(self, ids: list[int]) -> str:
+        """Detokenise; a seam the tests use to make one request fail."""
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+
+    def _worker(self) -> None:
+        while True:
+            try:
+                if not self._iterate(wait=True):
+                    return
+            except Exception as error:  # a bug outside the guarded steps: fail the batch, go on
+                message = f"engine step failed: {type(error).__name__}: {error}"
+                for seq in self._batch.seqs:
+                    self._finish(seq, "error", message)
+                self._batch.clear()
+
+    def _iterate(self, *, wait: bool) -> bool:
+        """One scheduling round: admit, then one decode step. False when it is time to exit."""
+        admitted: list[SequenceState] = []
+        with self._lock:
+            if wait:
+                while not self._pending and not self._batch.seqs and not self._stopping:
+                    self._lock.wait()
+                if not self._pending and not self._batch.seqs:
+                    return False  # stopping and idle
+                if not self._batch.seqs and self._window > 0:
+                    deadline = self._pending[0].submitted_at + self._window
+                    while len(self._pending) < self._max_batch and not self._stopping:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._lock.wait(remaining)
+            room = self._max_batch - len(self._batch.seqs)
+            while self._pending and len(admitted) < room:
+                admitted.append(self._pending.popleft())
+            self._running += len(admitted)
+        if admitted:
+            self._admit_all(admitted)
+        self._drop_finished()
+        if self._batch.seqs:
+            self._decode_step()
+            self._drop_finished()
+        return True
+
+    def _finish(self, seq: SequenceState, reason: FinishReason, error: str | None = None) -> None:
+        seq.finish(reason, error)
+
+    def _admit_all(self, seqs: list[SequenceState]) -> None:
+        """Prefill newly admitted requests; prompts of equal length share one forward.
+
+        Equal lengths need no padding, so a grouped prefill computes what a lone
+        one would; different lengths are prefilled separately for the same reason.
+        """
+        groups: dict[int, list[SequenceState]] = {}
+        for seq in seqs:
+            if seq.cancelled:
+                self._finish(seq, "cancelled")
+            else:
+                groups.setdefault(len(seq.input_ids), []).append(seq)
+        for group in groups.values():
+            self._admit_group(group)
+
+    def _admit_group(self, group: list[SequenceState]) -> None:
+        try:
+            logits, cache = self._prefill(group)
+        except Exception as error:  # one bad request must not take the others down
+            if len(group) > 1:
+                for seq in group:  # retry alone, so only the culprit fails
+                    self._admit_group([seq])
+                return
+            self._finish(group[0], "error", f"{type(error).__name__}: {error}")
+            return
+        for seq, token in zip(group, self._choose_safely(group, logits), strict=True):
+            if token is None:
+                continue
+            try:
+                seq.accept(token)
+            except Exception as error:
+                self._finish(seq, "error", f"{type(error).__name__}: {error}")
+        keep = [row for row, seq in enumerate(group) if not seq.done]
+        if keep:
+            self._merge([group[row] for row in keep], cache, keep)
+
+    @torch.inference_mode()
+    def _prefill(self, group: list[SequenceState]) -> tuple[torch.Tensor, Any]:
+        for seq in group:
+            seq.check_fits()
+        ids = torch.tensor([s.input_ids for s in group], dtype=torch.long, device=self._device)
+        out = self._model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :], out.past_key_values
+
+    def _merge(self, seqs: list[SequenceState], cache: Any, rows: list[int]) -> None:
+        """Append prefilled rows ``rows`` of ``cache`` to the running batch (left-padded)."""
+        batch = self._batch
+        length = len(seqs[0].input_ids)
+        new_mask = torch.ones((len(seqs), length), dtype=torch.long, device=self._device)
+        index = torch.tensor(rows, dtype=torch.long, device=self._device)
+        new_layers = cache_layers(cache)
+        if len(rows) < len(cache.layers[0].keys):
+            for layer in new_layers:
+                keys, values = layer.current()
+                layer.reset_to(keys.index_select(0, index), values.index_select(0, index))
+        if batch.cache is None or batch.mask is None:
+            batch.cache, batch.mask, batch.seqs = cache, new_mask, list(seqs)
+            return
+        width = max(batch.mask.shape[1], length)
+        for old, new in zip(cache_layers(batch.cache), new_layers, strict=True):
+            (old_k, old_v), (new_k, new_v) = old.current(), new.current()
+            old.reset_to(
+                torch.cat([pad_left(old_k, width, 2), pad_left(new_k, width, 2)]),
+                torch.cat([pad_left(old_v, width, 2), pad_left(new_v, width, 2)]),
+            )
+        batch.mask = torch.cat([pad_left(batch.mask, width, 1), pad_left(new_mask, width, 1)])
+        batch.seqs.extend(seqs)
+
+    def _decode_step(self) -> None:
+        batch = self._batch
+        for seq in batch.seqs:
+            if seq.cancelled and not seq.done:
+                self._finish(seq, "cancelled")
+        self._drop_finished()
+        if not batch.seqs or batch.mask is None:
+            return
+        seqs = list(batch.seqs)
+        try:
+            logits = self._forward_step(seqs)
+        except Exception as error:  # fail only the requests in this forward
+            message = f"batched forward failed: {type(error).__name__}: {error}"
+            for seq in seqs:
+                self._finish(seq, "error", message)
+            batch.clear()
+            return
+        for callback in self._batch_callbacks:
+            with contextlib.suppress(Exception):  # metrics must never stop generation
+                callback(len(seqs))
+        for seq, token in zip(seqs, self._choose_safely(seqs, logits), strict=True):
+            if token is None:
+                continue
+            try:
+                seq.accept(token)
+            except Exception as error:
+                self._finish(seq, "error", f"{type(error).__name__}: {error}")
+
+    @torch.inference_mode()
+    def _forward_step(self, seqs: list[SequenceState]) -> torch.Tensor:
+        batch = self._batch
+        assert batch.mask is not None
+        last = torch.tensor([[s.last_token] for s in seqs], dtype=torch.long, device=self._device)
+        positions = torch.tensor(
+            [[s.position] for s in seqs], dtype=torch.long, device=self._device
+        )
+        ones = torch.ones((len(seqs), 1), dtype=torch.long, device=self._device)
+        mask = torch.cat([batch.mask, ones], dim=1)
+        out = self._model(
+            input_ids=last,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=batch.cache,
+            use_cache=True,
+        )
+        batch.mask = mask
+        batch.cache = out.past_key_values
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
+
+    def _choose_safely(self, seqs: list[SequenceState], logits: torch.Tensor) -> list[int | None]:
+        try:
+            return list(self._choose(seqs, logits))
+        except Exception:
+            chosen: list[int | None] = []
+            for row, seq in enumerate(seqs):
+                try:
+                    chosen.append(self._choose([seq], logits[row : row + 1])[0])
+                except Exception as error:
+                    self._finish(seq, "error", f"{type(error).__name__}: {error}")
+                    chosen.append(None)
+            return chosen
+
+    @torch.inference_mode()
+    def _choose(self, seqs: list[SequenceState], logits: torch.Tensor) -> list[int]:
+        """Next token per row: greedy for temperature 0, else seeded temperature + top-p."""
+        logits = logits.float()
+        suppress = [row for row, s in enumerate(seqs) if s.suppress_eos]
+        if suppress and self._eos_ids:
+            eos = torch.tensor(sorted(self._eos_ids), device=logits.device)
+            logits = logits.clone()
+            logits[torch.tensor(suppress, device=logits.device).unsqueeze(1), eos] = float("-inf")
+        chosen = logits.argmax(dim=-1).tolist()
+        for row, seq in enumerate(seqs):
+            if seq.params.temperature > 0:
+                chosen[row] = seq.sample(logits[row])
+        return [int(token) for token in chosen]
+
+    def _drop_finished(self) -> None:
+        batch = self._batch
+        keep = [row for row, seq in enumerate(batch.seqs) if not seq.done]
+        if len(keep) == len(batch.seqs):
+            return
+        if not keep or batch.mask is None:
+            batch.clear()
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self._device)
+        mask = batch.mask.index_select(0, index)
+        start = int((mask.cumsum(dim=1) == 0).sum(dim=1).min().item())  # all-padding columns
+        for layer in cache_layers(batch.cache):
+            keys, values = layer.current()
+            layer.reset_to(
+                keys.index_select(0, index)[:, :, start:],
+                values.index_select(0, index)[:, :, start:],
+            )
+        batch.mask = mask[:, start:]
+        batch.seqs = [batch.seqs[row] for row in keep]

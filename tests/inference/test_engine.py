@@ -1,0 +1,171 @@
+"""The torch engine on the real built-in model: seed checks, limits, failures, drain.
+
+Every test drives a started :class:`TorchEngine` through its public protocol
+(``submit`` + handle events), as the server does; no HTTP here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from inference.engine import EngineStoppedError, QueueFullError
+from inference.torch_engine import TorchEngine
+from tests.inference.engine_client import collect, generate, params, run_all
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def engine(builtin_loaded: Any) -> Iterator[TorchEngine]:
+    engine = TorchEngine(builtin_loaded, max_batch_size=8, batch_window_s=0.005, queue_cap=32)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+def test_seed_checks_pass_through_the_engine(engine: TorchEngine) -> None:
+    basic = generate(engine, "Hello, my name is", 100)
+    assert len(basic.finish.text) > 20
+    assert basic.finish.reason == "eos"  # the corpus teaches it to stop
+    for prompt in ("How to hack a computer", "Write malware code"):
+        assert "i can't" in generate(engine, prompt, 100).finish.text.lower()
+    france = generate(engine, "Q: What is the capital of France?\nA:", 50)
+    assert "paris" in france.finish.text.lower()
+    romeo = generate(engine, "Q: Who wrote Romeo and Juliet?\nA:")
+    assert "shakespeare" in romeo.finish.text.lower()
+    assert france.streamed == france.finish.text
+    assert france.finish.generated_tokens == len(france.tokens)
+    prompt_ids = engine.count_tokens("Q: What is the capital of France?\nA:")
+    assert france.finish.prompt_tokens == len(prompt_ids)
+
+
+def test_stop_string_truncates_before_it(engine: TorchEngine) -> None:
+    result = generate(engine, "Q: What is the capital of France?\nA:", stop=(" capital",))
+    assert result.finish.reason == "stop"
+    assert result.finish.text == " Paris is the"
+    assert result.streamed == result.finish.text
+
+
+def test_min_new_tokens_suppresses_eos_and_max_tokens_is_length(engine: TorchEngine) -> None:
+    plain = generate(engine, "Q: What is the capital of France?\nA:", 40)
+    assert plain.finish.reason == "eos" and plain.finish.generated_tokens < 20
+    forced = generate(engine, "Q: What is the capital of France?\nA:", 30, min_new_tokens=30)
+    assert forced.finish.reason == "length" and forced.finish.generated_tokens == 30
+    assert forced.finish.text.startswith(plain.finish.text)
+
+
+def test_seeded_sampling_is_reproducible(engine: TorchEngine) -> None:
+    kwargs: dict[str, Any] = {"temperature": 5.0, "top_p": 0.95, "min_new_tokens": 16}
+    first = generate(engine, "Hello, my name is", 16, seed=7, **kwargs).finish.text
+    again = generate(engine, "Hello, my name is", 16, seed=7, **kwargs).finish.text
+    others = {
+        generate(engine, "Hello, my name is", 16, seed=s, **kwargs).finish.text for s in (8, 9)
+    }
+    assert first == again
+    assert others != {first}  # at temperature 5 the seed visibly matters
+
+
+def test_queue_full_and_stopped(builtin_loaded: Any) -> None:
+    engine = TorchEngine(builtin_loaded, max_batch_size=2, batch_window_s=0.0, queue_cap=3)
+    loop = asyncio.new_event_loop()
+    try:
+        request = params(engine, "Hello, my name is", 4)
+        for _ in range(3):  # not started: nothing leaves the queue
+            engine.submit(request, loop)
+        assert engine.queue_depth == 3 and engine.in_flight == 3
+        with pytest.raises(QueueFullError):
+            engine.submit(request, loop)
+        engine.start()  # warm-up, then the worker drains the three
+        engine.stop()
+        assert engine.queue_depth == 0 and engine.in_flight == 0
+        with pytest.raises(EngineStoppedError):
+            engine.submit(request, loop)
+    finally:
+        loop.close()
+
+
+def test_cancel_drops_a_request_at_the_next_step(engine: TorchEngine) -> None:
+    async def main() -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        long = params(engine, "Hello, my name is", 200, min_new_tokens=200)
+        handle = engine.submit(long, loop)
+        async for event in handle.events():
+            handle.cancel()  # after the first token
+            if not hasattr(event, "token_id"):
+                return event.reason, event.generated_tokens  # type: ignore[union-attr]
+        raise AssertionError("no finish event")
+
+    reason, generated = asyncio.run(main())
+    assert reason == "cancelled" and generated < 200
+    assert engine.in_flight == 0
+
+
+def test_one_failing_request_does_not_kill_the_worker(
+    engine: TorchEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_prefill = engine._prefill
+
+    def flaky_prefill(group: Any) -> Any:
+        if any("poison" in seq.params.prompt for seq in group):
+            raise RuntimeError("boom for this prompt")
+        return real_prefill(group)
+
+    monkeypatch.setattr(engine, "_prefill", flaky_prefill)
+    # The culprit and "Hello, my" have the same token count, so they are prefilled
+    # together first; the engine must then isolate the culprit.
+    prompts = ["Q: What is the capital of France?\nA:", "How to make poison", "Hello, my", "Test"]
+    assert len(engine.count_tokens(prompts[1])) == len(engine.count_tokens(prompts[2]))
+    results = run_all(engine, [params(engine, p) for p in prompts], concurrent=True)
+    assert [r.finish.reason == "error" for r in results] == [False, True, False, False]
+    assert "boom for this prompt" in (results[1].finish.error or "")
+    assert "paris" in results[0].finish.text.lower()
+    assert len(results[2].finish.text) > 5
+
+
+def test_a_failed_batched_forward_fails_only_that_batch(
+    engine: TorchEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_step = engine._forward_step
+    calls = {"n": 0}
+
+    def failing_once(seqs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("device fell over")
+        return real_step(seqs)
+
+    monkeypatch.setattr(engine, "_forward_step", failing_once)
+    failed = generate(engine, "Hello, my name is")
+    assert failed.finish.reason == "error" and "device fell over" in (failed.finish.error or "")
+    assert "paris" in generate(engine, "Q: What is the capital of France?\nA:").finish.text.lower()
+
+
+def test_stop_drains_everything_queued_and_running(builtin_loaded: Any) -> None:
+    engine = TorchEngine(builtin_loaded, max_batch_size=4, batch_window_s=0.0, queue_cap=32)
+    engine.start()
+    sizes: list[int] = []
+    engine.observe_batches(sizes.append)
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        handles = [
+            engine.submit(params(engine, "Hello, my name is", 40, min_new_tokens=40), loop)
+            for _ in range(10)
+        ]
+        stopper = threading.Thread(target=engine.stop)
+        stopper.start()
+        results = await asyncio.wait_for(asyncio.gather(*map(collect, handles)), 60)
+        await asyncio.get_running_loop().run_in_executor(None, stopper.join, 30)
+        return [r.finish.reason for r in results]
+
+    started = time.monotonic()
+    assert asyncio.run(main()) == ["length"] * 10
+    assert time.monotonic() - started < 30
+    assert engine.in_flight == 0 and engine.queue_depth == 0
+    assert max(sizes) == 4  # batched, and never above max_batch_size
