@@ -23,6 +23,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.registry_cli",
     "pipeline.canary_cli",
     "pipeline.rollback_cli",
+    "pipeline.bench_cli",
+    "infra.cli",
 )
 
 EXIT_OK = 0
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(module_name)
         register = cast(
-            Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], module.register
+            "Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]", module.register
         )
         register(subparsers)
     return parser
