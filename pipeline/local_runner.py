@@ -186,7 +186,7 @@ class LocalRunner:
         self.console.done(record)
 
     def run_stage(self, stage: Stage) -> None:
-        if stage.action in ("build-and-register", "canary-rollout"):
+        if stage.gates or stage.action is not None:
             self.ensure_services()
         if stage.action != "deploy":  # a deploy stage's commands test the deployed endpoint
             for command in stage.commands:
@@ -225,22 +225,27 @@ class LocalRunner:
 
     def gate_quality(self, stage: Stage) -> None:
         threshold = self.definition.quality.min_pass_rate
+        champion = self.reports / "champion-quality.json"
+        with self.step(stage.id, "Fetch the champion's quality results") as record:
+            self.run_logged(
+                record,
+                self.mlcicd(
+                    "registry", "champion-results", "--out", str(champion),
+                    "--profile", self.options.profile, "--allow-missing",
+                ),
+            )  # fmt: skip
+            record.detail = "found" if champion.exists() else "no champion yet"
+        compare = ["--champion-results", str(champion)] if champion.exists() else []
         with self.step(stage.id, f"Quality gate (pass rate >= {threshold})") as record:
             out = self.reports / "quality"
             code = self.run_logged(
                 record,
                 self.mlcicd(
-                    "gate",
-                    "quality",
-                    "--model",
-                    self.options.candidate,
-                    "--profile",
-                    self.options.profile,
-                    "--out",
-                    str(out),
+                    "gate", "quality", "--model", self.options.candidate,
+                    "--profile", self.options.profile, "--out", str(out), *compare,
                 ),
                 ok_codes=(0, 1),
-            )
+            )  # fmt: skip
             record.detail = f"report {out / 'quality.md'}"
             if code != 0:
                 raise StageFailed("quality gate failed")

@@ -1,0 +1,191 @@
+"""The latency gate: judge a load test against the definition's latency thresholds.
+
+The measurements come from :mod:`pipeline.loadgen` against a real server: either
+one that already runs (``--url``, e.g. staging) or one this module starts as a
+child process (``mlcicd serve --model ...`` on a free loopback port), so the gate
+always measures the HTTP path a user hits, never a bare ``generate`` call.
+
+Thresholds: p99 time to first token, mean end-to-end latency, error rate. A run
+with no successful request fails (there is nothing to measure), and errors above
+the allowed rate fail whatever the latencies say. Each threshold is shown beside
+its measured value so a failure explains itself.
+
+Left out: throughput floors (the benchmark reports them; as a gate they would be
+too machine-dependent to hold on shared CI runners).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from pipeline.loadgen import LoadResult
+
+
+@dataclass(frozen=True)
+class ThresholdRow:
+    name: str
+    measured: float | None
+    threshold: float
+    unit: str
+    passed: bool
+
+
+@dataclass(frozen=True)
+class LatencyVerdict:
+    passed: bool
+    rows: tuple[ThresholdRow, ...]
+    reasons: tuple[str, ...]
+
+
+def judge_latency(
+    result: LoadResult,
+    *,
+    max_ttft_p99_ms: float,
+    max_e2e_mean_ms: float,
+    max_error_rate: float,
+) -> LatencyVerdict:
+    ttft = result.ttft
+    e2e = result.e2e
+    measured_ttft = ttft.p99 * 1000 if ttft is not None else None
+    measured_e2e = e2e.mean * 1000 if e2e is not None else None
+    rows = (
+        ThresholdRow(
+            "ttft_p99_ms",
+            measured_ttft,
+            max_ttft_p99_ms,
+            "ms",
+            measured_ttft is not None and measured_ttft <= max_ttft_p99_ms,
+        ),
+        ThresholdRow(
+            "e2e_mean_ms",
+            measured_e2e,
+            max_e2e_mean_ms,
+            "ms",
+            measured_e2e is not None and measured_e2e <= max_e2e_mean_ms,
+        ),
+        ThresholdRow(
+            "error_rate", result.error_rate, max_error_rate, "", result.error_rate <= max_error_rate
+        ),
+    )
+    reasons: list[str] = []
+    if not result.ok_records:
+        reasons.append(f"no successful request out of {result.requests}")
+    for row in rows:
+        if not row.passed and row.measured is not None:
+            reasons.append(f"{row.name} {row.measured:.4g} > max {row.threshold:g}")
+    if result.error_count and result.error_rate > max_error_rate:
+        kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(result.errors.items()))
+        reasons.append(f"errors by kind: {kinds}")
+    return LatencyVerdict(passed=not reasons, rows=rows, reasons=tuple(reasons))
+
+
+def write_histogram(result: LoadResult, verdict: LatencyVerdict, path: Path) -> None:
+    """TTFT and end-to-end latency histograms, each with its threshold line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    thresholds = {row.name: row.threshold for row in verdict.rows}
+    series = (
+        ("Time to first token", [r.ttft_s * 1000 for r in result.ok_records if r.ttft_s], "ttft"),
+        ("End-to-end latency", [r.e2e_s * 1000 for r in result.ok_records], "e2e"),
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (title, values, key) in zip(axes, series, strict=True):
+        if values:
+            ax.hist(values, bins=40, color="#4477aa")
+        limit_name = "ttft_p99_ms" if key == "ttft" else "e2e_mean_ms"
+        label = "max p99" if key == "ttft" else "max mean"
+        ax.axvline(thresholds[limit_name], color="#cc3311", linestyle="--", label=label)
+        measured = next(row.measured for row in verdict.rows if row.name == limit_name)
+        if measured is not None:
+            what = "measured p99" if key == "ttft" else "measured mean"
+            ax.axvline(measured, color="#222222", linestyle="-", label=what)
+        ax.set_title(f"{title} (n={len(values)})")
+        ax.set_xlabel("ms")
+        ax.set_ylabel("requests")
+        ax.legend()
+    verdict_text = "PASS" if verdict.passed else "FAIL"
+    fig.suptitle(f"Latency gate: {verdict_text} ({result.requests} requests, {result.url})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerStartError(RuntimeError):
+    """The local server did not become ready; the message carries its log tail."""
+
+
+@contextmanager
+def local_server(
+    model: str,
+    *,
+    extra_args: Sequence[str] = (),
+    log_path: Path,
+    ready_timeout_s: float = 300.0,
+) -> Iterator[str]:
+    """Run ``mlcicd serve --model MODEL`` on a free loopback port; yield its URL, then stop it."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "serve",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra_args,
+    ]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True
+        )
+        try:
+            _wait_ready(url, proc, ready_timeout_s, log_path)
+            yield url
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise ServerStartError(f"server exited with {proc.returncode}:\n{tail}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    tail = log.read_text(errors="replace")[-2000:]
+    raise ServerStartError(f"server at {url} not ready within {timeout_s:g}s:\n{tail}")
