@@ -106,7 +106,11 @@ class CanaryRollout:
         if found is None:
             return None
         version, reference, digest = found
-        return version, PushedImage(reference=reference, digest=digest)
+        # The local registry listens on a new port each run but keeps its storage
+        # under the state dir, so the champion's image is re-addressed to it.
+        current = self.runner.services["registry"].url.removeprefix("http://")
+        path = reference.split("/", 1)[1] if "/" in reference else reference
+        return version, PushedImage(reference=f"{current}/{path}", digest=digest)
 
     def registry(self, record_name: str, *args: str) -> None:
         with self.runner.step(self.stage.id, record_name) as record:

@@ -1,0 +1,59 @@
+"""Helm charts the program installs, pinned (chart, repository, version), and one helper.
+
+Why one list: chart upgrades are reviewed in one place, and tests can check that no
+release floats on "latest". OCI charts carry their registry in the chart reference.
+
+Left out: chart values (each component owns its values as data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+
+@dataclass(frozen=True)
+class Chart:
+    chart: str
+    version: str
+    repo: str | None = None  # None for oci:// charts
+
+
+_ARC = "oci://ghcr.io/actions/actions-runner-controller-charts"
+NVIDIA_DEVICE_PLUGIN = Chart(
+    "nvidia-device-plugin", "0.17.0", "https://nvidia.github.io/k8s-device-plugin"
+)
+ARC_CONTROLLER = Chart(f"{_ARC}/gha-runner-scale-set-controller", "0.9.3")
+ARC_SCALE_SET = Chart(f"{_ARC}/gha-runner-scale-set", "0.9.3")
+ARGO_ROLLOUTS = Chart("argo-rollouts", "2.38.0", "https://argoproj.github.io/argo-helm")
+KUBE_PROMETHEUS_STACK = Chart(
+    "kube-prometheus-stack", "65.1.1", "https://prometheus-community.github.io/helm-charts"
+)
+ALL = (NVIDIA_DEVICE_PLUGIN, ARC_CONTROLLER, ARC_SCALE_SET, ARGO_ROLLOUTS, KUBE_PROMETHEUS_STACK)
+
+
+def release(
+    name: str,
+    chart: Chart,
+    namespace: pulumi.Input[str],
+    values: Mapping[str, Any],
+    opts: pulumi.ResourceOptions,
+) -> k8s.helm.v3.Release:
+    """A Helm release with a fixed release name (so service names are predictable)."""
+    return k8s.helm.v3.Release(
+        name,
+        name=name,
+        chart=chart.chart,
+        version=chart.version,
+        repository_opts=None if chart.repo is None else {"repo": chart.repo},
+        namespace=namespace,
+        create_namespace=True,
+        atomic=True,
+        cleanup_on_fail=True,
+        values=dict(values),
+        opts=opts,
+    )

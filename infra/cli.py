@@ -1,0 +1,66 @@
+"""``mlcicd infra render`` and ``mlcicd infra diff``: the stack, offline, as files.
+
+Why: reviewing infrastructure changes should not need cloud credentials. ``render`` runs
+the same Pulumi program under the mock runtime with the stack's config (secrets replaced
+by placeholders and masked) and writes manifests, Helm values, GitHub settings and the
+workflow; ``diff`` compares two renders (exit 0 identical, 1 different, 2 usage).
+
+Unlike ``pulumi preview`` this never talks to the cluster, GitHub or the state backend,
+so it shows what the program declares, not what would change in the live stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_DIFFERENT, EXIT_USAGE = 0, 1, 2
+
+
+def _render(args: argparse.Namespace) -> int:
+    from infra.mock_runtime import RenderError, record
+    from infra.render import write_render
+
+    try:
+        recording = record(args.stack, stack_file=args.stack_file)
+    except RenderError as exc:
+        print(f"mlcicd infra render: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    written = write_render(recording, args.out)
+    print(
+        f"rendered stack {args.stack}: {len(recording['resources'])} resources, "
+        f"{len(written)} files in {args.out}"
+    )
+    return EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from infra.render import diff_renders
+
+    for path in (args.a, args.b):
+        if not path.is_dir():
+            print(f"mlcicd infra diff: {path}: not a directory", file=sys.stderr)
+            return EXIT_USAGE
+    lines, different = diff_renders(args.a, args.b)
+    for line in lines:
+        print(line)
+    if not different:
+        print("no differences")
+    return EXIT_DIFFERENT if different else EXIT_OK
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("infra", help="render or diff the Pulumi stacks offline")
+    actions = parser.add_subparsers(dest="infra_command", required=True, metavar="ACTION")
+    render = actions.add_parser("render", help="run the Pulumi program under mocks; write files")
+    render.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
+    render.add_argument("--out", required=True, type=Path, help="output directory (replaced)")
+    render.add_argument(
+        "--stack-file", type=Path, help="use this stack file instead of Pulumi.<stack>.yaml"
+    )
+    render.set_defaults(handler=_render)
+    diff = actions.add_parser("diff", help="compare two render directories")
+    diff.add_argument("a", type=Path)
+    diff.add_argument("b", type=Path)
+    diff.set_defaults(handler=_diff)

@@ -1,0 +1,360 @@
+"""The stack's configuration, read once into one typed, validated object.
+
+Why here and only here: components receive :class:`StackConfig` pieces and never call
+``pulumi.Config`` themselves, so a bad value fails before any resource is declared and
+every error names the key (``mlcicd:gpuRunner.maxRunners: expected integer, got "x"``).
+All problems are collected and reported together, not one per run.
+
+Defaults live in ``Pulumi.yaml`` only (the Pulumi CLI merges them into the stack's
+config; ``mlcicd infra render`` does the same); this module repeats none of them.
+Secrets are read with ``get_secret`` so they stay ``Output`` secrets end to end.
+
+Left out on purpose: per-class keys for runner classes other than gpu and cpu (a new
+class needs a new block in ``Pulumi.yaml`` and here), and free-form JSON objects in
+config (node selectors and tolerations are ``key=value`` strings, as in kubectl).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Literal, Protocol, cast
+
+import pulumi
+import yaml
+
+from infra.config_model import (
+    REPO_ROOT,
+    GitHubSettings,
+    ImageSettings,
+    InferenceSettings,
+    MlflowSettings,
+    MonitoringSettings,
+    RegistrySettings,
+    RunnerClass,
+    Secrets,
+    StackConfig,
+    Toleration,
+    scale_set_name,
+)
+
+PROJECT = "mlcicd"
+RUNNER_CLASSES = ("gpu", "cpu")
+
+__all__ = [
+    "REPO_ROOT",
+    "GitHubSettings",
+    "ImageSettings",
+    "InferenceSettings",
+    "MlflowSettings",
+    "MonitoringSettings",
+    "RegistrySettings",
+    "RunnerClass",
+    "Secrets",
+    "StackConfig",
+    "Toleration",
+    "scale_set_name",
+]
+
+# Every secret the program may read; `mlcicd infra render` plants a placeholder for each.
+SECRET_KEYS: tuple[str, ...] = (
+    "githubToken",
+    "githubAppPrivateKey",
+    "hfToken",
+    "kubeconfig",
+    "mlflowPassword",
+    "mlflowHtpasswd",
+    "registryPassword",
+    "registryHtpasswd",
+    "dbPassword",
+    "grafanaAdminPassword",
+    "awsAccessKeyId",
+    "awsSecretAccessKey",
+)
+
+_TAINT = re.compile(
+    r"^([A-Za-z0-9./_-]+)(?:=([A-Za-z0-9._-]*))?:(NoSchedule|PreferNoSchedule|NoExecute)$"
+)
+_LABEL = re.compile(r"^([A-Za-z0-9./_-]+)=([A-Za-z0-9._-]*)$")
+
+
+class ConfigError(ValueError):
+    """One or more config values are missing or invalid; each line names the key."""
+
+
+class ConfigSource(Protocol):
+    """Where raw values come from: Pulumi's config, or a dict in tests."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def get_secret(self, key: str) -> pulumi.Output[str] | None: ...
+
+
+class PulumiSource:
+    """The real source: ``pulumi.Config("mlcicd")`` (values are strings; arrays are JSON)."""
+
+    def __init__(self) -> None:
+        self._config = pulumi.Config(PROJECT)
+
+    def get(self, key: str) -> str | None:
+        return self._config.get(key)
+
+    def get_secret(self, key: str) -> pulumi.Output[str] | None:
+        return self._config.get_secret(key)
+
+
+class DictSource:
+    """Raw values from a mapping (tests, and anything that builds config without Pulumi)."""
+
+    def __init__(self, values: Mapping[str, object], secrets: Mapping[str, str] = {}) -> None:
+        self._values = {k: _raw(v) for k, v in values.items()}
+        self._secrets = dict(secrets)
+
+    def get(self, key: str) -> str | None:
+        return self._values.get(key)
+
+    def get_secret(self, key: str) -> pulumi.Output[str] | None:
+        value = self._secrets.get(key)
+        return None if value is None else pulumi.Output.secret(value)
+
+
+def _raw(value: object) -> str:
+    """A YAML value as the Pulumi CLI hands it to a program."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def project_defaults(root: Path = REPO_ROOT) -> dict[str, object]:
+    """``default:`` of every key declared in Pulumi.yaml (what the CLI merges in)."""
+    declared = yaml.safe_load((root / "Pulumi.yaml").read_text())["config"]
+    return {key: spec["default"] for key, spec in declared.items() if "default" in spec}
+
+
+class _Reader:
+    """Typed accessors that collect every problem instead of stopping at the first."""
+
+    def __init__(self, source: ConfigSource) -> None:
+        self.source = source
+        self.errors: list[str] = []
+
+    def _fail(self, key: str, message: str) -> None:
+        self.errors.append(f"{PROJECT}:{key}: {message}")
+
+    def text(self, key: str) -> str:
+        value = self.source.get(key)
+        if value is None:
+            self._fail(key, "missing (set it with `pulumi config set` or in Pulumi.yaml)")
+            return ""
+        return value
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(key)
+        if value and value not in allowed:
+            self._fail(key, f"expected one of {', '.join(allowed)}, got {json.dumps(value)}")
+        return value or allowed[0]
+
+    def integer(self, key: str, minimum: int = 0) -> int:
+        text = self.text(key)
+        try:
+            value = int(text)
+        except ValueError:
+            if text:
+                self._fail(key, f"expected integer, got {json.dumps(text)}")
+            return minimum
+        if value < minimum:
+            self._fail(key, f"must be >= {minimum}, got {value}")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        text = self.text(key)
+        if text not in ("true", "false"):
+            if text:
+                self._fail(key, f"expected boolean (true or false), got {json.dumps(text)}")
+            return False
+        return text == "true"
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        text = self.text(key)
+        try:
+            value = json.loads(text) if text else []
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self._fail(key, f"expected a list of strings, got {json.dumps(text)}")
+            return ()
+        return tuple(value)
+
+    def secret(self, key: str) -> pulumi.Output[str]:
+        value = self.source.get_secret(key)
+        if value is None:
+            self._fail(key, f"missing secret (set it with `pulumi config set --secret {key}`)")
+            return pulumi.Output.secret("")
+        return value
+
+    def optional_secret(self, key: str, needed: bool) -> pulumi.Output[str] | None:
+        return self.secret(key) if needed else None
+
+    def node_selector(self, key: str) -> tuple[tuple[str, str], ...]:
+        pairs = []
+        for item in self.strings(key):
+            match = _LABEL.match(item)
+            if match is None:
+                self._fail(key, f"expected key=value, got {json.dumps(item)}")
+                continue
+            pairs.append((match.group(1), match.group(2)))
+        return tuple(pairs)
+
+    def tolerations(self, key: str) -> tuple[Toleration, ...]:
+        found = []
+        for item in self.strings(key):
+            match = _TAINT.match(item)
+            if match is None:
+                self._fail(key, f"expected key=value:Effect or key:Effect, got {json.dumps(item)}")
+                continue
+            found.append(Toleration(match.group(1), match.group(2), match.group(3)))
+        return tuple(found)
+
+
+def _runner(read: _Reader, name: Literal["gpu", "cpu"], environment: str) -> RunnerClass:
+    prefix = f"{name}Runner"
+    runner = RunnerClass(
+        name=name,
+        environment=environment,
+        min_runners=read.integer(f"{prefix}.minRunners"),
+        max_runners=read.integer(f"{prefix}.maxRunners", minimum=1),
+        gpus=read.integer(f"{prefix}.gpus", minimum=1) if name == "gpu" else 0,
+        cpu=read.text(f"{prefix}.cpu"),
+        memory=read.text(f"{prefix}.memory"),
+        job_timeout_minutes=read.integer(f"{prefix}.jobTimeoutMinutes", minimum=1),
+        node_selector=read.node_selector(f"{prefix}.nodeSelector"),
+        tolerations=read.tolerations(f"{prefix}.tolerations"),
+    )
+    if runner.min_runners > runner.max_runners:
+        read._fail(
+            f"{prefix}.minRunners",
+            f"must be <= {prefix}.maxRunners ({runner.max_runners}), got {runner.min_runners}",
+        )
+    return runner
+
+
+def _runners(
+    read: _Reader, stage_runners: tuple[str, ...], environment: str
+) -> tuple[RunnerClass, ...]:
+    names = read.strings("runnerClasses")
+    runners = []
+    for name in names:
+        if name in RUNNER_CLASSES:
+            runners.append(_runner(read, cast(Literal["gpu", "cpu"], name), environment))
+        else:
+            known = ", ".join(RUNNER_CLASSES)
+            read._fail("runnerClasses", f"unknown runner class {json.dumps(name)} (known: {known})")
+    for needed in sorted(set(stage_runners) - set(names)):
+        read._fail(
+            "runnerClasses",
+            f"the pipeline's stages run on {json.dumps(needed)}, which is not listed",
+        )
+    return tuple(runners)
+
+
+StageRunners = tuple[str, ...] | Callable[[str, str], tuple[str, ...]]
+
+
+def load_config(
+    source: ConfigSource | None = None,
+    stage_runners: StageRunners = RUNNER_CLASSES,
+    repo_root: Path = REPO_ROOT,
+) -> StackConfig:
+    """Read and validate everything; raise :class:`ConfigError` listing every bad key.
+
+    ``stage_runners`` are the runner classes this stack's stages run on (or a function of
+    profile and environment giving them), so a stage on a class without a scale set is a
+    config error, not a workflow that waits forever.
+    """
+    read = _Reader(source if source is not None else PulumiSource())
+    environment = read.choice("environment", ("staging", "prod"))
+    profile = read.text("pipelineProfile")
+    if callable(stage_runners):
+        stage_runners = stage_runners(profile, environment)
+    github = GitHubSettings(
+        owner=read.text("github.owner"),
+        repository=read.text("github.repository"),
+        repository_mode=read.choice(  # type: ignore[arg-type]
+            "github.repositoryMode", ("reference", "create", "adopt")
+        ),
+        reviewers=read.strings("github.reviewers"),
+        auth=read.choice("github.auth", ("token", "app")),  # type: ignore[arg-type]
+        app_id=read.text("github.appId"),
+        app_installation_id=read.text("github.appInstallationId"),
+    )
+    if github.auth == "app" and not (github.app_id and github.app_installation_id):
+        read._fail("github.appId", "github.auth = app needs github.appId and appInstallationId")
+    registry = RegistrySettings(
+        kind=read.choice("registry.kind", ("ghcr", "in-cluster")),  # type: ignore[arg-type]
+        host=read.text("registry.host"),
+        username=read.text("registry.username"),
+        storage_size=read.text("registry.storageSize"),
+    )
+    mlflow = MlflowSettings(
+        image=read.text("mlflow.image"),
+        artifact_store=read.choice("mlflow.artifactStore", ("pvc", "s3")),  # type: ignore[arg-type]
+        artifact_bucket=read.text("mlflow.artifactBucket"),
+        storage_size=read.text("mlflow.storageSize"),
+        username=read.text("mlflow.username"),
+        db_storage_size=read.text("mlflow.dbStorageSize"),
+    )
+    if mlflow.artifact_store == "s3" and not mlflow.artifact_bucket.startswith("s3://"):
+        read._fail("mlflow.artifactBucket", "mlflow.artifactStore = s3 needs an s3:// URI")
+    s3 = mlflow.artifact_store == "s3"
+    secrets = Secrets(
+        github_token=read.optional_secret("githubToken", github.auth == "token"),
+        github_app_private_key=read.optional_secret("githubAppPrivateKey", github.auth == "app"),
+        hf_token=read.secret("hfToken"),
+        kubeconfig=read.secret("kubeconfig"),
+        mlflow_password=read.secret("mlflowPassword"),
+        mlflow_htpasswd=read.secret("mlflowHtpasswd"),
+        registry_password=read.secret("registryPassword"),
+        registry_htpasswd=read.optional_secret("registryHtpasswd", registry.kind == "in-cluster"),
+        db_password=read.secret("dbPassword"),
+        grafana_admin_password=read.optional_secret(
+            "grafanaAdminPassword", read.boolean("monitoring.grafanaDashboard")
+        ),
+        aws_access_key_id=read.optional_secret("awsAccessKeyId", s3),
+        aws_secret_access_key=read.optional_secret("awsSecretAccessKey", s3),
+    )
+    config = StackConfig(
+        environment=environment,  # type: ignore[arg-type]
+        namespace=read.text("namespace"),
+        profile=profile,
+        github=github,
+        runners=_runners(read, stage_runners, environment),
+        registry=registry,
+        images=ImageSettings(
+            build=read.boolean("images.build"),
+            push=read.boolean("images.push"),
+            tag=read.text("images.tag"),
+        ),
+        inference=InferenceSettings(
+            replicas=read.integer("inference.replicas", minimum=1),
+            gpus=read.integer("inference.gpus"),
+            cpu=read.text("inference.cpu"),
+            memory=read.text("inference.memory"),
+            model=read.text("inference.model"),
+            node_selector=read.node_selector("inference.nodeSelector"),
+            tolerations=read.tolerations("inference.tolerations"),
+        ),
+        mlflow=mlflow,
+        monitoring=MonitoringSettings(
+            grafana_dashboard=read.boolean("monitoring.grafanaDashboard"),
+            retention=read.text("monitoring.retention"),
+        ),
+        secrets=secrets,
+        repo_root=repo_root,
+    )
+    if read.errors:
+        raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(read.errors))
+    return config

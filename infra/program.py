@@ -1,0 +1,81 @@
+"""Helpers the entry point needs that are not resources: definition, tag, providers.
+
+Why separate from ``__main__.py``: the entry point stays wiring, and ``mlcicd infra
+render`` reuses :func:`workflow_text` to write the same workflow the stack commits.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pulumi
+import pulumi_github as github
+import pulumi_kubernetes as k8s
+
+from infra.config import PROJECT, ConfigError, StackConfig
+from infra.workflow import RunnerSpec, render_workflow
+from pipeline.definition import DefinitionError, PipelineDefinition, load_definition
+
+
+def definitions(profile: str, environment: str) -> tuple[PipelineDefinition, PipelineDefinition]:
+    """(CI definition without environment overrides, this environment's definition)."""
+    return load_definition(profile), load_definition(profile, environment)
+
+
+def runner_specs(config: StackConfig) -> dict[str, RunnerSpec]:
+    return {r.name: RunnerSpec(r.name, r.job_timeout_minutes) for r in config.runners}
+
+
+def workflow_text(config: StackConfig) -> str:
+    return render_workflow(load_definition(config.profile), runner_specs(config))
+
+
+def image_tag(config: StackConfig) -> str:
+    """``images.tag``, else the checkout's git sha (what the workflow tags images with)."""
+    if config.images.tag:
+        return config.images.tag
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=config.repo_root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
+def kubernetes_provider(config: StackConfig) -> k8s.Provider:
+    return k8s.Provider("cluster", kubeconfig=config.secrets.kubeconfig)
+
+
+def github_provider(config: StackConfig) -> github.Provider:
+    settings = config.github
+    if settings.auth == "app":
+        return github.Provider(
+            "github",
+            owner=settings.owner,
+            app_auth={
+                "id": settings.app_id,
+                "installation_id": settings.app_installation_id,
+                "pem_file": config.secrets.github_app_private_key or "",
+            },
+        )
+    return github.Provider("github", owner=settings.owner, token=config.secrets.github_token)
+
+
+def stage_runner_classes(profile: str, environment: str) -> tuple[str, ...]:
+    """Runner classes this stack's scale sets must serve (CI runs on staging's)."""
+    try:
+        stages = load_definition(profile).stages
+    except DefinitionError as exc:
+        raise ConfigError(f"{PROJECT}:pipelineProfile: {exc}") from exc
+    mine = [s for s in stages if (s.environment or "staging") == environment]
+    return tuple(sorted({s.runner for s in mine}))
+
+
+def opts(provider: pulumi.ProviderResource) -> pulumi.ResourceOptions:
+    return pulumi.ResourceOptions(providers=[provider])

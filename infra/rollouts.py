@@ -1,0 +1,187 @@
+"""Argo Rollouts and the inference server's canary Rollout.
+
+Why the explicit ``depends_on``: a Rollout and an AnalysisTemplate are custom resources
+whose CRDs the argo-rollouts chart installs. Pulumi cannot infer that ordering (a known
+pulumi-kubernetes pitfall: the first ``up`` fails with "no matches for kind Rollout"),
+so both depend on the Helm release, and the Rollout on the template it references.
+
+Shutdown: Kubernetes sends SIGTERM after ``preStop`` (a short sleep, so endpoints are
+removed before the server stops accepting), then the server drains for up to the
+definition's ``serving.drain_timeout_s``; ``terminationGracePeriodSeconds`` covers
+both with a margin, so in-flight generations finish instead of being killed.
+
+Left out: traffic routing through a mesh or ingress (weights are approximated by pod
+counts), HPA, and a PodDisruptionBudget (add one with more than two replicas).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra import analysis, charts, kube
+from infra.config import InferenceSettings
+from pipeline.definition import PipelineDefinition
+
+NAMESPACE = "argo-rollouts"
+APP = analysis.ROLLOUT_NAME
+PORT = 8000
+PRESTOP_SLEEP_S = 5
+GRACE_MARGIN_S = 10
+
+
+def termination_grace_seconds(definition: PipelineDefinition) -> int:
+    return math.ceil(definition.serving.drain_timeout_s) + PRESTOP_SLEEP_S + GRACE_MARGIN_S
+
+
+@dataclass(frozen=True)
+class RolloutsArgs:
+    definition: PipelineDefinition
+    inference: InferenceSettings
+    environment: str
+    namespace: pulumi.Input[str]
+    image: pulumi.Input[str]
+    pull_secret: pulumi.Input[str]
+    prometheus_url: str
+    hf_token: pulumi.Output[str]
+    git_sha: str = "unknown"
+    depends_on: tuple[pulumi.Resource, ...] = ()
+
+
+class InferenceRollout(pulumi.ComponentResource):
+    controller: k8s.helm.v3.Release
+    endpoint: pulumi.Output[str]
+    canary_endpoint: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: RolloutsArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("mlcicd:infra:InferenceRollout", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        ns = args.namespace
+        self.controller = charts.release(
+            "argo-rollouts",
+            charts.ARGO_ROLLOUTS,
+            NAMESPACE,
+            {"installCRDs": True, "dashboard": {"enabled": False}},
+            child,
+        )
+        for service in (APP, f"{APP}-canary"):
+            k8s.core.v1.Service(
+                service,
+                metadata=kube.meta(service, ns, APP),
+                spec={
+                    "selector": {"app": APP},
+                    "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+                },
+                opts=child,
+            )
+        secret = k8s.core.v1.Secret(
+            "inference-secrets",
+            metadata=kube.meta("inference-secrets", ns, APP),
+            string_data={"HF_TOKEN": args.hf_token},
+            opts=child,
+        )
+        template = k8s.apiextensions.CustomResource(
+            "analysis-template",
+            **_split(analysis.analysis_template(args.definition, args.prometheus_url, ns)),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.controller]),
+        )
+        k8s.apiextensions.CustomResource(
+            "rollout",
+            api_version=analysis.ARGO_API_VERSION,
+            kind="Rollout",
+            metadata=kube.meta(APP, ns, APP),
+            spec=self._spec(args, secret.metadata["name"]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[self.controller, template, *args.depends_on]
+            ),
+        )
+        self.endpoint = pulumi.Output.concat(f"http://{APP}.", ns, ".svc.cluster.local")
+        self.canary_endpoint = pulumi.Output.concat(
+            f"http://{APP}-canary.", ns, ".svc.cluster.local"
+        )
+        self.register_outputs({"endpoint": self.endpoint, "canaryEndpoint": self.canary_endpoint})
+
+    def _spec(self, args: RolloutsArgs, secret_name: pulumi.Input[str]) -> dict[str, object]:
+        inference = args.inference
+        env = {
+            "MLCICD_MODEL": inference.model,
+            "MLCICD_HOST": "0.0.0.0",
+            "MLCICD_PORT": str(PORT),
+            "MLCICD_ENVIRONMENT": args.environment,
+            "MLCICD_PROFILE": args.definition.profile,
+            "MLCICD_DEVICE": "cuda" if inference.gpus else "cpu",
+            "HF_HUB_OFFLINE": "0",
+            # Shown as inference_build_info{git_sha}; the image is tagged with it too.
+            "MLCICD_GIT_SHA": args.git_sha,
+        }
+        return {
+            "replicas": inference.replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": {"app": APP}},
+            "template": {
+                "metadata": {"labels": kube.labels(APP)},
+                "spec": {
+                    "terminationGracePeriodSeconds": termination_grace_seconds(args.definition),
+                    "imagePullSecrets": [{"name": args.pull_secret}],
+                    "nodeSelector": dict(inference.node_selector),
+                    "tolerations": [t.to_k8s() for t in inference.tolerations],
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "preferredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "weight": 100,
+                                    "podAffinityTerm": {
+                                        "topologyKey": "kubernetes.io/hostname",
+                                        "labelSelector": {"matchLabels": {"app": APP}},
+                                    },
+                                }
+                            ]
+                        }
+                    },
+                    "containers": [
+                        {
+                            "name": "inference",
+                            "image": args.image,
+                            "command": ["mlcicd", "serve"],
+                            "ports": [{"name": "http", "containerPort": PORT}],
+                            "env": [{"name": k, "value": v} for k, v in env.items()],
+                            "envFrom": [{"secretRef": {"name": secret_name}}],
+                            "resources": kube.resources(
+                                inference.cpu, inference.memory, inference.gpus
+                            ),
+                            "startupProbe": kube.http_probe("/health", "http", 10, 60),
+                            "livenessProbe": kube.http_probe("/health", "http", 15, 3),
+                            "readinessProbe": kube.http_probe("/ready", "http", 5, 2),
+                            "lifecycle": {
+                                "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}
+                            },
+                            "securityContext": kube.RESTRICTED_CONTAINER,
+                        }
+                    ],
+                },
+            },
+            "strategy": {
+                "canary": {
+                    "stableService": APP,
+                    "canaryService": f"{APP}-canary",
+                    "stableMetadata": {"labels": {"version": "stable"}},
+                    "canaryMetadata": {"labels": {"version": "canary"}},
+                    "steps": analysis.rollout_steps(args.definition, APP, args.namespace),
+                }
+            },
+        }
+
+
+def _split(manifest: dict[str, object]) -> dict[str, object]:
+    """A manifest dict as CustomResource keyword arguments."""
+    return {
+        "api_version": manifest["apiVersion"],
+        "kind": manifest["kind"],
+        "metadata": manifest["metadata"],
+        "spec": manifest["spec"],
+    }

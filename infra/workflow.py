@@ -1,0 +1,391 @@
+"""Render ``.github/workflows/ml-cicd.yml`` from the pipeline definition.
+
+Why rendered: the stages, their order, commands and gates exist once in
+``pipeline.toml``; this turns them into GitHub Actions jobs, so the workflow cannot
+drift from what ``mlcicd run`` executes locally. Thresholds appear only inside step
+names, formatted from the definition (the gates themselves read the definition too).
+
+Security choices: ``permissions: {}`` at the top and the least each job needs; every
+action pinned to a commit SHA; no ``${{ github.event.* }}`` or ``${{ ... }}`` value
+inside ``run:`` (values reach scripts through ``env:`` only); production only from
+``main`` in the ``production`` environment, whose reviewers GitHub enforces.
+
+Runners: ``runs-on`` is ``[self-hosted, <scale set>]`` of the stage's runner class.
+The scale sets run in the cluster of the environment they serve, and their pods carry
+the in-cluster endpoints (MLflow, Prometheus, the inference service) as environment
+variables, so the workflow holds no kubeconfig and no cluster URL.
+
+Left out: matrix builds, PRs from forks deploying anything (deploy jobs need ``main``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from infra import workflow_actions as actions
+from infra.analysis import ROLLOUT_NAME, SCRAPE_JOB
+from infra.config import scale_set_name
+from pipeline.definition import PipelineDefinition, Stage
+
+WORKFLOW_PATH = ".github/workflows/ml-cicd.yml"
+# A change under any of these paths runs the GPU job on a pull request.
+MODEL_PATHS = (
+    "inference/",
+    "pipeline/",
+    "pipeline.toml",
+    "requirements.lock",
+    "Dockerfile",
+)
+MODEL_CACHE_PATHS = ("~/.cache/mlcicd", "~/.cache/huggingface")
+REPORTS_DIR = "gate-reports"
+ON_MAIN = "github.event_name != 'pull_request' && github.ref == 'refs/heads/main'"
+GITHUB_ENVIRONMENTS = {"staging": "staging", "prod": "production"}
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What a job needs to know about a runner class."""
+
+    runner_class: str
+    timeout_minutes: int
+
+    def labels(self, environment: str) -> list[str]:
+        return ["self-hosted", scale_set_name(environment, self.runner_class)]
+
+
+def runner_environment(stage: Stage) -> str:
+    """Whose runners run a stage: CI stages run in staging, a deploy in its target."""
+    return stage.environment or "staging"
+
+
+def _step(name: str, run: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, **extra, "run": run}
+
+
+def _checkout(fetch_depth: int = 1) -> dict[str, Any]:
+    return {
+        "name": "Check out",
+        "uses": actions.CHECKOUT.uses,
+        "with": {"persist-credentials": False, "fetch-depth": fetch_depth},
+    }
+
+
+def _install(definition: PipelineDefinition) -> list[dict[str, Any]]:
+    python = f"python{definition.pipeline.python_version}"
+    return [
+        {
+            "name": "Cache pip downloads",
+            "uses": actions.CACHE.uses,
+            "with": {
+                "path": "~/.cache/pip",
+                "key": "pip-${{ runner.os }}-${{ hashFiles('requirements.lock') }}",
+            },
+        },
+        _step(
+            "Install the project",
+            f"{python} -m venv .venv\n"
+            ".venv/bin/pip install -r requirements.lock\n"
+            ".venv/bin/pip install --no-deps -e .\n"
+            'echo "$PWD/.venv/bin" >> "$GITHUB_PATH"\n',
+        ),
+    ]
+
+
+def _model_cache() -> dict[str, Any]:
+    return {
+        "name": "Cache models",
+        "uses": actions.CACHE.uses,
+        "with": {
+            "path": "\n".join(MODEL_CACHE_PATHS),
+            "key": "model-${{ vars.MODEL_REF }}-"
+            "${{ hashFiles('inference/builtin/**', 'inference/builtin_model.py') }}",
+        },
+    }
+
+
+def _gate_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = []
+    env = {"MODEL_REF": "${{ vars.MODEL_REF }}", "HF_TOKEN": "${{ secrets.HF_TOKEN }}"}
+    if "quality" in stage.gates:
+        q = definition.quality
+        steps.append(
+            _step(
+                "Fetch the champion's quality results",
+                f"mlcicd registry champion-results --out {REPORTS_DIR}/champion-quality.json"
+                " --allow-missing\n",
+            )
+        )
+        steps.append(
+            _step(
+                f"Quality gate (pass rate >= {q.min_pass_rate}, "
+                f"regression vs champion <= {q.max_regression_vs_champion})",
+                "champion=()\n"
+                f"if [ -f {REPORTS_DIR}/champion-quality.json ]; then\n"
+                f"  champion=(--champion-results {REPORTS_DIR}/champion-quality.json)\n"
+                "fi\n"
+                'mlcicd gate quality --profile "$MLCICD_PROFILE" --model "$MODEL_REF" '
+                f'--device cuda --out {REPORTS_DIR} "${{champion[@]}}"\n',
+                env=env,
+            )
+        )
+    if "latency" in stage.gates:
+        lat = definition.latency
+        steps.append(
+            _step(
+                f"Latency gate (TTFT p99 <= {lat.max_ttft_p99_ms} ms, "
+                f"mean <= {lat.max_e2e_mean_ms} ms, error rate <= {lat.max_error_rate})",
+                'mlcicd gate latency --profile "$MLCICD_PROFILE" --model "$MODEL_REF" '
+                f"--device cuda --out {REPORTS_DIR}\n",
+                env=env,
+            )
+        )
+    if {"quality", "latency"} & set(stage.gates):
+        steps.append(
+            {
+                "name": "Keep gate reports",
+                "if": "always()",
+                "uses": actions.UPLOAD_ARTIFACT.uses,
+                "with": {"name": REPORTS_DIR, "path": REPORTS_DIR, "retention-days": 30},
+            }
+        )
+    return steps
+
+
+def _build_steps(definition: PipelineDefinition) -> list[dict[str, Any]]:
+    image = "${{ vars.REGISTRY }}/${{ vars.IMAGE_NAME }}"
+    return [
+        {"name": "Set up Buildx", "uses": actions.SETUP_BUILDX.uses},
+        {
+            "name": "Log in to the registry",
+            "uses": actions.LOGIN.uses,
+            "with": {
+                "registry": "${{ vars.REGISTRY }}",
+                "username": "${{ vars.REGISTRY_USERNAME }}",
+                "password": "${{ secrets.REGISTRY_PASSWORD }}",
+            },
+        },
+        {
+            "name": "Build and push the inference image",
+            "id": "build",
+            "uses": actions.BUILD_PUSH.uses,
+            "with": {
+                "context": ".",
+                "push": True,
+                "tags": f"{image}:${{{{ github.sha }}}}",
+                "build-args": "GIT_SHA=${{ github.sha }}",
+            },
+        },
+        _step(
+            "Image reference",
+            'echo "image=$IMAGE:$GITHUB_SHA" >> "$GITHUB_OUTPUT"\n'
+            'echo "digest=$DIGEST" >> "$GITHUB_OUTPUT"\n',
+            id="image",
+            env={"IMAGE": image, "DIGEST": "${{ steps.build.outputs.digest }}"},
+        ),
+        *_install(definition),
+        {
+            "name": "Fetch gate reports",
+            "uses": actions.DOWNLOAD_ARTIFACT.uses,
+            "with": {"name": REPORTS_DIR, "path": REPORTS_DIR},
+        },
+        _step(
+            f"Register the model in {definition.pipeline.registered_model}",
+            'mlcicd registry register --model "$MODEL_REF" --git-sha "$GITHUB_SHA" '
+            '--image "$IMAGE" --image-digest "$DIGEST" '
+            f"--gate-result {REPORTS_DIR}/quality.json --gate-result {REPORTS_DIR}/latency.json\n",
+            env={
+                "MODEL_REF": "${{ vars.MODEL_REF }}",
+                "IMAGE": "${{ steps.image.outputs.image }}",
+                "DIGEST": "${{ steps.image.outputs.digest }}",
+            },
+        ),
+    ]
+
+
+def _deploy_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, Any]]:
+    """Deploy through ``mlcicd deploy`` (in-cluster service account, no kubeconfig).
+
+    ``MLCICD_NAMESPACE`` and ``PROMETHEUS_URL`` come from the runner pod's environment.
+    """
+    environment = stage.environment or "staging"
+    image_env = {
+        "IMAGE": "${{ needs.build.outputs.image }}",
+        "DIGEST": "${{ needs.build.outputs.digest }}",
+    }
+    set_image = (
+        'mlcicd deploy set-image --namespace "$MLCICD_NAMESPACE" --rollout '
+        f'{ROLLOUT_NAME} --image "$IMAGE@$DIGEST"'
+    )
+    wait = f'mlcicd deploy wait --namespace "$MLCICD_NAMESPACE" --rollout {ROLLOUT_NAME}\n'
+    if stage.action != "canary-rollout":
+        return [_step(f"Deploy to {environment}", f"{set_image}\n{wait}", env=image_env)]
+    gate = definition.canary
+    return [
+        _step(
+            f"Start the canary ({', '.join(f'{s.set_weight}%' for s in gate.steps)})",
+            f"{set_image}\n",
+            env=image_env,
+        ),
+        _step(
+            f"Canary gate (success >= {gate.min_success_rate}, errors <= "
+            f"{gate.max_error_rate}, p99 <= {gate.max_p99_latency_s} s, "
+            f"TTFT p99 <= {gate.max_ttft_p99_s} s)",
+            f'mlcicd canary analyze --profile "$MLCICD_PROFILE" --environment {environment} '
+            f'--prometheus-url "$PROMETHEUS_URL" --job {SCRAPE_JOB} --canary canary '
+            f"--stable stable --out {REPORTS_DIR}/canary.json\n",
+        ),
+        _step("Wait for the rollout", wait),
+        _step(
+            "Promote in the registry",
+            'mlcicd registry promote --reason "canary passed in run $GITHUB_RUN_ID"\n',
+        ),
+        _step(
+            "Roll back on failure",
+            f'mlcicd rollback --rollout {ROLLOUT_NAME} --namespace "$MLCICD_NAMESPACE" '
+            '--reason "canary failed in run $GITHUB_RUN_ID"\n',
+            **{"if": "failure()"},
+        ),
+    ]
+
+
+def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> dict[str, Any]:
+    needs = list(stage.needs)
+    job: dict[str, Any] = {
+        "runs-on": runner.labels(runner_environment(stage)),
+        "timeout-minutes": runner.timeout_minutes,
+        "permissions": {"contents": "read"},
+    }
+    steps = [_checkout(), *_install(definition)]
+    if stage.runner == "gpu":
+        needs = ["changes", *needs]
+        job["if"] = f"needs.changes.outputs.model == 'true' || ({ON_MAIN})"
+        steps.insert(1, _model_cache())
+    if stage.action == "build-and-register":
+        job["if"] = ON_MAIN
+        job["permissions"] = {"contents": "read", "packages": "write"}
+        job["outputs"] = {
+            "image": "${{ steps.image.outputs.image }}",
+            "digest": "${{ steps.image.outputs.digest }}",
+        }
+        steps = [_checkout(), *_build_steps(definition)]
+    if stage.environment is not None:
+        job["if"] = ON_MAIN
+        job["environment"] = GITHUB_ENVIRONMENTS[stage.environment]
+        if "build" not in needs:
+            needs.append("build")
+    if stage.action in ("deploy", "canary-rollout"):
+        steps += _deploy_steps(definition, stage)
+    steps += [_step(command.name, command.run + "\n") for command in stage.commands]
+    steps += _gate_steps(definition, stage)
+    if needs:
+        job["needs"] = needs
+    job["steps"] = steps
+    return job
+
+
+def pull_request_checks(definition: PipelineDefinition) -> tuple[str, ...]:
+    """Job ids that run on every pull request: what branch protection requires."""
+    return tuple(s.id for s in definition.stages if s.environment is None and s.action is None)
+
+
+def _changes_job(runner: RunnerSpec) -> dict[str, Any]:
+    pattern = "|".join(p.replace(".", "\\.") for p in MODEL_PATHS)
+    script = (
+        'if [ "$GITHUB_EVENT_NAME" != "pull_request" ]; then\n'
+        '  echo "model=true" >> "$GITHUB_OUTPUT"\n'
+        "  exit 0\n"
+        "fi\n"
+        'git fetch --no-tags --depth=1 origin "$BASE_REF"\n'
+        'if git diff --name-only "origin/$BASE_REF" HEAD | grep -qE '
+        f"'^({pattern})'; then\n"
+        '  echo "model=true" >> "$GITHUB_OUTPUT"\n'
+        "else\n"
+        '  echo "model=false" >> "$GITHUB_OUTPUT"\n'
+        "fi\n"
+    )
+    return {
+        "runs-on": runner.labels("staging"),
+        "timeout-minutes": runner.timeout_minutes,
+        "permissions": {"contents": "read"},
+        "outputs": {"model": "${{ steps.filter.outputs.model }}"},
+        "steps": [
+            _checkout(fetch_depth=0),
+            _step(
+                "Did model or inference code change?",
+                script,
+                id="filter",
+                env={"BASE_REF": "${{ github.base_ref }}"},
+            ),
+        ],
+    }
+
+
+def workflow(definition: PipelineDefinition, runners: Mapping[str, RunnerSpec]) -> dict[str, Any]:
+    """The workflow as data; ``runners`` maps a runner class (gpu, cpu) to its spec."""
+    missing = sorted({s.runner for s in definition.stages} - set(runners))
+    if missing:
+        raise KeyError(f"no runner spec for runner class(es) {', '.join(missing)}")
+    jobs: dict[str, Any] = {}
+    has_gpu_job = any(stage.runner == "gpu" for stage in definition.stages)
+    if has_gpu_job:
+        jobs["changes"] = _changes_job(runners["cpu"] if "cpu" in runners else runners["gpu"])
+    for stage in definition.stages:
+        jobs[stage.id] = _job(definition, stage, runners[stage.runner])
+    return {
+        "name": definition.pipeline.name,
+        "on": {
+            "push": {"branches": ["main"]},
+            "pull_request": {"branches": ["main"]},
+            "workflow_dispatch": {},
+        },
+        "permissions": {},
+        "concurrency": {
+            "group": "${{ github.workflow }}-${{ github.ref }}",
+            "cancel-in-progress": "${{ github.ref != 'refs/heads/main' }}",
+        },
+        "env": {"MLCICD_PROFILE": definition.profile, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        "jobs": jobs,
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style for multi-line scripts, and no YAML anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_presenter)
+
+
+def render_workflow(definition: PipelineDefinition, runners: Mapping[str, RunnerSpec]) -> str:
+    header = (
+        "# Generated by infra/workflow.py from pipeline.toml; do not edit by hand.\n"
+        "# Regenerate with `mlcicd infra render` (or `pulumi up`, which commits it).\n"
+    )
+    body = yaml.dump(workflow(definition, runners), Dumper=_Dumper, sort_keys=False, width=100)
+    return header + actions.annotate_versions(body)
+
+
+def runner_labels(definition: PipelineDefinition, runners: Mapping[str, RunnerSpec]) -> list[str]:
+    """Every custom label the workflow uses (for actionlint's ``self-hosted-runner``)."""
+    labels = {runners["cpu" if "cpu" in runners else "gpu"].labels("staging")[1]}
+    for stage in definition.stages:
+        labels.add(runners[stage.runner].labels(runner_environment(stage))[1])
+    return sorted(labels)
+
+
+def render_actionlint_config(
+    definition: PipelineDefinition, runners: Mapping[str, RunnerSpec]
+) -> str:
+    config = {"self-hosted-runner": {"labels": runner_labels(definition, runners)}}
+    return yaml.safe_dump(config, sort_keys=False)

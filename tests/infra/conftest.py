@@ -1,0 +1,50 @@
+"""Session fixtures: the Pulumi program recorded under mocks, once per stack.
+
+Each stack runs in its own interpreter (Pulumi's runtime is process-global); both run in
+parallel. Every secret config key gets a planted marker value, so tests can prove the
+markers only ever appear inside Pulumi secret wrappers and never in rendered files.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.config import SECRET_KEYS
+from infra.mock_runtime import record
+from infra.render import write_render
+
+STACKS = ("staging", "prod")
+MARKERS = {key: f"PLANTED-{key}-c0ffee" for key in SECRET_KEYS}
+
+
+@pytest.fixture(scope="session")
+def recordings() -> dict[str, dict[str, Any]]:
+    with ThreadPoolExecutor(max_workers=len(STACKS)) as pool:
+        futures = {stack: pool.submit(record, stack, secrets=MARKERS) for stack in STACKS}
+        return {stack: future.result() for stack, future in futures.items()}
+
+
+@pytest.fixture(scope="session")
+def renders(
+    recordings: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("renders")
+    out = {}
+    for stack, recording in recordings.items():
+        out[stack] = root / stack
+        write_render(recording, out[stack])
+    return out
+
+
+def resources(recording: dict[str, Any], type_: str) -> list[dict[str, Any]]:
+    return [r for r in recording["resources"] if r["type"] == type_]
+
+
+def one(recording: dict[str, Any], type_: str, name: str) -> dict[str, Any]:
+    found = [r for r in resources(recording, type_) if r["name"] == name]
+    assert len(found) == 1, f"expected one {type_} named {name}, found {len(found)}"
+    return found[0]

@@ -1,0 +1,143 @@
+"""Stack config: typed, validated once, every error naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.config import (
+    PROJECT,
+    REPO_ROOT,
+    SECRET_KEYS,
+    ConfigError,
+    DictSource,
+    load_config,
+    project_defaults,
+)
+
+
+def _source(overrides: dict[str, object] | None = None, stack: str = "staging") -> DictSource:
+    stack_file = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    values: dict[str, object] = dict(project_defaults())
+    values.update({k.split(":", 1)[1]: v for k, v in stack_file.items()})
+    values.update(overrides or {})
+    return DictSource(values, {key: f"s-{key}" for key in SECRET_KEYS})
+
+
+def _error(overrides: dict[str, object]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(_source(overrides))
+    return str(info.value)
+
+
+def test_both_stack_files_load() -> None:
+    for stack in ("staging", "prod"):
+        cfg = load_config(_source(stack=stack))
+        assert cfg.environment == stack
+        assert {r.name for r in cfg.runners} == {"gpu", "cpu"}
+
+
+def test_wrong_type_names_the_key() -> None:
+    message = _error({"gpuRunner.maxRunners": "x"})
+    assert f'{PROJECT}:gpuRunner.maxRunners: expected integer, got "x"' in message
+
+
+def test_missing_key_names_the_key() -> None:
+    source = _source()
+    values = {k: v for k, v in source._values.items() if k != "github.owner"}
+    with pytest.raises(ConfigError, match=f"{PROJECT}:github.owner: missing"):
+        load_config(DictSource(values, source._secrets))
+
+
+def test_unknown_runner_class_names_the_key() -> None:
+    message = _error({"runnerClasses": ["gpu", "cpu", "tpu"]})
+    assert f'{PROJECT}:runnerClasses: unknown runner class "tpu"' in message
+
+
+def test_a_stage_runner_without_scale_set_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r'runnerClasses: the pipeline\'s stages run on "gpu"'):
+        load_config(_source({"runnerClasses": ["cpu"]}), stage_runners=("cpu", "gpu"))
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    message = _error({"environment": "qa", "cpuRunner.tolerations": ["bad"], "images.build": "yes"})
+    assert f'{PROJECT}:environment: expected one of staging, prod, got "qa"' in message
+    assert f"{PROJECT}:cpuRunner.tolerations: expected key=value:Effect" in message
+    assert f"{PROJECT}:images.build: expected boolean" in message
+
+
+def test_min_above_max_is_an_error() -> None:
+    message = _error({"gpuRunner.minRunners": 3, "gpuRunner.maxRunners": 2})
+    assert f"{PROJECT}:gpuRunner.minRunners: must be <= gpuRunner.maxRunners" in message
+
+
+def test_missing_secret_names_the_key() -> None:
+    source = _source()
+    secrets = {k: v for k, v in source._secrets.items() if k != "dbPassword"}
+    with pytest.raises(ConfigError, match="dbPassword: missing secret"):
+        load_config(DictSource(source._values, secrets))
+
+
+def test_every_key_read_is_declared_in_pulumi_yaml() -> None:
+    read: list[str] = []
+
+    class Spy(DictSource):
+        def get(self, key: str) -> str | None:
+            read.append(key)
+            return super().get(key)
+
+    source = _source()
+    load_config(Spy(source._values, source._secrets))
+    declared = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())["config"]
+    assert sorted(set(read) - set(declared)) == []
+    assert sorted(set(declared) - set(read)) == []
+
+
+def test_stack_files_hold_no_plaintext_secrets() -> None:
+    for stack in ("staging", "prod"):
+        config = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+        for key in SECRET_KEYS:
+            value = config.get(f"{PROJECT}:{key}")
+            assert value is None or (isinstance(value, dict) and "secure" in value), key
+
+
+@pytest.mark.slow
+def test_render_cli_rejects_bad_stack_file(tmp_path: Path) -> None:
+    bad = tmp_path / "Pulumi.bad.yaml"
+    good = yaml.safe_load((REPO_ROOT / "Pulumi.staging.yaml").read_text())
+    good["config"]["mlcicd:gpuRunner.maxRunners"] = "lots"
+    bad.write_text(yaml.safe_dump(good))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "infra",
+            "render",
+            "--stack",
+            "staging",
+            "--stack-file",
+            str(bad),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert 'mlcicd:gpuRunner.maxRunners: expected integer, got "lots"' in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unknown_pipeline_profile_names_the_key() -> None:
+    from infra.program import stage_runner_classes
+
+    with pytest.raises(ConfigError, match=f"{PROJECT}:pipelineProfile: .*profiles.tpu"):
+        load_config(_source({"pipelineProfile": "tpu"}), stage_runner_classes)
