@@ -1,4 +1,4 @@
-"""``mlcicd infra render`` and ``mlcicd infra diff``: the stack, offline, as files.
+"""``mlcicd infra render``, ``diff`` and ``workflow``: the stack, offline, as files.
 
 Why: reviewing infrastructure changes should not need cloud credentials. ``render`` runs
 the same Pulumi program under the mock runtime with the stack's config (secrets replaced
@@ -7,11 +7,16 @@ workflow; ``diff`` compares two renders (exit 0 identical, 1 different, 2 usage)
 
 Unlike ``pulumi preview`` this never talks to the cluster, GitHub or the state backend,
 so it shows what the program declares, not what would change in the live stack.
+
+``workflow`` writes ``.github/workflows/ml-cicd.yml`` exactly as the prod stack commits
+it (same renderer, same stack settings), so the file in the repository is generated,
+never hand-kept; ``--check`` exits 1 with a diff when the file is stale.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
@@ -50,6 +55,41 @@ def _diff(args: argparse.Namespace) -> int:
     return EXIT_DIFFERENT if different else EXIT_OK
 
 
+def _workflow(args: argparse.Namespace) -> int:
+    from infra.config import REPO_ROOT, ConfigError
+    from infra.program import WORKFLOW_STACK, stack_workflow_text
+    from infra.workflow import WORKFLOW_PATH
+
+    try:
+        fresh = stack_workflow_text(WORKFLOW_STACK)
+    except ConfigError as exc:
+        print(f"mlcicd infra workflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # The checkout the renderer reads pipeline.toml and Pulumi.prod.yaml from.
+    out: Path = args.out or REPO_ROOT / WORKFLOW_PATH
+    if not args.check:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(fresh)
+        print(f"wrote {out} (stack {WORKFLOW_STACK})")
+        return EXIT_OK
+    if not out.is_file():
+        print(f"{out}: missing; run `mlcicd infra workflow` to generate it")
+        return EXIT_DIFFERENT
+    committed = out.read_text()
+    if committed == fresh:
+        print(f"{out} is up to date")
+        return EXIT_OK
+    diff = difflib.unified_diff(
+        committed.splitlines(keepends=True),
+        fresh.splitlines(keepends=True),
+        fromfile=str(out),
+        tofile=f"fresh render (stack {WORKFLOW_STACK})",
+    )
+    sys.stdout.writelines(diff)
+    print(f"\n{out} is stale; run `mlcicd infra workflow` to regenerate it")
+    return EXIT_DIFFERENT
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("infra", help="render or diff the Pulumi stacks offline")
     actions = parser.add_subparsers(dest="infra_command", required=True, metavar="ACTION")
@@ -64,3 +104,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     diff.add_argument("a", type=Path)
     diff.add_argument("b", type=Path)
     diff.set_defaults(handler=_diff)
+    workflow = actions.add_parser(
+        "workflow", help="write the GitHub workflow as the prod stack commits it"
+    )
+    workflow.add_argument(
+        "--out", type=Path, help="default: .github/workflows/ml-cicd.yml in the checkout"
+    )
+    workflow.add_argument(
+        "--check", action="store_true", help="exit 1 and print a diff if --out is stale"
+    )
+    workflow.set_defaults(handler=_workflow)

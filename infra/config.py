@@ -16,6 +16,7 @@ config (node selectors and tolerations are ``key=value`` strings, as in kubectl)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -117,7 +118,19 @@ class DictSource:
 
     def get_secret(self, key: str) -> pulumi.Output[str] | None:
         value = self._secrets.get(key)
-        return None if value is None else pulumi.Output.secret(value)
+        if value is None:
+            return None
+        _ensure_event_loop()
+        return pulumi.Output.secret(value)
+
+
+def _ensure_event_loop() -> None:
+    """``pulumi.Output`` needs a current asyncio loop. Outside the engine (tests, ``mlcicd
+    infra workflow``) an earlier ``asyncio.run()`` may have left the thread without one."""
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def _raw(value: object) -> str:
@@ -133,6 +146,28 @@ def project_defaults(root: Path = REPO_ROOT) -> dict[str, object]:
     """``default:`` of every key declared in Pulumi.yaml (what the CLI merges in)."""
     declared = yaml.safe_load((root / "Pulumi.yaml").read_text())["config"]
     return {key: spec["default"] for key, spec in declared.items() if "default" in spec}
+
+
+def stack_file_source(stack: str, root: Path = REPO_ROOT) -> DictSource:
+    """``Pulumi.yaml`` defaults overlaid with ``Pulumi.<stack>.yaml``, as the CLI merges them.
+
+    For reading the stack's plain settings without Pulumi (``mlcicd infra workflow``).
+    Secrets are not decrypted: every secret key gets a placeholder, so nothing that
+    needs a secret's value may be rendered from this source.
+    """
+    path = root / f"Pulumi.{stack}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such stack file (stacks: Pulumi.<name>.yaml)") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    values = project_defaults(root)
+    for key, value in (data.get("config") or {}).items():
+        project, _, name = key.rpartition(":")
+        if project in ("", PROJECT) and not (isinstance(value, dict) and "secure" in value):
+            values[name] = value
+    return DictSource(values, {key: f"placeholder-{key}" for key in SECRET_KEYS})
 
 
 class _Reader:

@@ -1,18 +1,27 @@
 """Helpers the entry point needs that are not resources: definition, tag, providers.
 
 Why separate from ``__main__.py``: the entry point stays wiring, and ``mlcicd infra
-render`` reuses :func:`workflow_text` to write the same workflow the stack commits.
+render`` / ``mlcicd infra workflow`` reuse :func:`workflow_text` to write the same
+workflow the stack commits.
 """
 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pulumi
 import pulumi_github as github
 import pulumi_kubernetes as k8s
 
-from infra.config import PROJECT, ConfigError, StackConfig
+from infra.config import (
+    PROJECT,
+    REPO_ROOT,
+    ConfigError,
+    StackConfig,
+    load_config,
+    stack_file_source,
+)
 from infra.workflow import RunnerSpec, render_workflow
 from pipeline.definition import DefinitionError, PipelineDefinition, load_definition
 
@@ -28,6 +37,16 @@ def runner_specs(config: StackConfig) -> dict[str, RunnerSpec]:
 
 def workflow_text(config: StackConfig) -> str:
     return render_workflow(load_definition(config.profile), runner_specs(config))
+
+
+# The stack whose GitHubRepo owns the repository, and so commits the workflow file.
+WORKFLOW_STACK = "prod"
+
+
+def stack_workflow_text(stack: str = WORKFLOW_STACK, root: Path = REPO_ROOT) -> str:
+    """What ``pulumi up`` on ``stack`` commits as the workflow, read without Pulumi."""
+    source = stack_file_source(stack, root)
+    return workflow_text(load_config(source, stage_runner_classes, repo_root=root))
 
 
 def image_tag(config: StackConfig) -> str:

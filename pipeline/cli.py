@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.registry_cli",
     "pipeline.canary_cli",
     "pipeline.rollback_cli",
+    "pipeline.deploy_cli",
     "pipeline.bench_cli",
     "infra.cli",
 )

@@ -209,6 +209,26 @@ class PipelineDefinition(_Strict):
     environment: str | None
     source: str
 
+    def gate_title(self, gate: GateName) -> str:
+        """A gate's step name with its thresholds, shared by the workflow and the local runner."""
+        if gate == "quality":
+            q = self.quality
+            return (
+                f"Quality gate (pass rate >= {q.min_pass_rate}, "
+                f"regression vs champion <= {q.max_regression_vs_champion})"
+            )
+        if gate == "latency":
+            lat = self.latency
+            return (
+                f"Latency gate (TTFT p99 <= {lat.max_ttft_p99_ms} ms, "
+                f"mean <= {lat.max_e2e_mean_ms} ms, error rate <= {lat.max_error_rate})"
+            )
+        c = self.canary
+        return (
+            f"Canary gate (success >= {c.min_success_rate}, errors <= {c.max_error_rate}, "
+            f"p99 <= {c.max_p99_latency_s} s, TTFT p99 <= {c.max_ttft_p99_s} s)"
+        )
+
     def stage(self, stage_id: str) -> Stage:
         for stage in self.stages:
             if stage.id == stage_id:

@@ -27,6 +27,7 @@ environment approvals); the GPU profile's numbers (no GPU on this machine).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.definition import REPO_ROOT, PipelineDefinition, Stage, load_definition
+from pipeline.definition import REPO_ROOT, Command, PipelineDefinition, Stage, load_definition
 from pipeline.image_bundle import PushedImage, build_and_push, pull_and_unpack
 from pipeline.local_services import ManagedProcess, Service, free_port, start_mlflow, start_registry
 from pipeline.run_report import Console, RunReport, Status, StepRecord
@@ -60,6 +61,9 @@ class RunOptions:
     canary_fault: str = "none"  # none | errors | latency
     state_dir: Path = REPO_ROOT / ".mlcicd"
     skip_stages: tuple[str, ...] = ()
+    # Skip the stages' shell commands (lint, unit and inference tests) but run every
+    # gate and action: for when those commands already ran, e.g. inside the test suite.
+    skip_commands: bool = False
 
 
 @dataclass
@@ -135,7 +139,7 @@ class LocalRunner:
     ) -> int:
         """Run a command with its output in the step's log; fail the step on a bad exit."""
         index = len(self.report.steps) + 1
-        slug = record.name.lower().replace(" ", "-").replace("/", "-")[:40]
+        slug = re.sub(r"[^a-z0-9]+", "-", record.name.lower()).strip("-")[:40]
         log = self.logs / f"{index:02d}-{record.stage}-{slug}.log"
         record.log = str(log)
         with log.open("wb") as handle:
@@ -189,7 +193,7 @@ class LocalRunner:
         if stage.gates or stage.action is not None:
             self.ensure_services()
         if stage.action != "deploy":  # a deploy stage's commands test the deployed endpoint
-            for command in stage.commands:
+            for command in self.commands(stage):
                 with self.step(stage.id, command.name) as record:
                     self.run_logged(record, command.run)
         for gate in stage.gates:
@@ -205,6 +209,14 @@ class LocalRunner:
             from pipeline.local_canary import CanaryRollout
 
             CanaryRollout(self, stage).run()
+
+    def commands(self, stage: Stage) -> tuple[Command, ...]:
+        if self.options.skip_commands and stage.commands:
+            names = ", ".join(c.name for c in stage.commands)
+            self.report.steps.append(StepRecord(stage.id, names, "skipped", 0.0, "--skip-commands"))
+            self.console.done(self.report.steps[-1])
+            return ()
+        return stage.commands
 
     def ensure_services(self) -> None:
         state = self.options.state_dir / "state"
@@ -224,7 +236,6 @@ class LocalRunner:
     # -- gates ----------------------------------------------------------------
 
     def gate_quality(self, stage: Stage) -> None:
-        threshold = self.definition.quality.min_pass_rate
         champion = self.reports / "champion-quality.json"
         with self.step(stage.id, "Fetch the champion's quality results") as record:
             self.run_logged(
@@ -236,7 +247,7 @@ class LocalRunner:
             )  # fmt: skip
             record.detail = "found" if champion.exists() else "no champion yet"
         compare = ["--champion-results", str(champion)] if champion.exists() else []
-        with self.step(stage.id, f"Quality gate (pass rate >= {threshold})") as record:
+        with self.step(stage.id, self.definition.gate_title("quality")) as record:
             out = self.reports / "quality"
             code = self.run_logged(
                 record,
@@ -251,11 +262,7 @@ class LocalRunner:
                 raise StageFailed("quality gate failed")
 
     def gate_latency(self, stage: Stage) -> None:
-        latency = self.definition.latency
-        name = (
-            f"Latency gate (TTFT p99 <= {latency.max_ttft_p99_ms} ms, "
-            f"mean <= {latency.max_e2e_mean_ms} ms)"
-        )
+        name = self.definition.gate_title("latency")
         with self.step(stage.id, name) as record:
             out = self.reports / "latency"
             code = self.run_logged(
@@ -379,7 +386,7 @@ class LocalRunner:
             service = self.deploy_image("staging", self.state.image, "--environment", "staging")
             self.state.staging_url = service.url
             record.detail = service.url
-        for command in stage.commands:
+        for command in self.commands(stage):
             with self.step(stage.id, command.name) as record:
                 self.run_logged(record, command.run, MLCICD_ENDPOINT=service.url)
 

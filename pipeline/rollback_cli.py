@@ -24,31 +24,18 @@ from typing import Any
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.definition import DefinitionError, load_definition
+from pipeline.kube_config import KubeConfigError, load_kubernetes_config
+from pipeline.kube_config import api_error_message as _k8s_message
 from pipeline.registry import ModelRegistry, RegistryError, default_actor
 from pipeline.rollback import CustomObjects, ReplicaSets, RolloutError, roll_back
 
 
 def kubernetes_clients(args: argparse.Namespace) -> tuple[Any, Any]:
-    """CustomObjectsApi and AppsV1Api from a kubeconfig, else the in-cluster config."""
+    """CustomObjectsApi and AppsV1Api: in-cluster config, else a kubeconfig (see kube_config)."""
     from kubernetes import client
-    from kubernetes import config as kube_config
 
-    config: Any = kube_config  # untyped package
-    try:
-        config.load_kube_config(config_file=args.kubeconfig, context=args.context)
-    except Exception:
-        if args.kubeconfig or args.context:
-            raise
-        config.load_incluster_config()
+    load_kubernetes_config(args.kubeconfig, args.context)
     return client.CustomObjectsApi(), client.AppsV1Api()
-
-
-def _k8s_message(exc: Exception) -> str:
-    status, reason = getattr(exc, "status", None), getattr(exc, "reason", None)
-    if status is not None:
-        return f"Kubernetes API answered {status} {reason or ''}".strip()
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"Kubernetes API unreachable or refused: {first[:200]}"
 
 
 def run_rollback(
@@ -115,8 +102,8 @@ def _handle(args: argparse.Namespace) -> int:
         args.registry = "yes"
     try:
         api, apps = (None, None) if args.no_kubernetes else kubernetes_clients(args)
-    except Exception as exc:
-        print(f"mlcicd rollback: no Kubernetes configuration: {exc}", file=sys.stderr)
+    except KubeConfigError as exc:
+        print(f"mlcicd rollback: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         return run_rollback(args, api, apps)
@@ -135,7 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: abort a canary in progress, else undo",
     )
     parser.add_argument("--to-revision", type=int, default=0, help="undo to this revision")
-    parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, ~/.kube/config, in-cluster")
+    parser.add_argument(
+        "--kubeconfig", help="default: in-cluster, then $KUBECONFIG, ~/.kube/config"
+    )
     parser.add_argument("--context", help="kubeconfig context")
     parser.add_argument(
         "--no-kubernetes",

@@ -42,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--skip", action="append", default=[], metavar="STAGE", help="skip a stage by id"
     )
+    parser.add_argument(
+        "--skip-commands",
+        action="store_true",
+        help="skip the stages' shell commands (lint, tests) but run every gate and action",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -64,5 +69,6 @@ def _run(args: argparse.Namespace) -> int:
         canary_fault=args.canary_fault,
         state_dir=args.state_dir.resolve(),
         skip_stages=tuple(args.skip),
+        skip_commands=args.skip_commands,
     )
     return LocalRunner(options).run()

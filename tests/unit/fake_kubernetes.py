@@ -1,9 +1,12 @@
-"""A fake of the two ``kubernetes`` client APIs that rollback uses (there is no cluster here).
+"""A fake of the two ``kubernetes`` client APIs that rollback and deploy use (no cluster here).
 
 It has the real clients' method names and arguments, returns the real model
 objects for ReplicaSets, raises the real ``ApiException``, records every call
 with its body and content type, and applies patches to its stored Rollout so a
-second call sees the first one's effect.
+second call sees the first one's effect. A JSON patch supports ``replace`` and
+``test`` (a failed test is the API server's 422, and nothing is applied); list
+indices in paths work as in RFC 6902. ``statuses`` plays the controller: each
+read takes the next status in the list (the last one stays).
 """
 
 from __future__ import annotations
@@ -37,11 +40,14 @@ def template(image: str, pod_hash: str | None = None) -> dict[str, Any]:
     }
 
 
-def rollout(image: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+def rollout(
+    image: str, status: dict[str, Any] | None = None, generation: int | None = None
+) -> dict[str, Any]:
+    metadata = {"name": "inference-server", "namespace": "prod", "uid": ROLLOUT_UID}
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Rollout",
-        "metadata": {"name": "inference-server", "namespace": "prod", "uid": ROLLOUT_UID},
+        "metadata": metadata | ({"generation": generation} if generation is not None else {}),
         "spec": {"selector": {"matchLabels": dict(LABELS)}, "template": template(image)},
         "status": status or {},
     }
@@ -89,6 +95,8 @@ class FakeCustomObjectsApi:
     stored: dict[str, Any] | None
     status_subresource: bool = True
     fail_patch_with: int | None = None
+    fail_get_with: list[int] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
 
     def _find(self, namespace: str, name: str) -> dict[str, Any]:
@@ -101,7 +109,12 @@ class FakeCustomObjectsApi:
         self, group: str, version: str, namespace: str, plural: str, name: str
     ) -> Any:
         self.calls.append(Call("get", (group, version, namespace, plural, name)))
-        return copy.deepcopy(self._find(namespace, name))
+        if self.fail_get_with:
+            raise ApiException(status=self.fail_get_with.pop(0), reason="Service Unavailable")
+        found = self._find(namespace, name)
+        if self.statuses:
+            found["status"] = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return copy.deepcopy(found)
 
     def _patch(
         self, method: str, args: tuple[Any, ...], body: Any, content_type: str | None
@@ -110,14 +123,21 @@ class FakeCustomObjectsApi:
         if self.fail_patch_with is not None:
             raise ApiException(status=self.fail_patch_with, reason="Forbidden")
         target = self._find(args[2], args[4])
-        if isinstance(body, list):  # JSON patch: only "replace" is used
+        if isinstance(body, list):  # JSON patch: "test" and "replace"
+            patched = copy.deepcopy(target)
             for op in body:
-                assert op["op"] == "replace"
+                assert op["op"] in ("test", "replace"), op
                 *parents, last = op["path"].strip("/").split("/")
-                node = target
+                node: Any = patched
                 for part in parents:
-                    node = node[part]
-                node[last] = copy.deepcopy(op["value"])
+                    node = node[int(part)] if isinstance(node, list) else node[part]
+                key: Any = int(last) if isinstance(node, list) else last
+                if op["op"] == "test" and node[key] != op["value"]:
+                    raise ApiException(status=422, reason="Unprocessable Entity")
+                if op["op"] == "replace":
+                    node[key] = copy.deepcopy(op["value"])
+            target.clear()
+            target.update(patched)
         else:  # merge patch
             for key, value in body.items():
                 target.setdefault(key, {}).update(value)
