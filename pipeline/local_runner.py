@@ -61,8 +61,9 @@ class RunOptions:
     canary_fault: str = "none"  # none | errors | latency
     state_dir: Path = REPO_ROOT / ".mlcicd"
     skip_stages: tuple[str, ...] = ()
-    # Skip the stages' shell commands (lint, unit and inference tests) but run every
-    # gate and action: for when those commands already ran, e.g. inside the test suite.
+    # Skip the shell commands of stages without an action (lint, unit and inference
+    # tests) but run every gate, action and deploy smoke test: for when those commands
+    # already ran, e.g. inside the test suite.
     skip_commands: bool = False
 
 
@@ -211,7 +212,7 @@ class LocalRunner:
             CanaryRollout(self, stage).run()
 
     def commands(self, stage: Stage) -> tuple[Command, ...]:
-        if self.options.skip_commands and stage.commands:
+        if self.options.skip_commands and stage.commands and stage.action is None:
             names = ", ".join(c.name for c in stage.commands)
             self.report.steps.append(StepRecord(stage.id, names, "skipped", 0.0, "--skip-commands"))
             self.console.done(self.report.steps[-1])

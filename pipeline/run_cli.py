@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--skip-commands",
         action="store_true",
-        help="skip the stages' shell commands (lint, tests) but run every gate and action",
+        help="skip lint and test commands (not deploy smoke tests); run every gate and action",
     )
     parser.set_defaults(handler=_run)
 
