@@ -19,7 +19,8 @@ settings and model, ``max_new_tokens <= cap`` and prompt + new tokens <= context
 ``/v1/completions`` accepts OpenAI's ``model`` (the served model's name or
 reference, or omitted), ``prompt`` (one string; token arrays and batches are
 rejected), ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``,
-``stream``, ``n`` (1 only) and ``user`` (ignored). Everything else OpenAI
+``stream``, ``n`` (1 only), ``user`` (ignored) and vLLM's ``min_tokens``
+(a floor on new tokens, capped at ``max_tokens``). Everything else OpenAI
 defines (``logprobs``, ``echo``, ``best_of``, ``suffix``, penalties,
 ``logit_bias``, ``stream_options``) is rejected as an unknown field.
 
@@ -112,6 +113,9 @@ class CompletionRequest(_Request):
 
     model: str | None = None
     max_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, ge=1)
+    # vLLM's extension: a floor on new tokens (EOS suppressed until reached), so a
+    # benchmark can make every request do the same work (min = max).
+    min_tokens: int = Field(default=0, ge=0)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     stream: bool = False
     n: int = 1

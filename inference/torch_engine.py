@@ -45,9 +45,12 @@ from inference.engine import (
 )
 from inference.kv_cache import cache_layers, pad_left
 from inference.loader import LoadedModel
+from inference.packed_linear import pack_linear_layers
 from inference.sequence_state import SequenceState
 
 _WARMUP_PROMPT = "Hello"
+# Padded prompt tokens per prefill forward (bounds its activations and padding waste).
+PREFILL_TOKEN_BUDGET = 4096
 
 
 class _Batch:
@@ -95,6 +98,7 @@ class TorchEngine:
         self._thread: threading.Thread | None = None
         self._batch = _Batch()
         self._batch_callbacks: list[Callable[[int], None]] = []
+        self._packed_layers = 0
 
     # -- Engine protocol: metadata -------------------------------------------------
     @property
@@ -130,6 +134,7 @@ class TorchEngine:
         """Warm the model up on the calling thread (same code path), then start the worker."""
         if self._thread is not None:
             return
+        self._packed_layers = pack_linear_layers(self._model)
         warm_ids = self.count_tokens(_WARMUP_PROMPT)
         events: list[Event] = []
         params = GenerationParams(prompt=_WARMUP_PROMPT, prompt_ids=warm_ids, max_new_tokens=4)
@@ -230,23 +235,34 @@ class TorchEngine:
         seq.finish(reason, error)
 
     def _admit_all(self, seqs: list[SequenceState]) -> None:
-        """Prefill newly admitted requests; prompts of equal length share one forward.
+        """Prefill newly admitted requests together, left-padded, in few forwards.
 
-        Equal lengths need no padding, so a grouped prefill computes what a lone
-        one would; different lengths are prefilled separately for the same reason.
+        Why padded: one forward reads the weights once, so prefilling 16 prompts of
+        different lengths together costs about what one prefill costs (separate
+        forwards per length cost one weight pass each). The padding is masked out
+        and its cache entries zeroed, so each row computes what a lone prefill
+        computes. Prompts are sorted by length and cut into chunks of at most
+        ``PREFILL_TOKEN_BUDGET`` padded tokens, which bounds memory and padding waste.
         """
-        groups: dict[int, list[SequenceState]] = {}
+        live: list[SequenceState] = []
         for seq in seqs:
             if seq.cancelled:
                 self._finish(seq, "cancelled")
             else:
-                groups.setdefault(len(seq.input_ids), []).append(seq)
-        for group in groups.values():
-            self._admit_group(group)
+                live.append(seq)
+        live.sort(key=lambda s: len(s.input_ids))
+        chunk: list[SequenceState] = []
+        for seq in live:
+            if chunk and len(seq.input_ids) * (len(chunk) + 1) > PREFILL_TOKEN_BUDGET:
+                self._admit_group(chunk)
+                chunk = []
+            chunk.append(seq)
+        if chunk:
+            self._admit_group(chunk)
 
     def _admit_group(self, group: list[SequenceState]) -> None:
         try:
-            logits, cache = self._prefill(group)
+            logits, cache, mask = self._prefill(group)
         except Exception as error:  # one bad request must not take the others down
             if len(group) > 1:
                 for seq in group:  # retry alone, so only the culprit fails
@@ -263,24 +279,50 @@ class TorchEngine:
                 self._finish(seq, "error", f"{type(error).__name__}: {error}")
         keep = [row for row, seq in enumerate(group) if not seq.done]
         if keep:
-            self._merge([group[row] for row in keep], cache, keep)
+            self._merge([group[row] for row in keep], cache, mask, keep)
 
     @torch.inference_mode()
-    def _prefill(self, group: list[SequenceState]) -> tuple[torch.Tensor, Any]:
+    def _prefill(self, group: list[SequenceState]) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Logits of each prompt's last position, the cache, and its (B, T) padding mask."""
         for seq in group:
             seq.check_fits()
-        ids = torch.tensor([s.input_ids for s in group], dtype=torch.long, device=self._device)
-        out = self._model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :], out.past_key_values
+        prompts = [seq.input_ids for seq in group]
+        width = max(len(ids) for ids in prompts)
+        rows = [[0] * (width - len(ids)) + ids for ids in prompts]
+        ids = torch.tensor(rows, dtype=torch.long, device=self._device)
+        mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+            dtype=torch.long,
+            device=self._device,
+        )
+        if all(len(p) == width for p in prompts):  # no padding: exactly a lone prefill
+            out = self._model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1, :], out.past_key_values, mask
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self._model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        padding = (mask == 0)[:, None, :, None]
+        for layer in cache_layers(out.past_key_values):
+            keys, values = layer.current()  # padded queries may hold NaN: never let it in
+            keys.masked_fill_(padding, 0.0)
+            values.masked_fill_(padding, 0.0)
+        return out.logits[:, -1, :], out.past_key_values, mask
 
-    def _merge(self, seqs: list[SequenceState], cache: Any, rows: list[int]) -> None:
+    def _merge(
+        self, seqs: list[SequenceState], cache: Any, mask: torch.Tensor, rows: list[int]
+    ) -> None:
         """Append prefilled rows ``rows`` of ``cache`` to the running batch (left-padded)."""
         batch = self._batch
-        length = len(seqs[0].input_ids)
-        new_mask = torch.ones((len(seqs), length), dtype=torch.long, device=self._device)
         index = torch.tensor(rows, dtype=torch.long, device=self._device)
+        new_mask = mask.index_select(0, index)
+        length = new_mask.shape[1]
         new_layers = cache_layers(cache)
-        if len(rows) < len(cache.layers[0].keys):
+        if len(rows) < mask.shape[0]:
             for layer in new_layers:
                 keys, values = layer.current()
                 layer.reset_to(keys.index_select(0, index), values.index_select(0, index))
