@@ -16,6 +16,7 @@ Left out on purpose: tokenisation of chat templates, logprobs, beam search.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -83,11 +84,9 @@ class GenerationHandle:
     def push(self, event: Event) -> None:
         if isinstance(event, FinishEvent):
             self.finished = True
-        try:
+        # A closed loop (server shut down) raises RuntimeError: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self._queue.put_nowait, event)
-        except RuntimeError:
-            # The loop is closed (server shut down); nobody is listening any more.
-            pass
 
     def cancel(self) -> None:
         self.cancelled = True

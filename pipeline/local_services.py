@@ -37,6 +37,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_http(
+    url: str,
+    timeout_s: float = 60.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    expect_status: int = 200,
+) -> None:
+    """Poll ``url`` until it answers ``expect_status``.
+
+    Raises ServiceError at once if ``proc`` exits first, TimeoutError when time runs out.
+    """
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code == expect_status:
+                return
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.2)
+    raise TimeoutError(
+        f"{url} did not answer {expect_status} within {timeout_s:.0f}s (last: {last})"
+    )
+
+
 class ManagedProcess:
     """A child process in its own session, with output in a log file."""
 
@@ -81,26 +109,14 @@ class ManagedProcess:
         return "\n".join(text[-lines:])
 
     def wait_http(self, url: str, timeout_s: float = 60.0, expect_status: int = 200) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if not self.running():
-                raise ServiceError(
-                    f"{self.name} exited with {self.proc.returncode} before {url} answered; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                response = httpx.get(url, timeout=2.0)
-                if response.status_code == expect_status:
-                    return
-                last = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            time.sleep(0.2)
-        raise ServiceError(
-            f"{self.name}: {url} did not answer {expect_status} within {timeout_s:.0f}s "
-            f"(last: {last}); log {self.log_path}"
-        )
+        try:
+            wait_http(url, timeout_s, self.proc, expect_status)
+        except ServiceError as exc:
+            raise ServiceError(
+                f"{self.name}: {exc}; log {self.log_path}:\n{self.log_tail()}"
+            ) from exc
+        except TimeoutError as exc:
+            raise ServiceError(f"{self.name}: {exc}; log {self.log_path}") from exc
 
     def send_signal(self, sig: int) -> None:
         if self.running():

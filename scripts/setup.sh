@@ -28,14 +28,21 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 
+# pip's output without the noise of index locations this machine's pip config names
+# but does not have; pip's own exit status is kept (pipefail).
+pip_install() {
+  .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+
 stamp="$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat .venv/.mlcicd-installed 2>/dev/null || true)" != "$stamp" ]; then
   echo "setup: installing Python dependencies (torch 2.13.0 CPU first, then requirements.lock)"
-  .venv/bin/python -m pip install -q --upgrade pip
+  pip_install --upgrade pip
   # torch first and pinned: an unpinned torch, pulled in by transformers, is a multi-GB CUDA build.
-  .venv/bin/python -m pip install -q torch==2.13.0
-  .venv/bin/python -m pip install -q -r requirements.lock
-  .venv/bin/python -m pip install -q --no-deps -e .
+  pip_install torch==2.13.0
+  pip_install -r requirements.lock
+  # (the editable build warns about package-named folders, which is the point of it)
+  PYTHONWARNINGS=ignore pip_install --no-deps -e .
   echo "$stamp" > .venv/.mlcicd-installed
 fi
 echo "setup: ready ($(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

@@ -83,8 +83,8 @@ def _changed(base: PipelineDefinition, edited: PipelineDefinition) -> set[str]:
             "175.0",
         ),
         (
-            "set_weight = 30\npause = \"5m\"\n",
-            "set_weight = 35\npause = \"5m\"\n",
+            'set_weight = 30\npause = "5m"\n',
+            'set_weight = 35\npause = "5m"\n',
             {"workflow", "rollout-steps", "local-canary-steps"},
             "35",
         ),
