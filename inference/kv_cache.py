@@ -84,3 +84,16 @@ def pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(tensor.shape)
     shape[dim] = missing
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def keep_rows(cache: Any, mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Keep rows ``index`` of ``cache`` in place, trim all-padding columns; the new mask."""
+    mask = mask.index_select(0, index)
+    start = int((mask.cumsum(dim=1) == 0).sum(dim=1).min().item())  # all-padding columns
+    for layer in cache_layers(cache):
+        keys, values = layer.current()
+        layer.reset_to(
+            keys.index_select(0, index)[:, :, start:],
+            values.index_select(0, index)[:, :, start:],
+        )
+    return mask[:, start:]

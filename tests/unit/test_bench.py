@@ -1,0 +1,278 @@
+"""The benchmark's arithmetic: request plans, aggregation, target verdicts, reports.
+
+No servers here: load results are built from RequestRecords directly, and the
+targets are the definition's own (thresholds are read, never restated), so a
+changed threshold in pipeline.toml moves these tests with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.bench import (
+    GIB,
+    Cell,
+    cell_from_load,
+    evaluate_targets,
+    plan_requests,
+)
+from pipeline.bench_report import build_document, render_markdown, render_plot, write_json
+from pipeline.cli import main
+from pipeline.definition import Bench, BenchTarget, DefinitionError, load_definition, resolve
+from pipeline.loadgen import LoadResult, RequestRecord
+
+
+@pytest.fixture(scope="module")
+def bench() -> Bench:
+    found = load_definition("cpu").bench
+    assert found is not None
+    return found
+
+
+def _target(bench: Bench, metric: str) -> BenchTarget:
+    return next(t for t in bench.targets if t.metric == metric)
+
+
+def _threshold(target: BenchTarget) -> float:
+    value = target.min if target.min is not None else target.max
+    assert value is not None
+    return value
+
+
+def _load(records: list[RequestRecord], concurrency: int, duration_s: float) -> LoadResult:
+    return LoadResult(
+        url="http://127.0.0.1:1",
+        mode="concurrency",
+        concurrency=concurrency,
+        rate=None,
+        warmup=0,
+        max_new_tokens=4,
+        duration_s=duration_s,
+        records=tuple(records),
+    )
+
+
+def _ok(index: int, e2e: float, tokens: int = 4) -> RequestRecord:
+    gaps = (0.01,) * (tokens - 1)
+    return RequestRecord(index, True, 0.0, e2e, e2e / 2, gaps, tokens, 200)
+
+
+# --- request plans ---------------------------------------------------------------
+
+
+def test_plan_is_nominal_without_a_previous_rate(bench: Bench) -> None:
+    plan = plan_requests(16, bench, None)
+    assert plan.requests == max(bench.requests_per_client * 16, bench.min_requests)
+    assert plan.note is None and plan.skipped is None
+
+
+def test_plan_is_nominal_when_it_fits_the_budget(bench: Bench) -> None:
+    nominal = max(bench.requests_per_client * 4, bench.min_requests)
+    fast = 10 * nominal / bench.cell_budget_s
+    assert plan_requests(4, bench, fast).requests == nominal
+
+
+def test_plan_shrinks_to_the_budget_and_says_so(bench: Bench) -> None:
+    level = 16
+    nominal = max(bench.requests_per_client * level, bench.min_requests)
+    # A rate at which the nominal count takes twice the budget, but one request
+    # per client still fits.
+    rate = nominal / (2 * bench.cell_budget_s)
+    plan = plan_requests(level, bench, rate)
+    assert level <= plan.requests < nominal
+    assert plan.note is not None and "budget" in plan.note
+    assert plan.skipped is None
+
+
+def test_plan_skips_when_not_even_one_request_per_client_fits(bench: Bench) -> None:
+    level = 64
+    rate = level / (4 * bench.cell_budget_s)
+    plan = plan_requests(level, bench, rate)
+    assert plan.requests == 0
+    assert plan.skipped is not None and "not run" in plan.skipped
+
+
+# --- aggregation -----------------------------------------------------------------
+
+
+def test_cell_counts_5xx_and_stream_errors_as_server_errors_but_not_429() -> None:
+    records = [
+        _ok(0, 0.2),
+        _ok(1, 0.4),
+        RequestRecord(2, False, 0.0, 0.01, status_code=500, error_kind="http_500"),
+        RequestRecord(3, False, 0.0, 0.01, status_code=200, error_kind="stream_error"),
+        RequestRecord(4, False, 0.0, 0.01, status_code=429, error_kind="http_429"),
+    ]
+    cell = cell_from_load("m", "ours", _load(records, 4, 2.0), 5 * GIB, 0.1)
+    assert cell.requests == 5 and cell.ok == 2
+    assert cell.server_errors == 2
+    assert cell.errors == {"http_500": 1, "stream_error": 1, "http_429": 1}
+    assert cell.tokens_per_s == pytest.approx(8 / 2.0)
+    assert cell.requests_per_s == pytest.approx(2 / 2.0)
+    assert cell.e2e_ms is not None and cell.e2e_ms["max_ms"] == pytest.approx(400)
+    assert cell.itl_ms is not None and cell.itl_ms["count"] == 6
+    assert cell.measured
+
+
+def test_a_cell_without_successes_is_not_measured() -> None:
+    records = [RequestRecord(0, False, 0.0, 0.01, status_code=422, error_kind="http_422")]
+    cell = cell_from_load("m", "ours", _load(records, 1, 1.0), GIB, 0.0)
+    assert not cell.measured and cell.e2e_ms is None
+
+
+# --- targets ---------------------------------------------------------------------
+
+
+def _cell(model: str, server: str, concurrency: int, **kw: object) -> Cell:
+    base: dict[str, object] = {"requests": 10, "ok": 10, "duration_s": 1.0}
+    base.update(kw)
+    return Cell(model, server, concurrency, **base)  # type: ignore[arg-type]
+
+
+def test_throughput_target_passes_above_and_misses_below(bench: Bench) -> None:
+    target = _target(bench, "tokens_per_s")
+    floor = _threshold(target)
+    for factor, status in ((1.1, "PASS"), (0.9, "MISS")):
+        cells = [_cell(target.model, "ours", target.concurrency, tokens_per_s=floor * factor)]
+        [outcome] = evaluate_targets([target], cells, {})
+        assert outcome.status == status
+        assert outcome.measured == pytest.approx(floor * factor)
+
+
+def test_speedup_is_ours_over_the_baseline_at_the_same_concurrency(bench: Bench) -> None:
+    target = _target(bench, "speedup_vs_baseline")
+    need = _threshold(target)
+    ours = _cell(target.model, "ours", target.concurrency, tokens_per_s=100.0)
+    base = _cell(target.model, "baseline", target.concurrency, tokens_per_s=100.0 / (need * 2))
+    other = _cell(target.model, "baseline", target.concurrency * 2, tokens_per_s=1e9)
+    [outcome] = evaluate_targets([target], [ours, base, other], {})
+    assert outcome.status == "PASS"
+    assert outcome.measured == pytest.approx(need * 2)
+
+
+def test_speedup_is_not_measured_when_the_baseline_cell_was_skipped(bench: Bench) -> None:
+    target = _target(bench, "speedup_vs_baseline")
+    ours = _cell(target.model, "ours", target.concurrency, tokens_per_s=100.0)
+    skipped = Cell(target.model, "baseline", target.concurrency, skipped="not run: budget")
+    [outcome] = evaluate_targets([target], [ours, skipped], {})
+    assert outcome.status == "NOT MEASURED" and outcome.measured is None
+    assert "not run: budget" in outcome.detail
+
+
+def test_latency_ratio_and_itl_targets(bench: Bench) -> None:
+    ratio = _target(bench, "e2e_p99_over_p50")
+    itl = _target(bench, "itl_p50_ms")
+    limit_ratio, limit_itl = _threshold(ratio), _threshold(itl)
+    e2e = {"count": 10, "mean_ms": 1.0, "p50_ms": 100.0, "p95_ms": 1.0, "p99_ms": 0.0, "max_ms": 1}
+    e2e["p99_ms"] = 100.0 * limit_ratio * 1.5
+    gaps = {"count": 9, "mean_ms": 1.0, "p50_ms": limit_itl * 0.5, "p95_ms": 1.0, "p99_ms": 1.0}
+    cells = [
+        _cell(ratio.model, "ours", ratio.concurrency, e2e_ms=e2e),
+        _cell(itl.model, "ours", itl.concurrency, itl_ms=gaps),
+    ]
+    by_id = {o.id: o for o in evaluate_targets([ratio, itl], cells, {})}
+    assert by_id[ratio.id].status == "MISS"
+    assert by_id[ratio.id].measured == pytest.approx(limit_ratio * 1.5)
+    assert by_id[itl.id].status == "PASS"
+
+
+def test_memory_target_is_peak_rss_minus_weights(bench: Bench) -> None:
+    target = _target(bench, "rss_over_weights_gib")
+    allowance = _threshold(target)
+    weights = {target.model: 2 * GIB}
+    inside = _cell(target.model, "ours", target.concurrency, peak_rss_bytes=int(2.5 * GIB))
+    [ok] = evaluate_targets([target], [inside], weights)
+    assert ok.measured == pytest.approx(0.5) and (ok.status == "PASS") == (allowance >= 0.5)
+    over = int((2 + allowance + 0.25) * GIB)
+    outside = _cell(target.model, "ours", target.concurrency, peak_rss_bytes=over)
+    [miss] = evaluate_targets([target], [outside], weights)
+    assert miss.status == "MISS"
+    [unknown] = evaluate_targets([target], [inside], {})
+    assert unknown.status == "NOT MEASURED"
+
+
+def test_server_error_target_counts_5xx(bench: Bench) -> None:
+    target = _target(bench, "server_errors")
+    clean = _cell(target.model, "ours", target.concurrency, server_errors=0)
+    broken = _cell(target.model, "ours", target.concurrency, server_errors=3)
+    assert evaluate_targets([target], [clean], {})[0].status == "PASS"
+    assert evaluate_targets([target], [broken], {})[0].status == "MISS"
+
+
+def test_every_target_is_not_measured_without_cells(bench: Bench) -> None:
+    outcomes = evaluate_targets(bench.targets, [], {})
+    assert {o.status for o in outcomes} == {"NOT MEASURED"}
+    assert len(outcomes) == len(bench.targets)
+
+
+def test_a_target_must_have_exactly_one_bound() -> None:
+    from pipeline.definition import read_raw
+
+    raw = read_raw()
+    broken = json.loads(json.dumps(raw))
+    broken["bench"]["targets"][0]["max"] = broken["bench"]["targets"][0].get("min", 1.0)
+    broken["bench"]["targets"][0]["min"] = 1.0
+    with pytest.raises(DefinitionError, match=r"bench\.targets\.0\.max"):
+        resolve(broken, "cpu")
+
+
+# --- reports and CLI -------------------------------------------------------------
+
+
+def _document(bench: Bench, foreign: float) -> dict[str, object]:
+    records = [_ok(i, 0.1 * (i + 1)) for i in range(5)]
+    ours = cell_from_load("builtin", "ours", _load(records, 4, 1.0), GIB // 2, foreign)
+    base = cell_from_load("builtin", "baseline", _load(records[:2], 4, 2.0), GIB // 2, 0.0)
+    skipped = Cell("builtin", "baseline", 64, skipped="not run: budget")
+    return build_document(
+        command="mlcicd bench --quick",
+        machine={"nproc": 2, "cpu_model": "test", "memory_gib": 1, "torch": "x", "cuda": None}
+        | {"torch_threads": 2},
+        config=bench.model_dump(mode="json"),
+        weights={"builtin": GIB // 100},
+        floors={},
+        servers={"ours": "python -m pipeline.cli serve"},
+        cells=[ours, base, skipped],
+        targets=evaluate_targets(bench.targets, [ours, base], {}),
+        started_at="now",
+        duration_s=1.0,
+    )
+
+
+def test_reports_label_a_noisy_run_and_show_skips(bench: Bench, tmp_path: Path) -> None:
+    noisy = _document(bench, foreign=1.0)
+    quiet = _document(bench, foreign=0.0)
+    assert noisy["noisy"] is True and quiet["noisy"] is False
+    text = render_markdown(noisy)
+    assert "NOISY RUN" in text and "NOISY RUN" not in render_markdown(quiet)
+    assert "not run: budget" in text
+    assert "NOT MEASURED" in text
+    write_json(noisy, tmp_path / "bench.json")
+    assert json.loads((tmp_path / "bench.json").read_text())["cells"][2]["skipped"]
+    render_plot(noisy, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--servers", "ours,nginx"], "--servers"),
+        (["--min-requests", "0"], "--min-requests"),
+        (["--cell-budget-s", "-1"], "--cell-budget-s"),
+        (["--profile", "nope"], "profiles.nope"),
+    ],
+)
+def test_bench_cli_usage_errors_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_cli_rejects_a_bad_concurrency_list() -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--concurrency", "1,zero"])
+    assert exited.value.code == 2
