@@ -16,19 +16,14 @@ too machine-dependent to hold on shared CI runners).
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from pipeline.loadgen import LoadResult
+from pipeline.local_services import ManagedProcess, ServiceError, free_port
 
 
 @dataclass(frozen=True)
@@ -123,12 +118,6 @@ def write_histogram(result: LoadResult, verdict: LatencyVerdict, path: Path) -> 
     plt.close(fig)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ServerStartError(RuntimeError):
     """The local server did not become ready; the message carries its log tail."""
 
@@ -142,50 +131,16 @@ def local_server(
     ready_timeout_s: float = 300.0,
 ) -> Iterator[str]:
     """Run ``mlcicd serve --model MODEL`` on a free loopback port; yield its URL, then stop it."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "serve",
-        "--model",
-        model,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *extra_args,
-    ]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True
-        )
+    argv = [sys.executable, "-m", "pipeline.cli", "serve", "--model", model,
+            "--host", "127.0.0.1", "--port", str(port), *extra_args]  # fmt: skip
+    proc = ManagedProcess(log_path.stem, argv, log_path.parent)
+    try:
         try:
-            _wait_ready(url, proc, ready_timeout_s, log_path)
-            yield url
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise ServerStartError(f"server exited with {proc.returncode}:\n{tail}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    tail = log.read_text(errors="replace")[-2000:]
-    raise ServerStartError(f"server at {url} not ready within {timeout_s:g}s:\n{tail}")
+            proc.wait_http(f"{url}/ready", timeout_s=ready_timeout_s)
+        except ServiceError as exc:
+            raise ServerStartError(str(exc)) from exc
+        yield url
+    finally:
+        proc.stop(timeout_s=30.0)
