@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.builtin_model import ensure_builtin_model, ensure_gpt2_small_model
+from inference.compute_thread import run_in_fresh_thread
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -160,7 +161,16 @@ def _hub_snapshot_revision(model_ref: str) -> str:
 
 
 def load_model(model_ref: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load ``model_ref`` for inference (eval mode, no grad) on ``device`` in ``dtype``."""
+    """Load ``model_ref`` for inference (eval mode, no grad) on ``device`` in ``dtype``.
+
+    The work runs on a short-lived thread, so the CPU thread pool it starts does
+    not outlive the load and slow the engine's decode steps down
+    (inference/compute_thread.py).
+    """
+    return run_in_fresh_thread(lambda: _load(model_ref, device, dtype), name="model-load")
+
+
+def _load(model_ref: str, device: str, dtype: str) -> LoadedModel:
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     try:

@@ -186,3 +186,40 @@ class SequenceState:
                     hold = k
                     break
         return hold
+
+
+def choose_next_tokens(
+    seqs: list[SequenceState], logits: torch.Tensor, eos_ids: frozenset[int]
+) -> list[int | None]:
+    """Next token per row of ``logits``; ``None`` where choosing failed (that row is finished).
+
+    Rows are chosen together; if that fails, row by row, so one bad request (say,
+    an invalid sampling state) fails alone.
+    """
+    try:
+        return list(_choose(seqs, logits, eos_ids))
+    except Exception:
+        chosen: list[int | None] = []
+        for row, seq in enumerate(seqs):
+            try:
+                chosen.append(_choose([seq], logits[row : row + 1], eos_ids)[0])
+            except Exception as error:
+                seq.finish("error", f"{type(error).__name__}: {error}")
+                chosen.append(None)
+        return chosen
+
+
+@torch.inference_mode()
+def _choose(seqs: list[SequenceState], logits: torch.Tensor, eos_ids: frozenset[int]) -> list[int]:
+    """Greedy for temperature 0, else seeded temperature + top-p; EOS masked where suppressed."""
+    logits = logits.float()
+    suppress = [row for row, s in enumerate(seqs) if s.suppress_eos]
+    if suppress and eos_ids:
+        eos = torch.tensor(sorted(eos_ids), device=logits.device)
+        logits = logits.clone()
+        logits[torch.tensor(suppress, device=logits.device).unsqueeze(1), eos] = float("-inf")
+    chosen = logits.argmax(dim=-1).tolist()
+    for row, seq in enumerate(seqs):
+        if seq.params.temperature > 0:
+            chosen[row] = seq.sample(logits[row])
+    return [int(token) for token in chosen]

@@ -20,6 +20,9 @@ is ~90% matrix multiplies, so :meth:`start` swaps the model's linear layers for
 oneDNN-packed ones (inference/packed_linear.py; 40% less time per 16-row step,
 about 10% more per 1-row step), and a few padded prefills (cut by cost) replace
 a forward per distinct prompt length. Engine overhead per step is a few milliseconds.
+All torch work, warm-up included, runs on the one worker thread: a second thread
+that has computed keeps a second CPU thread pool alive, which made every decode
+step ~25% slower (inference/compute_thread.py).
 
 Failure isolation: anything that goes wrong while handling one request (prefill,
 sampling, detokenising) finishes that request with ``reason="error"``; a failed
@@ -56,7 +59,7 @@ from inference.kv_cache import cache_layers, keep_rows, pad_left
 from inference.loader import LoadedModel
 from inference.packed_linear import pack_linear_layers
 from inference.padded_prefill import padded_prefill, prefill_chunks
-from inference.sequence_state import SequenceState
+from inference.sequence_state import SequenceState, choose_next_tokens
 
 _WARMUP_PROMPT = "Hello"
 log = logging.getLogger(__name__)
@@ -140,13 +143,31 @@ class TorchEngine:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        """Pack the weights, warm up on the calling thread (same code path), start the worker.
+        """Start the worker; it packs the weights and warms up, then serves. Blocks until ready.
 
-        Packing changes the model in place (the engine owns the model it serves);
-        the layers compute the same function, so other users of it are unaffected.
+        All of the engine's torch work runs on its one worker thread, warm-up
+        included (same code path as serving): a second thread computing with torch
+        keeps a second CPU thread pool alive, and that slows every decode step
+        (inference/compute_thread.py). Packing changes the model in place (the
+        engine owns the model it serves); the layers compute the same function, so
+        other users of it are unaffected.
         """
         if self._thread is not None:
             return
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._worker, args=(ready, failure), name="torch-engine", daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise RuntimeError(f"engine warm-up failed: {failure[0]}") from failure[0]
+
+    def _prepare(self) -> None:
+        """Pack the linear layers and serve one short request on this thread."""
         self._packed_layers = pack_linear_layers(self._model)
         log.info("engine: %d linear layers packed for oneDNN", self._packed_layers)
         warm_ids = self.count_tokens(_WARMUP_PROMPT)
@@ -157,9 +178,7 @@ class TorchEngine:
             self._iterate(wait=False)
         finish = events[-1] if events else None
         if not isinstance(finish, FinishEvent) or finish.reason == "error":
-            raise RuntimeError(f"engine warm-up failed: {finish}")
-        self._thread = threading.Thread(target=self._worker, name="torch-engine", daemon=True)
-        self._thread.start()
+            raise RuntimeError(f"the warm-up request ended with {finish}")
 
     def submit(self, params: GenerationParams, loop: asyncio.AbstractEventLoop) -> GenerationHandle:
         handle = GenerationHandle(params=params, loop=loop)
@@ -206,7 +225,14 @@ class TorchEngine:
         """Detokenise; a seam the tests use to make one request fail."""
         return str(self._tokenizer.decode(ids, skip_special_tokens=True))
 
-    def _worker(self) -> None:
+    def _worker(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        try:
+            self._prepare()
+        except Exception as error:
+            failure.append(error)
+            return
+        finally:
+            ready.set()
         while True:
             try:
                 if not self._iterate(wait=True):
@@ -269,7 +295,7 @@ class TorchEngine:
                 return
             self._finish(group[0], "error", f"{type(error).__name__}: {error}")
             return
-        for seq, token in zip(group, self._choose_safely(group, logits), strict=True):
+        for seq, token in zip(group, choose_next_tokens(group, logits, self._eos_ids), strict=True):
             if token is None:
                 continue
             try:
@@ -332,7 +358,7 @@ class TorchEngine:
         for callback in self._batch_callbacks:
             with contextlib.suppress(Exception):  # metrics must never stop generation
                 callback(len(seqs))
-        for seq, token in zip(seqs, self._choose_safely(seqs, logits), strict=True):
+        for seq, token in zip(seqs, choose_next_tokens(seqs, logits, self._eos_ids), strict=True):
             if token is None:
                 continue
             try:
@@ -361,34 +387,6 @@ class TorchEngine:
         batch.cache = out.past_key_values
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
-
-    def _choose_safely(self, seqs: list[SequenceState], logits: torch.Tensor) -> list[int | None]:
-        try:
-            return list(self._choose(seqs, logits))
-        except Exception:
-            chosen: list[int | None] = []
-            for row, seq in enumerate(seqs):
-                try:
-                    chosen.append(self._choose([seq], logits[row : row + 1])[0])
-                except Exception as error:
-                    self._finish(seq, "error", f"{type(error).__name__}: {error}")
-                    chosen.append(None)
-            return chosen
-
-    @torch.inference_mode()
-    def _choose(self, seqs: list[SequenceState], logits: torch.Tensor) -> list[int]:
-        """Next token per row: greedy for temperature 0, else seeded temperature + top-p."""
-        logits = logits.float()
-        suppress = [row for row, s in enumerate(seqs) if s.suppress_eos]
-        if suppress and self._eos_ids:
-            eos = torch.tensor(sorted(self._eos_ids), device=logits.device)
-            logits = logits.clone()
-            logits[torch.tensor(suppress, device=logits.device).unsqueeze(1), eos] = float("-inf")
-        chosen = logits.argmax(dim=-1).tolist()
-        for row, seq in enumerate(seqs):
-            if seq.params.temperature > 0:
-                chosen[row] = seq.sample(logits[row])
-        return [int(token) for token in chosen]
 
     def _drop_finished(self) -> None:
         batch = self._batch

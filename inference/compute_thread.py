@@ -1,0 +1,52 @@
+"""Keep torch's CPU thread pools from slowing each other down.
+
+Why this exists: torch on CPU runs its kernels through OpenMP (libgomp). Every
+thread that starts a parallel region gets its own pool of helper threads, kept
+until that thread exits. Once the helpers of all pools together outnumber the
+CPUs, libgomp stops letting idle helpers spin between parallel regions (its
+"throttled" spin count) and puts them to sleep instead, so each of the ~500 ops
+in a decode step pays a wake-up. Measured on the project's 2-core runner,
+GPT-2-small, batch-16 decode step on the engine's worker thread: 49 ms when the
+model had been loaded on the main thread (which keeps its pool for good), 39 ms
+when no other thread held a pool; at concurrency 16 the engine's throughput went
+from 264 to 339 tokens/s (commands in docs/performance.md).
+
+The rule that follows, and what enforces it:
+
+* the engine's worker thread is the only long-lived thread that computes with
+  torch: it packs the weights, warms up and decodes (inference/torch_engine.py);
+* anything else that must touch torch on the server's way up (loading the model)
+  runs in a short-lived thread through :func:`run_in_fresh_thread`, whose pool
+  leaves with it.
+
+Left out: pinning threads to cores (the scheduler already keeps two busy threads
+on two cores; pinning would fight the server's event loop for a core) and
+setting ``OMP_WAIT_POLICY`` (ACTIVE made the step 60% slower here, PASSIVE 25%).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def run_in_fresh_thread(fn: Callable[[], T], name: str = "torch-setup") -> T:
+    """``fn()`` on a new thread that ends when it returns; its result or its exception."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(fn())
+        except BaseException as error:  # re-raised on the calling thread below
+            failure.append(error)
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]

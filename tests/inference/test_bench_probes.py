@@ -1,0 +1,53 @@
+"""``python -m pipeline.bench_probes``: the engine probes run and report what they measured.
+
+The built-in model and the two engine probes keep this to seconds; the
+transformers ``generate_batch`` probes take about a minute even on the tiny model
+and are exercised by the recorded run (docs/bench/probes.txt), not here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _probe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.bench_probes", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.usefixtures("builtin_model_dir")
+def test_engine_probes_report_every_token_generated(tmp_path: Path) -> None:
+    out = tmp_path / "probes.txt"
+    done = _probe("--model", "builtin", "--probes", "engine,engine-second-pool", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = out.read_text()
+    assert report == done.stdout
+    lines = report.splitlines()
+    assert lines[0] == (
+        "python -m pipeline.bench_probes --model builtin --probes engine,engine-second-pool"
+    )
+    results = {line.split()[0]: json.loads(line.split(maxsplit=1)[1]) for line in lines[2:]}
+    assert set(results) == {"engine", "engine-second-pool"}
+    for result in results.values():
+        assert result["tokens"] == 16 * 3 * 32  # min = max new tokens: nothing stops early
+        assert result["tokens_per_s"] > 0
+        assert result["decode_forward_ms_p50"] > 0
+
+
+def test_an_unknown_probe_is_a_usage_error_naming_it() -> None:
+    done = _probe("--probes", "engine,warp-drive")
+    assert done.returncode == 2
+    assert "warp-drive is not a probe" in done.stderr
