@@ -54,6 +54,7 @@ ErrorType = Literal[
     "not_found",
     "method_not_allowed",
     "model_not_found",
+    "client_gone",
 ]
 
 
@@ -290,6 +291,12 @@ async def read_body(request: Request, cap: int) -> bytes:
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Return when the client closes the connection; call it once the body has been read."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _no_constants(name: str) -> Any:

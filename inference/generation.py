@@ -18,7 +18,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -119,6 +119,32 @@ class GenerationCall:
         if not self.done and not self.handle.finished:
             self.handle.cancel()
         self.done = True
+
+
+async def collect_unless_client_leaves(
+    call: GenerationCall, client_left: Callable[[], Awaitable[None]]
+) -> Collected:
+    """``call.collect()``, unless the client disconnects first: then cancel the work (499).
+
+    Why: a non-streamed answer is written only at the end, so nothing else would
+    notice a client that left, and the engine would go on generating for nobody
+    until the request finished or its deadline passed. (A stream notices on its
+    next write: see :class:`TrackedStream`.)
+    """
+    collecting = asyncio.ensure_future(call.collect())
+    leaving = asyncio.ensure_future(client_left())
+    try:
+        await asyncio.wait({collecting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+        if not collecting.done():
+            collecting.cancel()
+            call.close()
+    if collecting.done() and not collecting.cancelled():
+        return collecting.result()
+    raise ApiError(
+        CLIENT_GONE, "client_gone", "the client closed the connection; the request was cancelled"
+    )
 
 
 def generate_body(done: Collected) -> GenerateResponse:

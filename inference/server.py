@@ -47,6 +47,7 @@ from inference.api_models import (
     ModelList,
     parse_request,
     read_body,
+    wait_for_disconnect,
 )
 from inference.engine import Engine, EngineStoppedError, GenerationParams, QueueFullError
 from inference.faults import FaultInjector
@@ -54,6 +55,7 @@ from inference.generation import (
     GenerationCall,
     StreamOutcome,
     TrackedStream,
+    collect_unless_client_leaves,
     completion_stream,
     generate_body,
     to_completion,
@@ -224,7 +226,7 @@ def create_app(
             raise ApiError(503, "unavailable", "the model is still loading; retry later")
 
     async def serve_generation(
-        request: Request, respond: Callable[[bytes, float], Awaitable[Response]]
+        request: Request, respond: Callable[[Request, bytes, float], Awaitable[Response]]
     ) -> Response:
         """Admit, read, respond; count the outcome unless a stream took the request over."""
         arrived = time.monotonic()
@@ -235,7 +237,8 @@ def create_app(
             admit()
             admitted = True
             runtime.in_flight += 1
-            response = await respond(await read_body(request, settings.max_body_bytes), arrived)
+            body = await read_body(request, settings.max_body_bytes)
+            response = await respond(request, body, arrived)
             streaming = isinstance(response, TrackedStream)
             code = response.status_code
             return response
@@ -252,12 +255,13 @@ def create_app(
                     runtime.in_flight -= 1
                 finish(code, arrived)
 
-    async def respond_generate(body: bytes, arrived: float) -> Response:
+    async def respond_generate(request: Request, body: bytes, arrived: float) -> Response:
         req = parse_request(body, GenerateRequest)
         call = await start_call(validate(req), arrived)
-        return JSONResponse(generate_body(await call.collect()).model_dump())
+        done = await collect_unless_client_leaves(call, lambda: wait_for_disconnect(request))
+        return JSONResponse(generate_body(done).model_dump())
 
-    async def respond_completion(body: bytes, arrived: float) -> Response:
+    async def respond_completion(request: Request, body: bytes, arrived: float) -> Response:
         req = parse_request(body, CompletionRequest)
         if req.model is not None and req.model not in served_names:
             raise ApiError(
@@ -267,7 +271,7 @@ def create_app(
             )
         call = await start_call(validate(req), arrived)
         if not req.stream:
-            done = await call.collect()
+            done = await collect_unless_client_leaves(call, lambda: wait_for_disconnect(request))
             return JSONResponse(to_completion(done, engine.model_name).model_dump())
         first = await call.first_event()
         outcome = StreamOutcome()
