@@ -6,22 +6,25 @@ until that thread exits. Once the helpers of all pools together outnumber the
 CPUs, libgomp stops letting idle helpers spin between parallel regions (its
 "throttled" spin count) and puts them to sleep instead, so each of the ~500 ops
 in a decode step pays a wake-up. Measured on the project's 2-core runner,
-GPT-2-small, batch-16 decode step on the engine's worker thread: 49 ms when the
-model had been loaded on the main thread (which keeps its pool for good), 39 ms
-when no other thread held a pool; at concurrency 16 the engine's throughput went
-from 264 to 339 tokens/s (commands in docs/performance.md).
+GPT-2-small, batch-16 decode step on the engine's worker thread: 48-53 ms when
+another live thread had computed before (it had warmed the engine up, and kept its
+pool), 38-44 ms when no other thread held a pool; at concurrency 16 the engine's
+throughput is ~20% higher (``python -m pipeline.bench_probes``, recorded in
+docs/bench/probes.txt).
 
 The rule that follows, and what enforces it:
 
 * the engine's worker thread is the only long-lived thread that computes with
   torch: it packs the weights, warms up and decodes (inference/torch_engine.py);
-* anything else that must touch torch on the server's way up (loading the model)
-  runs in a short-lived thread through :func:`run_in_fresh_thread`, whose pool
-  leaves with it.
+* anything else that may touch torch on the server's way up (loading the model:
+  the built-in and GPT-2-small loads start no pool, but a dtype cast or weight
+  conversion of another model may) runs in a short-lived thread through
+  :func:`run_in_fresh_thread`, whose pool leaves with it.
 
 Left out: pinning threads to cores (the scheduler already keeps two busy threads
 on two cores; pinning would fight the server's event loop for a core) and
-setting ``OMP_WAIT_POLICY`` (ACTIVE made the step 60% slower here, PASSIVE 25%).
+setting ``OMP_WAIT_POLICY``: with one pool, ACTIVE changes nothing and PASSIVE
+makes the step ~20% slower (``python -m pipeline.bench_probes``).
 """
 
 from __future__ import annotations

@@ -3,6 +3,14 @@
 Why one list: chart upgrades are reviewed in one place, and tests can check that no
 release floats on "latest". OCI charts carry their registry in the chart reference.
 
+Versions checked on 2026-11-27 against published evidence (no chart repository is
+reachable from CI, so not by ``helm pull``): nvidia-device-plugin 0.17.0 (release
+v0.17.0, NVIDIA/k8s-device-plugin PR 1029), gha-runner-scale-set(-controller)
+0.9.3 (actions/actions-runner-controller release gha-runner-scale-set-0.9.3),
+argo-rollouts 2.38.0 (argo-helm chart release, app v1.7.x), kube-prometheus-stack
+65.1.1 (prometheus-community release, prometheus-operator v0.77.1). The values
+each component sets are not checked against the charts' schemas.
+
 Left out: chart values (each component owns its values as data).
 """
 

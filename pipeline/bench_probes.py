@@ -9,6 +9,8 @@ fresh interpreter so no probe inherits another's threads or caches:
 * ``engine-second-pool``: the same, except that the main thread first runs one
   parallel torch op and so keeps a CPU thread pool of its own, as it did when the
   engine warmed up on the calling thread (inference/compute_thread.py).
+* ``engine-omp-active`` / ``engine-omp-passive``: ``engine`` with
+  ``OMP_WAIT_POLICY`` set, i.e. idle OpenMP helpers always spin / sleep at once.
 * ``hf-generate-batch`` and ``hf-generate-batch-packed``: transformers' own
   continuous-batching API (``generate_batch``) on the same 48 requests, submitted
   all at once (its best case), without and with our packed linear layers; its
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,7 +37,19 @@ from typing import Any
 
 from pipeline.loadgen import DEFAULT_PROMPTS
 
-PROBES = ("engine", "engine-second-pool", "hf-generate-batch", "hf-generate-batch-packed")
+PROBES = (
+    "engine",
+    "engine-second-pool",
+    "engine-omp-active",
+    "engine-omp-passive",
+    "hf-generate-batch",
+    "hf-generate-batch-packed",
+)
+# Probes that are the engine probe under another OpenMP setting (read at process start).
+_PROBE_ENV = {
+    "engine-omp-active": {"OMP_WAIT_POLICY": "ACTIVE"},
+    "engine-omp-passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+}
 CONCURRENCY, ROUNDS, NEW_TOKENS = 16, 3, 32
 
 
@@ -134,6 +149,8 @@ def run_probe(name: str, model: str) -> dict[str, Any]:
     probes: dict[str, Callable[[], dict[str, Any]]] = {
         "engine": lambda: _probe_engine(model, second_pool=False),
         "engine-second-pool": lambda: _probe_engine(model, second_pool=True),
+        "engine-omp-active": lambda: _probe_engine(model, second_pool=False),
+        "engine-omp-passive": lambda: _probe_engine(model, second_pool=False),
         "hf-generate-batch": lambda: _probe_hf_generate_batch(model, packed=False),
         "hf-generate-batch-packed": lambda: _probe_hf_generate_batch(model, packed=True),
     }
@@ -171,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             capture_output=True,
             text=True,
             check=False,
+            env={**os.environ, **_PROBE_ENV.get(name, {})},
         )
         if done.returncode != 0:
             tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
