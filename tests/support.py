@@ -7,13 +7,27 @@ a test fails to start them), so a fixture never leaks a server.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from pipeline.local_services import ManagedProcess, free_port, wait_http
 
-__all__ = ["REPO_ROOT", "ServiceProcess", "free_port", "wait_http"]
+__all__ = ["REPO_ROOT", "ServiceProcess", "free_port", "run_python", "wait_http"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python *args`` in a fresh interpreter at the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 class ServiceProcess(ManagedProcess):

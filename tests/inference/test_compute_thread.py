@@ -11,16 +11,12 @@ or ``load_model()`` on the calling thread would leave.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from inference.compute_thread import run_in_fresh_thread
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import run_python
 
 _PROBE = r"""
 import json, os, sys, time
@@ -64,14 +60,7 @@ def test_run_in_fresh_thread_reraises_on_the_caller() -> None:
 
 @pytest.mark.usefixtures("builtin_model_dir")
 def test_engine_start_and_load_leave_no_thread_pool_behind() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE, "builtin"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_python("-c", _PROBE, "builtin")
     assert done.returncode == 0, done.stderr[-2000:]
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     assert counts["running"] > counts["before"]  # the worker and its pool
