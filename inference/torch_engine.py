@@ -135,6 +135,11 @@ class TorchEngine:
         with self._lock:
             return len(self._pending) + self._running
 
+    @property
+    def packed_layers(self) -> int:
+        """Linear layers running packed for oneDNN (0 before :meth:`start`, or on GPU)."""
+        return self._packed_layers
+
     def count_tokens(self, text: str) -> tuple[int, ...]:
         return tuple(int(i) for i in self._tokenizer(text)["input_ids"])
 
@@ -164,7 +169,14 @@ class TorchEngine:
         if failure:
             self._thread.join()
             self._thread = None
-            raise RuntimeError(f"engine warm-up failed: {failure[0]}") from failure[0]
+            message = f"engine warm-up failed: {failure[0]}"
+            with self._lock:
+                waiting, self._pending = list(self._pending), collections.deque()
+                self._running += len(waiting)  # finishing counts each one out again
+            for seq in [*waiting, *self._batch.seqs]:  # nobody is left waiting forever
+                self._finish(seq, "error", message)
+            self._batch.clear()
+            raise RuntimeError(message) from failure[0]
 
     def _prepare(self) -> None:
         """Pack the linear layers and serve one short request on this thread."""
@@ -228,7 +240,7 @@ class TorchEngine:
     def _worker(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
             self._prepare()
-        except Exception as error:
+        except BaseException as error:  # whatever it is, start() must hear of it
             failure.append(error)
             return
         finally:

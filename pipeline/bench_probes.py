@@ -3,6 +3,9 @@
 ``python -m pipeline.bench_probes [--model M] [--out FILE]`` runs, each in a
 fresh interpreter so no probe inherits another's threads or caches:
 
+* ``steps``: the bare model's KV-cached decode step at batch 1 and 16 and a
+  padded prefill of the 16 prompts, eager and then with packed linear layers
+  (what the engine serves), medians, on one thread.
 * ``engine``: our engine in-process, no HTTP, at concurrency 16 (3 rounds of 16
   requests, 32 tokens each, the benchmark's prompts), the way ``mlcicd serve``
   runs it: the main thread only runs the event loop.
@@ -11,12 +14,17 @@ fresh interpreter so no probe inherits another's threads or caches:
   engine warmed up on the calling thread (inference/compute_thread.py).
 * ``engine-omp-active`` / ``engine-omp-passive``: ``engine`` with
   ``OMP_WAIT_POLICY`` set, i.e. idle OpenMP helpers always spin / sleep at once.
+* ``torch-compile``: the eager decode step against ``torch.compile`` of the
+  model (inductor): the first compiled steps (compiling), the steady step, and
+  the first step at a new batch size.
 * ``hf-generate-batch`` and ``hf-generate-batch-packed``: transformers' own
   continuous-batching API (``generate_batch``) on the same 48 requests, submitted
   all at once (its best case), without and with our packed linear layers; its
-  first call (which sizes and warms its paged cache) is excluded.
+  first call (which sizes and warms its paged cache) is excluded, and nothing
+  else holds a CPU thread pool while it runs.
 
-Each prints tokens/s and, for our engine, the median decode-forward time. The
+Each prints what it measured: tokens/s, and for our engine the median
+decode-forward time. The
 output is plain text, recorded in docs/bench/probes.txt. Left out: HTTP (that is
 what ``mlcicd bench`` measures) and repeated trials (run it again to see the spread).
 """
@@ -38,12 +46,14 @@ from typing import Any
 from pipeline.loadgen import DEFAULT_PROMPTS
 
 PROBES = (
+    "steps",
     "engine",
     "engine-second-pool",
     "engine-omp-active",
     "engine-omp-passive",
     "hf-generate-batch",
     "hf-generate-batch-packed",
+    "torch-compile",
 )
 # Probes that are the engine probe under another OpenMP setting (read at process start).
 _PROBE_ENV = {
@@ -56,6 +66,11 @@ CONCURRENCY, ROUNDS, NEW_TOKENS = 16, 3, 32
 def _prompts(loaded: Any, count: int) -> list[tuple[str, tuple[int, ...]]]:
     texts = [DEFAULT_PROMPTS[index % len(DEFAULT_PROMPTS)] for index in range(count)]
     return [(text, tuple(loaded.tokenizer(text)["input_ids"])) for text in texts]
+
+
+def _rate(tokens: int, elapsed: float) -> dict[str, Any]:
+    rate = round(tokens / elapsed, 1)
+    return {"tokens": tokens, "seconds": round(elapsed, 2), "tokens_per_s": rate}
 
 
 def _probe_engine(model: str, second_pool: bool) -> dict[str, Any]:
@@ -104,9 +119,7 @@ def _probe_engine(model: str, second_pool: bool) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     engine.stop()
     return {
-        "tokens": tokens,
-        "seconds": round(elapsed, 2),
-        "tokens_per_s": round(tokens / elapsed, 1),
+        **_rate(tokens, elapsed),
         "decode_forward_ms_p50": round(statistics.median(forwards) * 1000, 1),
     }
 
@@ -128,25 +141,146 @@ def _probe_hf_generate_batch(model: str, packed: bool) -> dict[str, Any]:
         pad_token_id=0,
     )
 
-    def run() -> dict[str, Any]:  # one thread, as our engine has
-        if packed:
-            pack_linear_layers(loaded.model)
-        loaded.model.generate_batch(inputs[:CONCURRENCY], generation_config=config)
+    # generate_batch decodes on a thread of its own; every step here runs on a
+    # short-lived thread, so no other pool is alive while it is timed.
+    if packed:
+        run_in_fresh_thread(lambda: pack_linear_layers(loaded.model))
+    run_in_fresh_thread(
+        lambda: loaded.model.generate_batch(inputs[:CONCURRENCY], generation_config=config)
+    )
+
+    def timed() -> tuple[float, Any]:
         started = time.perf_counter()
         out = loaded.model.generate_batch(inputs, generation_config=config, warmup=False)
-        elapsed = time.perf_counter() - started
-        tokens = sum(len(result.generated_tokens) for result in out.values())
+        return time.perf_counter() - started, out
+
+    elapsed, out = run_in_fresh_thread(timed)
+    tokens = sum(len(result.generated_tokens) for result in out.values())
+    return _rate(tokens, elapsed)
+
+
+def _probe_steps(model: str) -> dict[str, Any]:
+    """Median times of the bare model's steps, eager and then packed, on one thread."""
+    import torch
+
+    from inference.compute_thread import run_in_fresh_thread
+    from inference.kv_cache import cache_layers
+    from inference.loader import load_model
+    from inference.packed_linear import pack_linear_layers
+    from inference.padded_prefill import padded_prefill
+
+    loaded = load_model(model, "cpu", "fp32")
+    prompts = [list(ids) for _, ids in _prompts(loaded, CONCURRENCY)]
+    device = torch.device("cpu")
+
+    def median_ms(step: Callable[[], object], repeats: int = 9) -> float:
+        step()  # first call: allocations and kernel selection
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - started)
+        return round(statistics.median(times) * 1000, 1)
+
+    @torch.inference_mode()
+    def decode_ms(rows: list[list[int]]) -> float:
+        _, cache, mask = padded_prefill(loaded.model, rows, device)
+        cache_layers(cache)  # the engine's growing cache layers
+        last = torch.full((len(rows), 1), 5, dtype=torch.long)
+        state = {"mask": mask}
+
+        def step() -> None:
+            mask = torch.cat([state["mask"], torch.ones_like(last)], dim=1)
+            positions = mask.sum(dim=1, keepdim=True) - 1
+            loaded.model(
+                input_ids=last,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            state["mask"] = mask
+
+        return median_ms(step)
+
+    def run() -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for label in ("eager", "packed"):
+            if label == "packed":
+                result["packed_layers"] = pack_linear_layers(loaded.model)
+            for batch in (1, CONCURRENCY):
+                result[f"{label}_decode_b{batch}_ms"] = decode_ms(prompts[:batch])
+            result[f"{label}_prefill_{CONCURRENCY}_prompts_ms"] = median_ms(
+                lambda: padded_prefill(loaded.model, prompts, device), repeats=5
+            )
+        result["prompt_tokens"] = sum(len(ids) for ids in prompts)
+        return result
+
+    return run_in_fresh_thread(run)
+
+
+def _probe_torch_compile(model: str) -> dict[str, Any]:
+    """``torch.compile`` (inductor) on the decode step: what compiling costs, what it buys.
+
+    The step is timed at batch 16 for a dozen steps (the cache grows by one each
+    step, as in serving), then once at batch 1 (a new batch size, as when requests
+    leave), against the same eager step.
+    """
+    import torch
+
+    from inference.compute_thread import run_in_fresh_thread
+    from inference.loader import load_model
+
+    loaded = load_model(model, "cpu", "fp32")
+    prompts = [list(ids) for _, ids in _prompts(loaded, CONCURRENCY)]
+    device = torch.device("cpu")
+
+    @torch.no_grad()  # not inference_mode: dynamo's recompile fails on inference tensors
+    def step_times(forward: Callable[..., Any], rows: list[list[int]], steps: int) -> list[float]:
+        width = max(len(ids) for ids in rows)
+        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        out = loaded.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        last = torch.full((len(rows), 1), 5, dtype=torch.long)
+        times = []
+        for _ in range(steps):
+            mask = torch.cat([mask, torch.ones_like(last)], dim=1)
+            started = time.perf_counter()
+            forward(
+                input_ids=last,
+                attention_mask=mask,
+                position_ids=mask.sum(dim=1, keepdim=True) - 1,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            times.append(time.perf_counter() - started)
+        return times
+
+    def run() -> dict[str, Any]:
+        eager = step_times(loaded.model, prompts, 6)
+        compiled_model = torch.compile(loaded.model)
+        compiled = step_times(compiled_model, prompts, 12)
+        batch1 = step_times(compiled_model, prompts[:1], 2)
         return {
-            "tokens": tokens,
-            "seconds": round(elapsed, 2),
-            "tokens_per_s": round(tokens / elapsed, 1),
+            "eager_decode_b16_ms": round(statistics.median(eager[1:]) * 1000, 1),
+            "compiled_first_steps_s": [round(t, 1) for t in compiled[:3]],
+            "compiled_decode_b16_ms": round(statistics.median(compiled[3:]) * 1000, 1),
+            "compiled_first_step_at_b1_s": round(batch1[0], 1),
         }
 
-    return run_in_fresh_thread(run, name="hf-generate-batch")
+    return run_in_fresh_thread(run)
 
 
 def run_probe(name: str, model: str) -> dict[str, Any]:
     probes: dict[str, Callable[[], dict[str, Any]]] = {
+        "steps": lambda: _probe_steps(model),
+        "torch-compile": lambda: _probe_torch_compile(model),
         "engine": lambda: _probe_engine(model, second_pool=False),
         "engine-second-pool": lambda: _probe_engine(model, second_pool=True),
         "engine-omp-active": lambda: _probe_engine(model, second_pool=False),

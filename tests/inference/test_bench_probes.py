@@ -21,18 +21,21 @@ def _probe(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.usefixtures("builtin_model_dir")
-def test_engine_probes_report_every_token_generated(tmp_path: Path) -> None:
+def test_step_and_engine_probes_report_what_they_measured(tmp_path: Path) -> None:
     out = tmp_path / "probes.txt"
-    done = _probe("--model", "builtin", "--probes", "engine,engine-second-pool", "--out", str(out))
+    chosen = "steps,engine,engine-second-pool"
+    done = _probe("--model", "builtin", "--probes", chosen, "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
     report = out.read_text()
     assert report == done.stdout
     lines = report.splitlines()
-    assert lines[0] == (
-        "python -m pipeline.bench_probes --model builtin --probes engine,engine-second-pool"
-    )
+    assert lines[0] == f"python -m pipeline.bench_probes --model builtin --probes {chosen}"
     results = {line.split()[0]: json.loads(line.split(maxsplit=1)[1]) for line in lines[2:]}
-    assert set(results) == {"engine", "engine-second-pool"}
+    assert list(results) == chosen.split(",")
+    steps = results.pop("steps")
+    assert steps["prompt_tokens"] > 16
+    for key in ("decode_b1_ms", "decode_b16_ms", "prefill_16_prompts_ms"):
+        assert steps[f"eager_{key}"] > 0 and steps[f"packed_{key}"] > 0
     for result in results.values():
         assert result["tokens"] == 16 * 3 * 32  # min = max new tokens: nothing stops early
         assert result["tokens_per_s"] > 0

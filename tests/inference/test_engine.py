@@ -169,3 +169,51 @@ def test_stop_drains_everything_queued_and_running(builtin_loaded: Any) -> None:
     assert time.monotonic() - started < 30
     assert engine.in_flight == 0 and engine.queue_depth == 0
     assert max(sizes) == 4  # batched, and never above max_batch_size
+
+
+def test_a_failed_warm_up_is_raised_by_start_and_fails_waiting_requests(
+    builtin_loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = TorchEngine(builtin_loaded, max_batch_size=2, batch_window_s=0.0, queue_cap=4)
+
+    def broken(ids: list[int]) -> str:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "broken tokenizer")
+
+    monkeypatch.setattr(engine, "_decode_text", broken)
+    loop = asyncio.new_event_loop()
+    try:
+        waiting = engine.submit(params(engine, "Hello, my name is", 4), loop)
+        with pytest.raises(RuntimeError, match="engine warm-up failed"):
+            engine.start()
+        result = loop.run_until_complete(collect(waiting))
+        assert result.finish.reason == "error"  # it met the same broken tokenizer
+        assert engine.in_flight == 0
+        monkeypatch.undo()  # the cause is gone: the same engine starts and serves
+        engine.start()
+        assert generate(engine, "Hello, my name is", 4).finish.reason == "length"
+    finally:
+        engine.stop()
+        loop.close()
+
+
+def test_warm_up_failing_with_a_base_exception_is_reported_to_everyone_waiting(
+    builtin_loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inference.torch_engine as torch_engine
+
+    def interrupted(model: Any) -> int:
+        raise SystemExit(3)
+
+    monkeypatch.setattr(torch_engine, "pack_linear_layers", interrupted)
+    engine = TorchEngine(builtin_loaded, max_batch_size=2, batch_window_s=0.0, queue_cap=4)
+    loop = asyncio.new_event_loop()
+    try:
+        waiting = engine.submit(params(engine, "Hello, my name is", 4), loop)
+        with pytest.raises(RuntimeError, match="engine warm-up failed"):
+            engine.start()
+        result = loop.run_until_complete(collect(waiting))  # answered, not left hanging
+        assert result.finish.reason == "error"
+        assert "engine warm-up failed" in (result.finish.error or "")
+        assert engine.in_flight == 0
+    finally:
+        loop.close()

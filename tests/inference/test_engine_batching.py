@@ -36,8 +36,13 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def random_gpt2(builtin_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+@pytest.fixture(scope="module", params=[64, 256], ids=["width64", "width256-packed"])
+def random_gpt2(
+    request: pytest.FixtureRequest,
+    builtin_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> LoadedModel:
+    """A random GPT-2; at width 256 its MLP and output layers are big enough to be packed."""
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -47,7 +52,7 @@ def random_gpt2(builtin_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
         vocab_size=len(tokenizer),
         n_layer=2,
         n_head=4,
-        n_embd=64,
+        n_embd=request.param,
         n_positions=128,
         initializer_range=0.2,  # peaky logits, so argmax is not decided by rounding noise
         eos_token_id=tokenizer.eos_token_id,
@@ -59,9 +64,12 @@ def random_gpt2(builtin_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return load_model(str(target), device="cpu", dtype="fp32")
 
 
-def _compare(loaded: LoadedModel, max_new_tokens: int, **kwargs: Any) -> list[str]:
+def _compare(
+    loaded: LoadedModel, max_new_tokens: int, *, packed: bool = False, **kwargs: Any
+) -> list[str]:
     engine = TorchEngine(loaded, max_batch_size=16, batch_window_s=0.02, queue_cap=64)
     engine.start()
+    assert (engine.packed_layers > 0) == packed  # the fast path under test is the one served
     try:
         requests = [params(engine, p, max_new_tokens, **kwargs) for p in PROMPTS]
         solo = run_all(engine, requests, concurrent=False)
@@ -82,8 +90,15 @@ def test_builtin_batched_equals_sequential(builtin_loaded: LoadedModel) -> None:
 
 
 def test_random_gpt2_batched_equals_sequential(random_gpt2: LoadedModel) -> None:
-    texts = _compare(random_gpt2, 24, min_new_tokens=24)
+    packed = random_gpt2.model.config.n_embd >= 256
+    texts = _compare(random_gpt2, 24, packed=packed, min_new_tokens=24)
     assert len(set(texts)) > 1
+
+
+def test_gpt2_small_batched_equals_sequential_with_packed_layers() -> None:
+    """The benchmark's model as it is served: every linear layer packed for oneDNN."""
+    loaded = load_model("gpt2-small-random", device="cpu", dtype="fp32")
+    _compare(loaded, 16, packed=True, min_new_tokens=16)
 
 
 def test_smaller_batch_than_requests_joins_between_steps(builtin_loaded: LoadedModel) -> None:
