@@ -3,10 +3,11 @@
 Why: a forward on CPU costs one pass over the weights plus work per token, so
 prefilling new requests together is much cheaper than one forward per distinct
 prompt length (the engine's earlier grouping by equal length), while padding
-costs work per padded token. :func:`prefill_chunks` weighs the two. Measured on
-GPT-2-small, the load generator's 16 prompts (9-15 tokens), quiet 2-core machine:
-one padded forward 255 ms, the cost-based cut (2 forwards) 240 ms, and about
-1,000 prompt tokens/s either way, near the machine's matmul ceiling.
+costs work per padded token. :func:`prefill_chunks` weighs the two. Recorded on
+GPT-2-small, the load generator's 16 prompts (190 tokens, 9-15 each), quiet 2-core
+machine, packed layers: the cost-based cut (2 forwards) takes 244 ms, ~780 prompt
+tokens/s (``python -m pipeline.bench_probes``, ``steps``); one padded forward of
+all 16 took ~255 ms in a one-off probe while tuning.
 
 Correctness: padding is on the left and masked; position ids count real tokens
 only; and the cache entries at padded positions are zeroed, because a padded
@@ -31,7 +32,8 @@ from inference.kv_cache import cache_layers
 PREFILL_TOKEN_BUDGET = 4096
 # A forward's fixed cost (one pass over the weights) in prompt tokens: GPT-2-small
 # on 2 CPU cores with packed layers, a 1-token forward (24 ms) against the cost of
-# each further prompt token (1.0 ms, from a 192-token forward: 214 ms).
+# each further prompt token (1.0 ms, from a 192-token forward: 214 ms), measured
+# once while tuning; the cut it gives is timed by bench_probes' ``steps``.
 FORWARD_COST_TOKENS = 24
 
 

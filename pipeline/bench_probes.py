@@ -15,8 +15,9 @@ fresh interpreter so no probe inherits another's threads or caches:
 * ``engine-omp-active`` / ``engine-omp-passive``: ``engine`` with
   ``OMP_WAIT_POLICY`` set, i.e. idle OpenMP helpers always spin / sleep at once.
 * ``torch-compile``: the eager decode step against ``torch.compile`` of the
-  model (inductor): the first compiled steps (compiling), the steady step, and
-  the first step at a new batch size.
+  model (inductor), compiled cold (inductor's caches off, as on a fresh server):
+  the first compiled steps (compiling), the steady step, and the first step at a
+  new batch size.
 * ``hf-generate-batch`` and ``hf-generate-batch-packed``: transformers' own
   continuous-batching API (``generate_batch``) on the same 48 requests, submitted
   all at once (its best case), without and with our packed linear layers; its
@@ -59,6 +60,8 @@ PROBES = (
 _PROBE_ENV = {
     "engine-omp-active": {"OMP_WAIT_POLICY": "ACTIVE"},
     "engine-omp-passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    # A cold compile, as a freshly started server pays it: no on-disk cache reuse.
+    "torch-compile": {"TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"},
 }
 CONCURRENCY, ROUNDS, NEW_TOKENS = 16, 3, 32
 
