@@ -13,10 +13,12 @@ Every outcome is one JSON body ``{"error": ..., "type": ...}`` with a 4xx or
 (called on SIGTERM by ``serve_cli``) turns ``/ready`` and new generation
 requests to 503 while requests in flight finish.
 
+A client that goes away is noticed, streamed or not (a stream on its next write,
+a non-streamed request by waiting for ``http.disconnect`` alongside the engine):
+its generation is cancelled and it is counted with code 499.
+
 Left out on purpose: authentication (the platform's ingress does it), chat
-templates, logprobs, ``n > 1``, and noticing that the client of a non-streamed
-request went away (its deadline bounds the wasted work; a stream whose client
-leaves is cancelled at once and counted with code 499).
+templates, logprobs, ``n > 1``.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 ``python -m pipeline.bench_probes [--model M] [--out FILE]`` runs, each in a
 fresh interpreter so no probe inherits another's threads or caches:
 
-* ``steps``: the bare model's KV-cached decode step at batch 1 and 16 and a
-  padded prefill of the 16 prompts, eager and then with packed linear layers
-  (what the engine serves), medians, on one thread.
+* ``steps``: the bare model's KV-cached decode step at batch 1 and 16, and the
+  prefill of the 16 prompts both as one padded forward and as the engine cuts it
+  (inference/padded_prefill.py), eager and then with packed linear layers (what
+  the engine serves), medians, on one thread.
 * ``engine``: our engine in-process, no HTTP, at concurrency 16 (3 rounds of 16
   requests, 32 tokens each, the benchmark's prompts), the way ``mlcicd serve``
   runs it: the main thread only runs the event loop.
@@ -170,10 +171,11 @@ def _probe_steps(model: str) -> dict[str, Any]:
     from inference.kv_cache import cache_layers
     from inference.loader import load_model
     from inference.packed_linear import pack_linear_layers
-    from inference.padded_prefill import padded_prefill
+    from inference.padded_prefill import padded_prefill, prefill_chunks
 
     loaded = load_model(model, "cpu", "fp32")
     prompts = [list(ids) for _, ids in _prompts(loaded, CONCURRENCY)]
+    cut = [[prompts[i] for i in chunk] for chunk in prefill_chunks([len(p) for p in prompts])]
     device = torch.device("cpu")
 
     def median_ms(step: Callable[[], object], repeats: int = 9) -> float:
@@ -213,10 +215,14 @@ def _probe_steps(model: str) -> dict[str, Any]:
                 result["packed_layers"] = pack_linear_layers(loaded.model)
             for batch in (1, CONCURRENCY):
                 result[f"{label}_decode_b{batch}_ms"] = decode_ms(prompts[:batch])
-            result[f"{label}_prefill_{CONCURRENCY}_prompts_ms"] = median_ms(
+            result[f"{label}_prefill_one_forward_ms"] = median_ms(
                 lambda: padded_prefill(loaded.model, prompts, device), repeats=5
             )
+            result[f"{label}_prefill_engine_cut_ms"] = median_ms(
+                lambda: [padded_prefill(loaded.model, rows, device) for rows in cut], repeats=5
+            )
         result["prompt_tokens"] = sum(len(ids) for ids in prompts)
+        result["engine_cut_forwards"] = len(cut)
         return result
 
     return run_in_fresh_thread(run)

@@ -34,7 +34,8 @@ def test_step_and_engine_probes_report_what_they_measured(tmp_path: Path) -> Non
     assert list(results) == chosen.split(",")
     steps = results.pop("steps")
     assert steps["prompt_tokens"] > 16
-    for key in ("decode_b1_ms", "decode_b16_ms", "prefill_16_prompts_ms"):
+    assert steps["engine_cut_forwards"] >= 1
+    for key in ("decode_b1_ms", "decode_b16_ms", "prefill_one_forward_ms", "prefill_engine_cut_ms"):
         assert steps[f"eager_{key}"] > 0 and steps[f"packed_{key}"] > 0
     for result in results.values():
         assert result["tokens"] == 16 * 3 * 32  # min = max new tokens: nothing stops early
