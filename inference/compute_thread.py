@@ -4,13 +4,13 @@ Why this exists: torch on CPU runs its kernels through OpenMP (libgomp). Every
 thread that starts a parallel region gets its own pool of helper threads, kept
 until that thread exits. Once the helpers of all pools together outnumber the
 CPUs, libgomp stops letting idle helpers spin between parallel regions (its
-"throttled" spin count) and puts them to sleep instead, so each of the ~500 ops
-in a decode step pays a wake-up. Measured on the project's 2-core runner,
-GPT-2-small, batch-16 decode step on the engine's worker thread: 47 ms when
-another live thread had computed before (it had warmed the engine up, and kept its
-pool), 38-40 ms when no other thread held a pool; at concurrency 16 the engine
-served 13-17% fewer tokens/s with the second pool (``python -m
-pipeline.bench_probes``, recorded in docs/bench/probes.txt).
+"throttled" spin count) and puts them to sleep instead, so each parallel op of
+a decode step (GPT-2-small's 49 linear layers alone are 49) pays a wake-up.
+Measured on the project's 2-core runner, GPT-2-small, batch-16 decode step on the
+engine's worker thread: 48-49 ms when another live thread had computed before
+(it had warmed the engine up, and kept its pool), 38-40 ms when no other thread
+held a pool; at concurrency 16 the engine served 16-20% fewer tokens/s with the
+second pool (``python -m pipeline.bench_probes``, docs/bench/probes*.txt).
 
 The rule that follows, and what enforces it:
 
@@ -23,8 +23,8 @@ The rule that follows, and what enforces it:
 
 Left out: pinning threads to cores (the scheduler already keeps two busy threads
 on two cores; pinning would fight the server's event loop for a core) and
-setting ``OMP_WAIT_POLICY``: with one pool, ACTIVE changed nothing measurable
-(and keeps idle helpers spinning) and PASSIVE made the step 23-29% slower.
+setting ``OMP_WAIT_POLICY``: with one pool, ACTIVE gained nothing measurable
+(and keeps idle helpers spinning) and PASSIVE made the step 28-36% slower.
 """
 
 from __future__ import annotations

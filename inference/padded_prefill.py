@@ -4,10 +4,10 @@ Why: a forward on CPU costs one pass over the weights plus work per token, so
 prefilling new requests together is much cheaper than one forward per distinct
 prompt length (the engine's earlier grouping by equal length), while padding
 costs work per padded token. :func:`prefill_chunks` weighs the two. Recorded on
-GPT-2-small, the load generator's 16 prompts (190 tokens, 9-15 each), quiet 2-core
-machine, packed layers: the cost-based cut (2 forwards) takes 244 ms, ~780 prompt
-tokens/s (``python -m pipeline.bench_probes``, ``steps``); one padded forward of
-all 16 took ~255 ms in a one-off probe while tuning.
+GPT-2-small, the load generator's 16 prompts (190 tokens), quiet 2-core machine,
+packed layers (``python -m pipeline.bench_probes``, ``steps``): the cost-based cut
+(2 forwards) takes 222-224 ms, ~850 prompt tokens/s; one padded forward of all 16
+takes 240-253 ms.
 
 Correctness: padding is on the left and masked; position ids count real tokens
 only; and the cache entries at padded positions are zeroed, because a padded

@@ -18,20 +18,20 @@ padding for every remaining row are trimmed.
 Speed (CPU, fp32; figures in docs/performance.md, from ``python -m
 pipeline.bench_probes``): a step is mostly matrix multiplies, so :meth:`start`
 swaps the model's linear layers for oneDNN-packed ones (inference/packed_linear.py;
-GPT-2-small decode step 37 instead of 89 ms at batch 16, 25 instead of 37 ms at
-batch 1), and a few padded prefills (cut by cost) replace a forward per distinct
+GPT-2-small decode step 37-41 instead of 85-88 ms at batch 16, 25-26 instead of
+37 ms at batch 1), and a few padded prefills (cut by cost) replace a forward per distinct
 prompt length. All torch work, warm-up included, runs on the one worker thread: a
 second thread that has computed keeps a second CPU thread pool alive, which made
-every decode step ~20% slower (inference/compute_thread.py).
+every decode step 21-26% slower (inference/compute_thread.py).
 
 Failure isolation: anything that goes wrong while handling one request (prefill,
 sampling, detokenising) finishes that request with ``reason="error"``; a failed
 batched forward fails only the requests in that batch. The worker keeps serving.
 
 Left out: paged attention, speculative decoding, prefix caching, beam search;
-``torch.compile`` (measured cold: 19 s to compile the first decode step, 16 s
+``torch.compile`` (measured cold: 19-22 s to compile the first decode step, 15 s
 more when the cache length first changes, 13 s per new batch size, and then a
-batch-16 step of 83 ms against 91 ms eager and 37 ms with packed layers).
+batch-16 step of 81-83 ms against 86 ms eager and 37-41 ms with packed layers).
 """
 
 from __future__ import annotations

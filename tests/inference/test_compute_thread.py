@@ -1,7 +1,7 @@
 """Torch compute stays on the engine's worker thread (inference/compute_thread.py).
 
 A thread that computes with torch on CPU keeps an OpenMP pool of helper threads
-until it exits, and a second live pool slowed every decode step by ~20% on the
+until it exits, and a second live pool slowed every decode step by 21-26% on the
 2-core runner. The check is done in a fresh interpreter, where the thread count
 is not disturbed by other tests: once the engine has started and stopped, no
 thread may be left behind, which is exactly what a pool started by ``start()`` on
