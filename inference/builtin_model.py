@@ -160,7 +160,6 @@ def _deterministic_torch(seed: int) -> Iterator[None]:
 
 def _train_tokenizer(documents: list[str], vocab_size: int) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -173,6 +172,13 @@ def _train_tokenizer(documents: list[str], vocab_size: int) -> Any:
         show_progress=False,
     )
     tokenizer.train_from_iterator(documents, trainer=trainer)
+    return _as_transformers_tokenizer(tokenizer)
+
+
+def _as_transformers_tokenizer(tokenizer: Any) -> Any:
+    """Wrap a ``tokenizers`` BPE for transformers, with EOS doing every special role."""
+    from transformers import PreTrainedTokenizerFast
+
     fast: Any = PreTrainedTokenizerFast
     return fast(
         tokenizer_object=tokenizer,
@@ -250,7 +256,6 @@ def _gpt2_small_tokenizer() -> Any:
     merges in a fixed order, so every id the random model can emit decodes to text.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     base = _train_tokenizer(read_corpus_documents(), 4096).backend_tokenizer
     state = json.loads(base.to_str())["model"]
@@ -272,14 +277,7 @@ def _gpt2_small_tokenizer() -> Any:
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    fast: Any = PreTrainedTokenizerFast
-    return fast(
-        tokenizer_object=tokenizer,
-        eos_token=EOS_TOKEN,
-        bos_token=EOS_TOKEN,
-        unk_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
-    )
+    return _as_transformers_tokenizer(tokenizer)
 
 
 def _build_gpt2_small(target: Path) -> None:

@@ -188,10 +188,27 @@ class SequenceState:
         return hold
 
 
-def choose_next_tokens(
+def accept_next_tokens(
+    seqs: list[SequenceState], logits: torch.Tensor, eos_ids: frozenset[int]
+) -> None:
+    """Choose each row's next token from ``logits`` and hand it to its sequence.
+
+    Whatever fails for one sequence (choosing, detokenising, a stop check)
+    finishes that sequence with ``reason="error"``; the others go on.
+    """
+    for seq, token in zip(seqs, _choose_safely(seqs, logits, eos_ids), strict=True):
+        if token is None:
+            continue
+        try:
+            seq.accept(token)
+        except Exception as error:
+            seq.finish("error", f"{type(error).__name__}: {error}")
+
+
+def _choose_safely(
     seqs: list[SequenceState], logits: torch.Tensor, eos_ids: frozenset[int]
 ) -> list[int | None]:
-    """Next token per row of ``logits``; ``None`` where choosing failed (that row is finished).
+    """Next token per row; ``None`` where choosing failed (that row is finished).
 
     Rows are chosen together; if that fails, row by row, so one bad request (say,
     an invalid sampling state) fails alone.

@@ -60,7 +60,7 @@ from inference.kv_cache import cache_layers, keep_rows, pad_left
 from inference.loader import LoadedModel
 from inference.packed_linear import pack_linear_layers
 from inference.padded_prefill import padded_prefill, prefill_chunks
-from inference.sequence_state import SequenceState, choose_next_tokens
+from inference.sequence_state import SequenceState, accept_next_tokens
 
 _WARMUP_PROMPT = "Hello"
 log = logging.getLogger(__name__)
@@ -308,13 +308,7 @@ class TorchEngine:
                 return
             self._finish(group[0], "error", f"{type(error).__name__}: {error}")
             return
-        for seq, token in zip(group, choose_next_tokens(group, logits, self._eos_ids), strict=True):
-            if token is None:
-                continue
-            try:
-                seq.accept(token)
-            except Exception as error:
-                self._finish(seq, "error", f"{type(error).__name__}: {error}")
+        accept_next_tokens(group, logits, self._eos_ids)
         keep = [row for row, seq in enumerate(group) if not seq.done]
         if keep:
             self._merge([group[row] for row in keep], cache, mask, keep)
@@ -371,13 +365,7 @@ class TorchEngine:
         for callback in self._batch_callbacks:
             with contextlib.suppress(Exception):  # metrics must never stop generation
                 callback(len(seqs))
-        for seq, token in zip(seqs, choose_next_tokens(seqs, logits, self._eos_ids), strict=True):
-            if token is None:
-                continue
-            try:
-                seq.accept(token)
-            except Exception as error:
-                self._finish(seq, "error", f"{type(error).__name__}: {error}")
+        accept_next_tokens(seqs, logits, self._eos_ids)
 
     @torch.inference_mode()
     def _forward_step(self, seqs: list[SequenceState]) -> torch.Tensor:
