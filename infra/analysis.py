@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from infra import kube
 from pipeline.canary import Check, checks_from_gate
+from pipeline.canary_measure import query_map
 from pipeline.definition import PipelineDefinition
 from pipeline.promql import CanaryQueries
 
@@ -62,13 +64,12 @@ def _check_metric(
     definition: PipelineDefinition, check: Check, query: str, address: str
 ) -> dict[str, Any]:
     """Passes when ``result[0] <op> threshold``, fails on the converse, else inconclusive."""
-    converse = {">=": "<", "<": ">="}[check.op]
     return _metric(
         definition,
         check.name,
         query,
         success=f"{_HAS_NUMBER} && result[0] {check.op} {check.threshold!r}",
-        failure=f"{_HAS_NUMBER} && result[0] {converse} {check.threshold!r}",
+        failure=f"{_HAS_NUMBER} && result[0] {check.converse} {check.threshold!r}",
         prometheus_address=address,
     )
 
@@ -80,12 +81,7 @@ def analysis_metrics(
     ``mlcicd canary analyze`` judge alike."""
     gate = definition.canary
     queries = CanaryQueries(selector=CANARY_SELECTOR, window=gate.window)
-    query_for = {
-        "success-rate": queries.success_rate,
-        "error-rate": queries.error_rate,
-        "p99-latency": queries.p99_latency_seconds,
-        "ttft-p99": queries.ttft_p99_seconds,
-    }
+    query_for = query_map(queries)  # the queries `mlcicd canary analyze` runs
     return [
         # Too few requests is inconclusive, never a failure of the release. Argo counts
         # an unmet successCondition as a failure unless a failureCondition is given, so
@@ -115,7 +111,7 @@ def analysis_template(
         "metadata": {
             "name": ANALYSIS_TEMPLATE_NAME,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/part-of": "mlcicd"},
+            "labels": dict(kube.PART_OF),
             "annotations": {
                 "mlcicd/definition": f"{definition.profile}/{definition.environment}",
             },

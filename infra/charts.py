@@ -1,7 +1,8 @@
 """Helm charts the program installs, pinned (chart, repository, version), and one helper.
 
-Why one list: chart upgrades are reviewed in one place, and tests can check that no
-release floats on "latest". OCI charts carry their registry in the chart reference.
+Why one place: chart upgrades are reviewed together, and the tests check in the
+recorded releases that none floats on "latest". OCI charts carry their registry
+in the chart reference.
 
 Versions checked on 2026-11-27 against published evidence (no chart repository is
 reachable from CI, so not by ``helm pull``): nvidia-device-plugin 0.17.0 (release
@@ -41,7 +42,6 @@ ARGO_ROLLOUTS = Chart("argo-rollouts", "2.38.0", "https://argoproj.github.io/arg
 KUBE_PROMETHEUS_STACK = Chart(
     "kube-prometheus-stack", "65.1.1", "https://prometheus-community.github.io/helm-charts"
 )
-ALL = (NVIDIA_DEVICE_PLUGIN, ARC_CONTROLLER, ARC_SCALE_SET, ARGO_ROLLOUTS, KUBE_PROMETHEUS_STACK)
 
 
 def release(

@@ -342,9 +342,10 @@ def load_config(
         username=read.text("mlflow.username"),
         db_storage_size=read.text("mlflow.dbStorageSize"),
     )
-    if mlflow.artifact_store == "s3" and not mlflow.artifact_bucket.startswith("s3://"):
-        read._fail("mlflow.artifactBucket", "mlflow.artifactStore = s3 needs an s3:// URI")
     s3 = mlflow.artifact_store == "s3"
+    if s3 and not mlflow.artifact_bucket.startswith("s3://"):
+        read._fail("mlflow.artifactBucket", "mlflow.artifactStore = s3 needs an s3:// URI")
+    grafana = read.boolean("monitoring.grafanaDashboard")
     secrets = Secrets(
         github_token=read.optional_secret("githubToken", github.auth == "token"),
         github_app_private_key=read.optional_secret("githubAppPrivateKey", github.auth == "app"),
@@ -355,9 +356,7 @@ def load_config(
         registry_password=read.secret("registryPassword"),
         registry_htpasswd=read.optional_secret("registryHtpasswd", registry.kind == "in-cluster"),
         db_password=read.secret("dbPassword"),
-        grafana_admin_password=read.optional_secret(
-            "grafanaAdminPassword", read.boolean("monitoring.grafanaDashboard")
-        ),
+        grafana_admin_password=read.optional_secret("grafanaAdminPassword", grafana),
         aws_access_key_id=read.optional_secret("awsAccessKeyId", s3),
         aws_secret_access_key=read.optional_secret("awsSecretAccessKey", s3),
     )
@@ -384,7 +383,7 @@ def load_config(
         ),
         mlflow=mlflow,
         monitoring=MonitoringSettings(
-            grafana_dashboard=read.boolean("monitoring.grafanaDashboard"),
+            grafana_dashboard=grafana,
             retention=read.text("monitoring.retention"),
         ),
         secrets=secrets,

@@ -156,9 +156,3 @@ class StackConfig:
     def github_environment(self) -> str:
         """The GitHub deployment environment: the workflow's prod job uses ``production``."""
         return "production" if self.environment == "prod" else "staging"
-
-    def runner(self, name: str) -> RunnerClass:
-        for runner in self.runners:
-            if runner.name == name:
-                return runner
-        raise KeyError(name)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import charts
+from infra import charts, kube
 from infra.config import RunnerClass
 
 CONTROLLER_NAMESPACE = "arc-systems"
@@ -173,13 +173,7 @@ def _scale_set_values(
     env_secret: pulumi.Input[str],
     account: pulumi.Input[str],
 ) -> dict[str, object]:
-    resources: dict[str, dict[str, str]] = {
-        "requests": {"cpu": runner.cpu, "memory": runner.memory},
-        "limits": {"memory": runner.memory},
-    }
-    if runner.gpus:
-        resources["requests"]["nvidia.com/gpu"] = str(runner.gpus)
-        resources["limits"]["nvidia.com/gpu"] = str(runner.gpus)
+    resources = kube.resources(runner.cpu, runner.memory, runner.gpus)
     values: dict[str, object] = {
         "githubConfigUrl": args.github_url,
         "githubConfigSecret": github_secret,

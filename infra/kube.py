@@ -12,13 +12,13 @@ from typing import Any
 PART_OF = {"app.kubernetes.io/part-of": "mlcicd"}
 
 
-def labels(app: str, **extra: str) -> dict[str, str]:
-    return {"app": app, **PART_OF, **extra}
+def labels(app: str) -> dict[str, str]:
+    return {"app": app, **PART_OF}
 
 
-def meta(name: str, namespace: Any, app: str, **extra: str) -> dict[str, Any]:
+def meta(name: str, namespace: Any, app: str) -> dict[str, Any]:
     """``namespace`` is usually the Namespace resource's name Output (an implicit dependency)."""
-    return {"name": name, "namespace": namespace, "labels": labels(app, **extra)}
+    return {"name": name, "namespace": namespace, "labels": labels(app)}
 
 
 def http_probe(path: str, port: int | str, period_s: int = 10, failures: int = 3) -> dict[str, Any]:

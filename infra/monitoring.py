@@ -34,6 +34,13 @@ NAMESPACE = "monitoring"
 RELEASE = "kube-prometheus"
 PROMETHEUS_URL = f"http://{RELEASE}-prometheus.{NAMESPACE}.svc.cluster.local:9090"
 MONITORING_API = "monitoring.coreos.com/v1"
+# Canary check name -> the recording rule (below) that holds its value.
+_RECORDS = {
+    "success-rate": "success_rate",
+    "error-rate": "error_rate",
+    "p99-latency": "latency_p99_seconds",
+    "ttft-p99": "ttft_p99_seconds",
+}
 
 
 @dataclass(frozen=True)
@@ -71,17 +78,10 @@ def recording_and_alert_rules(definition: PipelineDefinition, app: str) -> list[
         )
         enough = f"{prefix}:request_count >= {gate.min_requests}"
         # An alert fires where `mlcicd canary analyze` would fail the measurement.
-        records = {
-            "success-rate": "success_rate",
-            "error-rate": "error_rate",
-            "p99-latency": "latency_p99_seconds",
-            "ttft-p99": "ttft_p99_seconds",
-        }
-        converse = {">=": "<", "<": ">="}
         checks = [
             (
                 "".join(part.capitalize() for part in check.name.split("-")),
-                f"{prefix}:{records[check.name]} {converse[check.op]} {check.threshold!r}",
+                f"{prefix}:{_RECORDS[check.name]} {check.converse} {check.threshold!r}",
             )
             for check in checks_from_gate(gate)
         ]

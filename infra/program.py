@@ -22,7 +22,7 @@ from infra.config import (
     load_config,
     stack_file_source,
 )
-from infra.workflow import RunnerSpec, render_workflow
+from infra.workflow import RunnerSpec, render_workflow, runner_environment
 from pipeline.definition import DefinitionError, PipelineDefinition, load_definition
 
 
@@ -92,7 +92,7 @@ def stage_runner_classes(profile: str, environment: str) -> tuple[str, ...]:
         stages = load_definition(profile).stages
     except DefinitionError as exc:
         raise ConfigError(f"{PROJECT}:pipelineProfile: {exc}") from exc
-    mine = [s for s in stages if (s.environment or "staging") == environment]
+    mine = [s for s in stages if runner_environment(s) == environment]
     return tuple(sorted({s.runner for s in mine}))
 
 

@@ -207,7 +207,7 @@ def _deploy_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str
 
     ``MLCICD_NAMESPACE`` and ``PROMETHEUS_URL`` come from the runner pod's environment.
     """
-    environment = stage.environment or "staging"
+    environment = runner_environment(stage)
     image_env = {
         "IMAGE": "${{ needs.build.outputs.image }}",
         "DIGEST": "${{ needs.build.outputs.digest }}",

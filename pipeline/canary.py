@@ -88,6 +88,11 @@ class Check:
         return value >= self.threshold if self.op == ">=" else value < self.threshold
 
     @property
+    def converse(self) -> Literal[">=", "<"]:
+        """The operator under which a value breaks this check."""
+        return "<" if self.op == ">=" else ">="
+
+    @property
     def condition(self) -> str:
         return f"result {self.op} {self.threshold}"
 
