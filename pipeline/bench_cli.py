@@ -28,10 +28,9 @@ from typing import Any
 from pipeline.bench import SERVERS, ServerKind, evaluate_targets
 from pipeline.bench_report import build_document, render_markdown, render_plot, write_json
 from pipeline.bench_runner import machine_info, run_bench, server_argv
+from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.definition import Bench, DefinitionError, load_definition
 from pipeline.local_services import ServiceError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _int_list(text: str) -> tuple[int, ...]:

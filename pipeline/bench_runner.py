@@ -316,19 +316,16 @@ def machine_info() -> dict[str, Any]:
     """What the figures were measured on: cores, CPU model, memory, torch and its threads."""
     import torch
 
-    cpu_model = platform.processor() or "unknown"
+    cpu_model, flags = "", list[str]()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    flags: list[str] = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-                flags = [f for f in line.split(":", 1)[1].split() if f in wanted]
-                break
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not cpu_model:
+                cpu_model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = [f for f in value.split() if f in wanted]
+    cpu_model = cpu_model or platform.processor() or "unknown"
     cuda = torch.cuda.is_available()
     return {
         "nproc": os.cpu_count(),

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.definition import REPO_ROOT, DefinitionError, PipelineDefinition, load_definition
 from pipeline.gates.checks import Case, SuiteError, load_suite
 from pipeline.gates.latency import ServerStartError, judge_latency, local_server, write_histogram
@@ -39,7 +40,6 @@ from pipeline.loadgen import run_load
 if TYPE_CHECKING:
     from inference.loader import LoadedModel
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_OUT = "reports/gates"  # ignored by git
 
 

@@ -315,8 +315,3 @@ async def run_load(
         duration_s=duration,
         records=tuple(sorted(records, key=lambda r: r.index)),
     )
-
-
-def run_load_sync(url: str, **kwargs: Any) -> LoadResult:
-    """:func:`run_load` for callers without an event loop (the benchmark, scripts)."""
-    return asyncio.run(run_load(url, **kwargs))

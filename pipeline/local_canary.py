@@ -98,11 +98,13 @@ class CanaryRollout:
     # -- registry -------------------------------------------------------------
 
     def champion(self) -> tuple[str, PushedImage] | None:
-        """The champion's version and its image, from `mlcicd registry show --json`."""
-        from pipeline.registry import RegistryClient
+        """The champion's version and its image, read from the model registry."""
+        from pipeline.registry import ModelRegistry
 
-        client = RegistryClient(self.runner.services["mlflow"].url)
-        found = client.champion_image(self.definition.pipeline.registered_model)
+        registry = ModelRegistry(
+            self.runner.services["mlflow"].url, self.definition.pipeline.registered_model
+        )
+        found = registry.champion_image()
         if found is None:
             return None
         version, reference, digest = found

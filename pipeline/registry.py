@@ -385,13 +385,3 @@ class ModelRegistry:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(Path(local).read_bytes())
         return version
-
-
-class RegistryClient:
-    """Tracking-server-level entry point for callers that hold a URI and a model name."""
-
-    def __init__(self, tracking_uri: str) -> None:
-        self.uri = tracking_uri
-
-    def champion_image(self, model_name: str) -> tuple[str, str, str] | None:
-        return ModelRegistry(self.uri, model_name).champion_image()
