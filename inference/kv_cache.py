@@ -53,16 +53,19 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         end = self._length + key_states.shape[-2]
-        if end > self._k.shape[2]:
-            keys, values = self.current()
-            self.reset_to(
-                torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
-            )
-        else:
-            self._k[:, :, self._length : end] = key_states
-            self._v[:, :, self._length : end] = value_states
-            self._length = end
-            self._expose()
+        if end > self._k.shape[2]:  # out of spare columns: one copy into a larger buffer
+            if key_states.shape[-2] > SPARE_COLUMNS:
+                keys, values = self.current()
+                self.reset_to(
+                    torch.cat([keys, key_states], dim=-2),
+                    torch.cat([values, value_states], dim=-2),
+                )
+                return self.current()
+            self.reset_to(*self.current())
+        self._k[:, :, self._length : end] = key_states
+        self._v[:, :, self._length : end] = value_states
+        self._length = end
+        self._expose()
         return self.current()
 
 

@@ -49,11 +49,13 @@ class SequenceState:
     _prefix_offset: int = 0
     _read_offset: int = 0
     _generator: torch.Generator | None = None
+    _prompt_length: int = 0  # len(input_ids), read every step
 
     def __post_init__(self) -> None:
         tail = list(self.params.prompt_ids[-_CONTEXT_TOKENS:])
         self._ids = tail
         self._read_offset = len(tail)
+        self._prompt_length = len(self.input_ids)
 
     @property
     def input_ids(self) -> list[int]:
@@ -69,7 +71,7 @@ class SequenceState:
     @property
     def position(self) -> int:
         """Position id of :attr:`last_token`."""
-        return len(self.input_ids) + len(self.generated) - 1
+        return self._prompt_length + len(self.generated) - 1
 
     @property
     def suppress_eos(self) -> bool:
@@ -80,9 +82,9 @@ class SequenceState:
         return self.handle is not None and self.handle.cancelled
 
     def check_fits(self) -> None:
-        if len(self.input_ids) >= self.context_length:
+        if self._prompt_length >= self.context_length:
             raise ValueError(
-                f"prompt has {len(self.input_ids)} tokens; the context is {self.context_length}"
+                f"prompt has {self._prompt_length} tokens; the context is {self.context_length}"
             )
 
     def sample(self, logits: torch.Tensor) -> int:
@@ -119,7 +121,7 @@ class SequenceState:
             self.finish("stop")
             return
         at_limit = len(self.generated) >= self.params.max_new_tokens or (
-            len(self.input_ids) + len(self.generated) >= self.context_length
+            self._prompt_length + len(self.generated) >= self.context_length
         )
         if at_limit:
             self._flush(token)

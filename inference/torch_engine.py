@@ -77,6 +77,12 @@ class _Batch:
     def clear(self) -> None:
         self.seqs, self.cache, self.mask = [], None, None
 
+    def fail(self, message: str) -> None:
+        """Finish every sequence in the batch with ``message`` and empty it."""
+        for seq in self.seqs:
+            seq.finish("error", message)
+        self.clear()
+
 
 class TorchEngine:
     """:class:`inference.engine.Engine` backed by a transformers causal LM."""
@@ -174,9 +180,9 @@ class TorchEngine:
             with self._lock:
                 waiting, self._pending = list(self._pending), collections.deque()
                 self._running += len(waiting)  # finishing counts each one out again
-            for seq in [*waiting, *self._batch.seqs]:  # nobody is left waiting forever
+            for seq in waiting:  # nobody is left waiting forever
                 self._finish(seq, "error", message)
-            self._batch.clear()
+            self._batch.fail(message)
             raise RuntimeError(message) from failure[0]
 
     def _prepare(self) -> None:
@@ -251,10 +257,7 @@ class TorchEngine:
                 if not self._iterate(wait=True):
                     return
             except Exception as error:  # a bug outside the guarded steps: fail the batch, go on
-                message = f"engine step failed: {type(error).__name__}: {error}"
-                for seq in self._batch.seqs:
-                    self._finish(seq, "error", message)
-                self._batch.clear()
+                self._batch.fail(f"engine step failed: {type(error).__name__}: {error}")
 
     def _iterate(self, *, wait: bool) -> bool:
         """One scheduling round: admit, then one decode step. False when it is time to exit."""
@@ -357,10 +360,7 @@ class TorchEngine:
         try:
             logits = self._forward_step(seqs)
         except Exception as error:  # fail only the requests in this forward
-            message = f"batched forward failed: {type(error).__name__}: {error}"
-            for seq in seqs:
-                self._finish(seq, "error", message)
-            batch.clear()
+            batch.fail(f"batched forward failed: {type(error).__name__}: {error}")
             return
         for callback in self._batch_callbacks:
             with contextlib.suppress(Exception):  # metrics must never stop generation

@@ -76,3 +76,20 @@ def test_small_layers_stay_dense() -> None:
     model = _tiny_gpt2()  # 32-wide layers: far below the default threshold
     assert pack_linear_layers(model) == 0
     assert not isinstance(model.lm_head, PackedLinear)
+
+
+def test_growing_layer_equals_concatenation_across_regrowths() -> None:
+    from inference.kv_cache import SPARE_COLUMNS, GrowingLayer
+
+    torch.manual_seed(0)
+    keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    layer = GrowingLayer(keys.clone(), values.clone())
+    all_keys, all_values = [keys], [values]
+    steps = [1] * (3 * SPARE_COLUMNS) + [SPARE_COLUMNS + 7]  # regrow often, then a long update
+    for length in steps:
+        new_keys, new_values = torch.randn(2, 3, length, 4), torch.randn(2, 3, length, 4)
+        all_keys.append(new_keys)
+        all_values.append(new_values)
+        got_keys, got_values = layer.update(new_keys, new_values)
+    assert torch.equal(got_keys, torch.cat(all_keys, dim=2))
+    assert torch.equal(got_values, torch.cat(all_values, dim=2))
