@@ -249,8 +249,9 @@ class ModelRegistry:
                 raise
         return model.aliases.get(alias) if model.aliases else None
 
-    def _history(self) -> tuple[list[str], list[dict[str, str]]]:
-        model = self.client.get_registered_model(self.name)
+    @staticmethod
+    def _history(model: Any) -> tuple[list[str], list[dict[str, str]]]:
+        """(champion stack, events) kept in the registered model's tags."""
         stack = json.loads(model.tags.get(STACK_TAG, "[]"))
         events = json.loads(model.tags.get(EVENTS_TAG, "[]"))
         return [str(v) for v in stack], events
@@ -277,7 +278,7 @@ class ModelRegistry:
                 raise RegistryError(f"{self.name}: no challenger to promote; pass --version")
             self.client.get_model_version(self.name, target)  # refuses unknown versions
             current = aliases.get(CHAMPION)
-            stack, events = self._history()
+            stack, events = self._history(model)
             if not stack and current is not None:
                 stack = [current]  # a champion set before mlcicd kept history
             if current == target and stack and stack[-1] == target:
@@ -285,16 +286,7 @@ class ModelRegistry:
             when = now_utc()
             if not stack or stack[-1] != target:
                 stack.append(target)
-                events.append(
-                    {
-                        "action": "promote",
-                        "version": target,
-                        "from": current or "",
-                        "by": actor,
-                        "at": when,
-                        "reason": reason,
-                    }
-                )
+                events.append(_event("promote", target, current, actor, when, reason))
                 self._write_history(stack, events)
             self.client.set_registered_model_alias(self.name, CHAMPION, target)
             self._record(target, "promoted", actor, reason, when)
@@ -303,8 +295,9 @@ class ModelRegistry:
     def rollback(self, actor: str, reason: str) -> ChampionChange:
         """Move ``champion`` back to the previous champion and record who, when and why."""
         with self._errors("rolling back"):
-            current = self.alias_version(CHAMPION)
-            stack, events = self._history()
+            model = self.client.get_registered_model(self.name)
+            current = model.aliases.get(CHAMPION) if model.aliases else None
+            stack, events = self._history(model)
             if stack and current != stack[-1]:
                 # An earlier promote/rollback wrote its intent but not the alias.
                 target = stack[-1]
@@ -317,16 +310,7 @@ class ModelRegistry:
                 when = now_utc()
                 stack.pop()
                 target = stack[-1]
-                events.append(
-                    {
-                        "action": "rollback",
-                        "version": target,
-                        "from": current or "",
-                        "by": actor,
-                        "at": when,
-                        "reason": reason,
-                    }
-                )
+                events.append(_event("rollback", target, current, actor, when, reason))
                 self._write_history(stack, events)
                 if current is not None:
                     self._record(current, "rolled_back", actor, reason, when)
@@ -340,7 +324,7 @@ class ModelRegistry:
         """Aliases, champion history and every version with its lineage tags."""
         with self._errors("reading the registered model"):
             model = self.client.get_registered_model(self.name)
-            stack, events = self._history()
+            stack, events = self._history(model)
             versions = self.client.search_model_versions(f"name = '{self.name}'")
         rows = [
             {
@@ -385,3 +369,17 @@ class ModelRegistry:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(Path(local).read_bytes())
         return version
+
+
+def _event(
+    action: str, version: str, previous: str | None, actor: str, when: str, reason: str
+) -> dict[str, str]:
+    """One entry of the champion history kept in the registered model's tags."""
+    return {
+        "action": action,
+        "version": version,
+        "from": previous or "",
+        "by": actor,
+        "at": when,
+        "reason": reason,
+    }
