@@ -1,10 +1,11 @@
-# The inference image: `mlcicd serve` (FastAPI + uvicorn) in front of a torch model.
+# The inference image: `python -m inference.serve_cli` (FastAPI + uvicorn) in front of a torch model.
 #
 # No weights are baked in by default: MLCICD_MODEL names what to serve at start-up
 # (`builtin` trains the tiny built-in model from the shipped corpus into
 # MLCICD_CACHE; a Hugging Face id or a mounted directory loads that). Build with
 # `--build-arg BAKE_BUILTIN=true` to train it at build time instead.
-# Every other setting is an MLCICD_* variable too (see `mlcicd serve --help`).
+# Every other setting is an MLCICD_* variable too (see `mlcicd serve --help`); the
+# Rollout passes the pipeline definition's serving limits that way.
 ARG BASE_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04
 FROM ${BASE_IMAGE}
 
@@ -40,17 +41,17 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_
 COPY requirements.lock ./
 RUN pip install --no-cache-dir -r requirements.lock
 
-COPY pyproject.toml pipeline.toml README.md ./
+# The server alone: inference/ imports nothing from pipeline/ or infra/.
 COPY inference/ ./inference/
-COPY pipeline/ ./pipeline/
-# Editable, so pipeline.toml stays next to the package that reads it.
-RUN pip install --no-cache-dir --no-deps -e . \
-    && mkdir -p /home/mlcicd/.cache/mlcicd \
+RUN mkdir -p /home/mlcicd/.cache/mlcicd \
     && chown -R 10001:10001 /home/mlcicd
 
 USER 10001:10001
 # The environment defaults to prod (fault injection refused); staging deploys set it.
-ENV MLCICD_MODEL=builtin \
+ARG GIT_SHA=unknown
+ENV PYTHONPATH=/app \
+    MLCICD_GIT_SHA=${GIT_SHA} \
+    MLCICD_MODEL=builtin \
     MLCICD_HOST=0.0.0.0 \
     MLCICD_PORT=8000 \
     MLCICD_ENVIRONMENT=prod \
@@ -69,4 +70,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
 
 # SIGTERM drains (ready -> 503, in-flight requests finish) and exits 0.
 STOPSIGNAL SIGTERM
-CMD ["mlcicd", "serve"]
+CMD ["python", "-m", "inference.serve_cli"]

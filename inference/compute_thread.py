@@ -10,7 +10,7 @@ Measured on the project's 2-core runner, GPT-2-small, batch-16 decode step on th
 engine's worker thread: 48-49 ms when another live thread had computed before
 (it had warmed the engine up, and kept its pool), 38-40 ms when no other thread
 held a pool; at concurrency 16 the engine served 16-20% fewer tokens/s with the
-second pool (``python -m pipeline.bench_probes``, docs/bench/probes*.txt).
+second pool (``python -m pipeline.bench.probes``, docs/bench/probes*.txt).
 
 The rule that follows, and what enforces it:
 

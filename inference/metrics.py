@@ -29,7 +29,7 @@ are counted; health, readiness, metrics and docs requests are not):
 - ``inference_model_info{model, revision}`` (gauge, always 1): what is served.
 - ``inference_build_info{git_sha, version}`` (gauge, always 1): which build.
 
-The PromQL over these names lives in ``pipeline/promql.py``.
+The PromQL over these names lives in ``pipeline/canary/promql.py``.
 Left out: per-endpoint labels (the canary judges the release, not a route)
 and process metrics of the default registry.
 """

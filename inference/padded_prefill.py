@@ -5,7 +5,7 @@ prefilling new requests together is much cheaper than one forward per distinct
 prompt length (the engine's earlier grouping by equal length), while padding
 costs work per padded token. :func:`prefill_chunks` weighs the two. Recorded on
 GPT-2-small, the load generator's 16 prompts (190 tokens), quiet 2-core machine,
-packed layers (``python -m pipeline.bench_probes``, ``steps``): the cost-based cut
+packed layers (``python -m pipeline.bench.probes``, ``steps``): the cost-based cut
 (2 forwards) takes 222-224 ms, ~850 prompt tokens/s; one padded forward of all 16
 takes 240-253 ms.
 

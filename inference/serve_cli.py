@@ -1,7 +1,12 @@
-"""``mlcicd serve``: load a model, put the HTTP server in front of it, drain on SIGTERM.
+"""The server's command line: load a model, put the HTTP server in front of it, drain on SIGTERM.
 
-Start-up order: settings (flags over ``MLCICD_*`` env over the pipeline
-definition; a bad one exits 2 naming it) -> load the model (a failure exits 2
+Two entry points share it: ``python -m inference.serve_cli`` (the serving
+image's command, which carries ``inference/`` alone) and ``mlcicd serve``
+(``pipeline.serving``), which adds ``--profile`` and passes the pipeline
+definition's serving limits in as defaults.
+
+Start-up order: settings (flags over ``MLCICD_*`` env over the caller's
+defaults; a bad one exits 2 naming it) -> load the model (a failure exits 2
 with the loader's message, no traceback) -> bind the socket -> warm the engine
 in the background, so ``/health`` answers at once and ``/ready`` is 503 until
 the model is warm. One line is logged when ready:
@@ -22,6 +27,7 @@ import asyncio
 import logging
 import socket
 import sys
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -42,7 +48,7 @@ from inference.settings import (
 log = logging.getLogger("mlcicd.serve")
 
 EXIT_OK = 0
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # argparse's own status for a usage error
 # After the drain, how long uvicorn may still wait for responses being written.
 _GRACE_AFTER_DRAIN_S = 5.0
 
@@ -50,7 +56,6 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "model": {"help": "HF id, local directory, `builtin` or `builtin-weak` (default builtin)"},
     "device": {"choices": [d.value for d in Device]},
     "dtype": {"choices": [d.value for d in DType]},
-    "profile": {"help": "pipeline profile for serving defaults (default: by model)"},
     "max_batch_size": {"type": int},
     "batch_window_s": {"type": float, "help": "wait this long to fill a batch"},
     "queue_cap": {"type": int, "help": "waiting requests before 429"},
@@ -68,23 +73,24 @@ _FLAGS: dict[str, dict[str, Any]] = {
 }
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "serve",
-        help="run the text-generation HTTP server",
-        description="Run the text-generation server. Every flag can also be set as "
-        "MLCICD_<NAME> (e.g. MLCICD_MAX_BATCH_SIZE); flags win.",
-    )
+DESCRIPTION = (
+    "Run the text-generation server. Every flag can also be set as "
+    "MLCICD_<NAME> (e.g. MLCICD_MAX_BATCH_SIZE); flags win."
+)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """The server's flags, one per setting; every default is ``None`` (unset)."""
     for field, options in _FLAGS.items():
         parser.add_argument(flag_name(field), dest=field, default=None, **options)
     parser.add_argument("--access-log", dest="access_log", action="store_true", default=None)
-    parser.set_defaults(handler=serve)
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> int:
+    """Serve with flags from ``args`` over env over ``defaults``; returns the exit code."""
     overrides = {field: getattr(args, field) for field in (*_FLAGS, "access_log")}
     try:
-        settings = load_settings(overrides)
+        settings = load_settings(overrides, defaults=defaults)
     except SettingsError as exc:
         print(f"mlcicd serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -201,3 +207,13 @@ def run_server(app: FastAPI, settings: ServerSettings) -> int:
         )
         return EXIT_USAGE
     return server.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference.serve_cli", description=DESCRIPTION)
+    add_flags(parser)
+    return serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

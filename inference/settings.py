@@ -5,13 +5,15 @@ knobs from :class:`ServerSettings` and nothing else, so a bad value fails at
 start-up with a message naming the setting (flag and env var), never halfway
 through a request.
 
-Where defaults come from: the serving limits that the pipeline judges a release
-by (max batch size, max new tokens cap, request deadline, drain timeout) are
-read from the pipeline definition's ``serving`` table
-(``pipeline.definition.load_definition``), for the ``builtin`` profile when the
-model is a built-in one and the definition's default profile otherwise (or the
-``--profile`` given). Knobs that only this process cares about (batch window,
-queue cap, body size cap, port) have their defaults here.
+Where defaults come from: every default is declared here, once. The pipeline
+reads the serving limits it judges a release by (max batch size, max new tokens
+cap, request deadline, drain timeout) from these defaults, overrides them per
+profile in ``pipeline.toml``, and passes its values in as ``MLCICD_*`` env or
+flags (``pipeline.serving``). This package imports nothing from the pipeline,
+so the serving image carries ``inference/`` alone.
+
+Precedence: flags (``overrides``) over env over the caller's ``defaults`` over
+the field defaults below.
 
 Left out on purpose: config files (env and flags are what containers use) and
 hot reload (a changed setting is a new rollout).
@@ -20,21 +22,17 @@ hot reload (a changed setting is a new rollout).
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping
 from enum import StrEnum
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inference.faults import FaultConfigError, check_faults_allowed
-from pipeline.definition import DefinitionError, load_definition
 
 ENV_PREFIX = "MLCICD_"
 BUILTIN_MODELS = ("builtin", "builtin-weak")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Device(StrEnum):
@@ -68,14 +66,13 @@ class ServerSettings(BaseModel):
     model: str = Field(default="builtin", min_length=1)
     device: Device = Device.auto
     dtype: DType = DType.auto
-    profile: str | None = None
-    max_batch_size: int = Field(ge=1)
+    max_batch_size: int = Field(default=16, ge=1)
     batch_window_s: float = Field(default=0.005, ge=0.0, le=1.0)
     queue_cap: int = Field(default=64, ge=1)
-    max_new_tokens_cap: int = Field(ge=1)
+    max_new_tokens_cap: int = Field(default=512, ge=1)
     context_cap: int | None = Field(default=None, ge=1)
-    request_deadline_s: float = Field(gt=0)
-    drain_timeout_s: float = Field(gt=0)
+    request_deadline_s: float = Field(default=60.0, gt=0)
+    drain_timeout_s: float = Field(default=30.0, gt=0)
     max_body_bytes: int = Field(default=262_144, ge=64)
     port: int = Field(default=8000, ge=0, le=65535)
     host: str = Field(default="127.0.0.1", min_length=1)
@@ -98,8 +95,8 @@ class ServerSettings(BaseModel):
         return self
 
 
-# The fields whose defaults come from the pipeline definition's `serving` table.
-DEFINITION_FIELDS = (
+# The serving limits a release is judged by; the pipeline definition may override them.
+SERVING_LIMIT_FIELDS = (
     "max_batch_size",
     "max_new_tokens_cap",
     "request_deadline_s",
@@ -116,22 +113,11 @@ def env_name(field: str) -> str:
 
 
 def git_sha(env: Mapping[str, str]) -> str:
-    """``MLCICD_GIT_SHA``, else ``git rev-parse HEAD`` (best effort), else ``unknown``."""
-    if env.get(env_name("git_sha")):
-        return env[env_name("git_sha")]
-    try:
-        found = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    sha = found.stdout.strip()
-    return sha if found.returncode == 0 and sha else "unknown"
+    """``MLCICD_GIT_SHA``, set by whoever built or started the server; else ``unknown``.
+
+    The server runs no git: an image carries no ``.git``.
+    """
+    return env.get(env_name("git_sha")) or "unknown"
 
 
 def package_version() -> str:
@@ -156,44 +142,36 @@ def _format(error: ValidationError) -> str:
 def load_settings(
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
-    definition_path: Path | str | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> ServerSettings:
-    """Resolve flags (``overrides``; ``None`` values ignored) over env over defaults.
+    """Resolve flags (``overrides``; ``None`` values ignored) over env over ``defaults``.
 
     Raises :class:`SettingsError` naming the setting on any invalid value.
     """
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    for field in ServerSettings.model_fields:
-        if field in ("git_sha", "version"):
-            continue
-        raw = env.get(env_name(field))
-        if raw is not None and raw != "":
-            values[field] = raw
-    for key, value in (overrides or {}).items():
-        if key not in ServerSettings.model_fields:
-            raise SettingsError(f"unknown setting `{key}`")
-        if value is not None:
-            values[key] = value
+    for source in (defaults or {}), _from_env(env), (overrides or {}):
+        for key, value in source.items():
+            if key not in ServerSettings.model_fields or key in ("git_sha", "version"):
+                raise SettingsError(f"unknown setting `{key}`")
+            if value is not None:
+                values[key] = value
     if isinstance(values.get("access_log"), str):
         values["access_log"] = values["access_log"].strip().lower() in ("1", "true", "yes", "on")
-
-    model = str(values.get("model", "builtin"))
-    default_profile = "builtin" if model in BUILTIN_MODELS else None
-    profile = values.get("profile") or default_profile
-    environment = values.get("environment")
-    definition_env = environment if environment in ("staging", "prod") else None
-    try:
-        definition = load_definition(profile, definition_env, definition_path)
-    except DefinitionError as exc:
-        raise SettingsError(f"invalid setting `profile` ({flag_name('profile')}): {exc}") from exc
-    serving = definition.serving
-    for field in DEFINITION_FIELDS:
-        values.setdefault(field, getattr(serving, field))
-    values.setdefault("profile", definition.profile)
     values["git_sha"] = git_sha(env)
     values["version"] = package_version()
     try:
         return ServerSettings.model_validate(values)
     except ValidationError as exc:
         raise SettingsError(_format(exc)) from exc
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, str]:
+    found = {}
+    for field in ServerSettings.model_fields:
+        if field in ("git_sha", "version"):
+            continue
+        raw = env.get(env_name(field))
+        if raw is not None and raw != "":
+            found[field] = raw
+    return found

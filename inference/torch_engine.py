@@ -16,7 +16,7 @@ output. When sequences leave, their rows are dropped and cache columns that are
 padding for every remaining row are trimmed.
 
 Speed (CPU, fp32; figures in docs/performance.md, from ``python -m
-pipeline.bench_probes``): a step is mostly matrix multiplies, so :meth:`start`
+pipeline.bench.probes``): a step is mostly matrix multiplies, so :meth:`start`
 swaps the model's linear layers for oneDNN-packed ones (inference/packed_linear.py;
 GPT-2-small decode step 37-41 instead of 85-88 ms at batch 16, 25-26 instead of
 37 ms at batch 1), and a few padded prefills (cut by cost) replace a forward per distinct

@@ -1,13 +1,13 @@
 """Argo Rollouts canary analysis, rendered from the pipeline definition.
 
 Why a pure module: the AnalysisTemplate and the Rollout's ``strategy.canary.steps`` must
-ask exactly what ``mlcicd canary analyze`` asks (same PromQL from ``pipeline.promql``)
+ask exactly what ``mlcicd canary analyze`` asks (same PromQL from ``pipeline.canary.promql``)
 and judge by exactly the definition's numbers, including the environment overrides
 (prod aborts on the first failed measurement, staging tolerates one). Nothing here has a
 threshold of its own, and nothing needs Pulumi, so tests compare it with the definition.
 
 Empty and NaN results: the queries return an empty vector when there was no traffic
-(``pipeline.promql`` guards the denominators) and ``histogram_quantile`` gives NaN on an
+(``pipeline.canary.promql`` guards the denominators) and ``histogram_quantile`` gives NaN on an
 empty histogram. Each metric has a success AND a failure condition that both require a
 real number, so empty/NaN matches neither and Argo records the measurement as
 *Inconclusive* (counted against ``inconclusiveLimit``), never as success.
@@ -21,10 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 from infra import kube
-from pipeline.canary import Check, checks_from_gate
-from pipeline.canary_measure import query_map
+from pipeline.canary.analysis import Check, checks_from_gate
+from pipeline.canary.measure import query_map
+from pipeline.canary.promql import CanaryQueries
 from pipeline.definition import PipelineDefinition
-from pipeline.promql import CanaryQueries
 
 ANALYSIS_TEMPLATE_NAME = "inference-canary"
 ROLLOUT_NAME = "inference-server"

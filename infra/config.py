@@ -27,7 +27,6 @@ import pulumi
 import yaml
 
 from infra.config_model import (
-    REPO_ROOT,
     GitHubSettings,
     ImageSettings,
     InferenceSettings,
@@ -40,6 +39,7 @@ from infra.config_model import (
     Toleration,
     scale_set_name,
 )
+from pipeline.source import REPO_ROOT
 
 PROJECT = "mlcicd"
 RUNNER_CLASSES = ("gpu", "cpu")

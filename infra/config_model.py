@@ -12,7 +12,7 @@ from typing import Literal
 
 import pulumi
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from pipeline.source import REPO_ROOT
 
 
 @dataclass(frozen=True)

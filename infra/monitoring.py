@@ -3,10 +3,10 @@
 Why a PodMonitor with relabelling: Argo Rollouts stamps ``version: canary`` or
 ``version: stable`` on the pods it manages (``canaryMetadata``/``stableMetadata`` in
 the Rollout), and the PodMonitor copies that pod label onto every scraped series, so
-``pipeline.promql`` can tell canary from stable by a plain ``version`` label — the same
+``pipeline.canary.promql`` can tell canary from stable by a plain ``version`` label — the same
 label the local runner's Prometheus sets.
 
-Recording and alert rules are built from ``pipeline.promql.CanaryQueries`` and the
+Recording and alert rules are built from ``pipeline.canary.promql.CanaryQueries`` and the
 definition's canary thresholds (never numbers of their own). The PodMonitor and the
 PrometheusRule are custom resources whose CRDs the chart installs, so both depend on
 the Helm release explicitly.
@@ -26,9 +26,14 @@ import pulumi_kubernetes as k8s
 
 from infra import charts, kube
 from infra.analysis import SCRAPE_JOB
-from pipeline.canary import checks_from_gate
+from pipeline.canary.analysis import checks_from_gate
+from pipeline.canary.promql import (
+    REQUEST_DURATION,
+    REQUESTS_TOTAL,
+    TIME_TO_FIRST_TOKEN,
+    CanaryQueries,
+)
 from pipeline.definition import PipelineDefinition
-from pipeline.promql import REQUEST_DURATION, REQUESTS_TOTAL, TIME_TO_FIRST_TOKEN, CanaryQueries
 
 NAMESPACE = "monitoring"
 RELEASE = "kube-prometheus"

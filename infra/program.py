@@ -7,7 +7,6 @@ workflow the stack commits.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pulumi
@@ -24,6 +23,7 @@ from infra.config import (
 )
 from infra.workflow import RunnerSpec, render_workflow, runner_environment
 from pipeline.definition import DefinitionError, PipelineDefinition, load_definition
+from pipeline.source import git
 
 
 def definitions(profile: str, environment: str) -> tuple[PipelineDefinition, PipelineDefinition]:
@@ -53,18 +53,7 @@ def image_tag(config: StackConfig) -> str:
     """``images.tag``, else the checkout's git sha (what the workflow tags images with)."""
     if config.images.tag:
         return config.images.tag
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=config.repo_root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return done.stdout.strip() or "unknown"
+    return git("rev-parse", "HEAD", cwd=config.repo_root) or "unknown"
 
 
 def kubernetes_provider(config: StackConfig) -> k8s.Provider:

@@ -25,6 +25,7 @@ import pulumi_kubernetes as k8s
 from infra import analysis, charts, kube
 from infra.config import InferenceSettings
 from pipeline.definition import PipelineDefinition
+from pipeline.serving import serving_env
 
 NAMESPACE = "argo-rollouts"
 APP = analysis.ROLLOUT_NAME
@@ -113,7 +114,8 @@ class InferenceRollout(pulumi.ComponentResource):
             "MLCICD_HOST": "0.0.0.0",
             "MLCICD_PORT": str(PORT),
             "MLCICD_ENVIRONMENT": args.environment,
-            "MLCICD_PROFILE": args.definition.profile,
+            # The image carries the server alone; the definition's limits come in as env.
+            **serving_env(args.definition.serving),
             "MLCICD_DEVICE": "cuda" if inference.gpus else "cpu",
             "HF_HUB_OFFLINE": "0",
             # Shown as inference_build_info{git_sha}; the image is tagged with it too.

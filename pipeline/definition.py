@@ -31,7 +31,9 @@ from pydantic import (
     field_validator,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from inference.settings import ServerSettings
+from pipeline.source import REPO_ROOT
+
 DEFAULT_DEFINITION = REPO_ROOT / "pipeline.toml"
 
 _DURATION = re.compile(r"^(\d+)(s|m|h)$")
@@ -123,11 +125,22 @@ class CanaryGate(_Strict):
         return steps
 
 
+def _server_default(field: str) -> Any:
+    return ServerSettings.model_fields[field].default
+
+
 class Serving(_Strict):
-    max_batch_size: int = Field(ge=1)
-    max_new_tokens_cap: int = Field(ge=1)
-    drain_timeout_s: float = Field(gt=0)
-    request_deadline_s: float = Field(gt=0)
+    """The serving limits a release is judged by.
+
+    The server declares their defaults (:class:`inference.settings.ServerSettings`);
+    ``[serving]`` tables override them per profile or environment, and whoever
+    starts a server passes the resolved values in (:mod:`pipeline.serving`).
+    """
+
+    max_batch_size: int = Field(default=_server_default("max_batch_size"), ge=1)
+    max_new_tokens_cap: int = Field(default=_server_default("max_new_tokens_cap"), ge=1)
+    drain_timeout_s: float = Field(default=_server_default("drain_timeout_s"), gt=0)
+    request_deadline_s: float = Field(default=_server_default("request_deadline_s"), gt=0)
 
 
 BenchMetric = Literal[
@@ -201,7 +214,7 @@ class PipelineDefinition(_Strict):
     quality: QualityGate
     latency: LatencyGate
     canary: CanaryGate
-    serving: Serving
+    serving: Serving = Serving()
     # Absent in a definition that has no benchmark; `mlcicd bench` then refuses to run.
     bench: Bench | None = None
     stages: tuple[Stage, ...] = Field(min_length=1)

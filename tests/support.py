@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-from pipeline.local_services import ManagedProcess, free_port, wait_http
+from pipeline.processes import ManagedProcess, free_port, wait_http
+from pipeline.source import REPO_ROOT
 
 __all__ = ["REPO_ROOT", "ServiceProcess", "free_port", "run_python", "wait_http"]
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_python(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:

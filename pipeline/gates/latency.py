@@ -1,9 +1,9 @@
 """The latency gate: judge a load test against the definition's latency thresholds.
 
-The measurements come from :mod:`pipeline.loadgen` against a real server: either
-one that already runs (``--url``, e.g. staging) or one this module starts as a
-child process (``mlcicd serve --model ...`` on a free loopback port), so the gate
-always measures the HTTP path a user hits, never a bare ``generate`` call.
+The measurements come from :mod:`pipeline.load.generator` against a real server's
+HTTP path, the one a user hits, never a bare ``generate`` call. This module only
+judges; whoever runs the gate starts the server (``mlcicd gate latency`` does it
+through :mod:`pipeline.serving` unless ``--url`` names one that already runs).
 
 Thresholds: p99 time to first token, mean end-to-end latency, error rate. A run
 with no successful request fails (there is nothing to measure), and errors above
@@ -16,14 +16,10 @@ too machine-dependent to hold on shared CI runners).
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.loadgen import LoadResult
-from pipeline.local_services import ManagedProcess, ServiceError, free_port
+from pipeline.load.generator import LoadResult
 
 
 @dataclass(frozen=True)
@@ -116,31 +112,3 @@ def write_histogram(result: LoadResult, verdict: LatencyVerdict, path: Path) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-class ServerStartError(RuntimeError):
-    """The local server did not become ready; the message carries its log tail."""
-
-
-@contextmanager
-def local_server(
-    model: str,
-    *,
-    extra_args: Sequence[str] = (),
-    log_path: Path,
-    ready_timeout_s: float = 300.0,
-) -> Iterator[str]:
-    """Run ``mlcicd serve --model MODEL`` on a free loopback port; yield its URL, then stop it."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "pipeline.cli", "serve", "--model", model,
-            "--host", "127.0.0.1", "--port", str(port), *extra_args]  # fmt: skip
-    proc = ManagedProcess(log_path.stem, argv, log_path.parent)
-    try:
-        try:
-            proc.wait_http(f"{url}/ready", timeout_s=ready_timeout_s)
-        except ServiceError as exc:
-            raise ServerStartError(str(exc)) from exc
-        yield url
-    finally:
-        proc.stop(timeout_s=30.0)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.gates.latency import LatencyVerdict
 from pipeline.gates.quality import CaseResult, QualityVerdict, Rate
-from pipeline.loadgen import LoadResult
+from pipeline.load.generator import LoadResult
 
 QUALITY_FORMAT = "mlcicd.quality/v1"
 LATENCY_FORMAT = "mlcicd.latency/v1"

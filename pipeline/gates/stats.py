@@ -1,4 +1,4 @@
-"""The small statistics the gates report: Wilson intervals, paired comparison, percentiles.
+"""The small statistics the gates report: Wilson intervals and the paired comparison.
 
 Why Wilson: with 20-30 eval cases a pass rate of 29/29 is not "100 %"; the
 Wilson score interval stays inside [0, 1] and is honest at the extremes, where
@@ -10,14 +10,13 @@ rather than comparing two independent rates. We report McNemar's exact
 two-sided p-value beside the difference, but gate on the difference, because
 with so few cases a significance test would wave almost any regression through.
 
-Percentiles use linear interpolation between closest ranks (numpy's default),
-in plain Python so the unit tests need no numpy.
+Latency percentiles live in :mod:`pipeline.load.stats`, beside the load generator.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 Z_95 = 1.959963984540054
@@ -102,53 +101,3 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     k = min(b, c)
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
     return min(1.0, 2.0 * float(tail))
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) with linear interpolation; ValueError when empty."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be within [0, 100], got {q}")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Distribution summary of one latency measure, in seconds."""
-
-    count: int
-    mean: float
-    p50: float
-    p95: float
-    p99: float
-    max: float
-
-    def as_ms(self) -> dict[str, float | int]:
-        return {
-            "count": self.count,
-            "mean_ms": self.mean * 1000,
-            "p50_ms": self.p50 * 1000,
-            "p95_ms": self.p95 * 1000,
-            "p99_ms": self.p99 * 1000,
-            "max_ms": self.max * 1000,
-        }
-
-
-def summarise(values: Iterable[float]) -> Summary | None:
-    """None when there are no values (e.g. every request failed)."""
-    data = list(values)
-    if not data:
-        return None
-    return Summary(
-        count=len(data),
-        mean=sum(data) / len(data),
-        p50=percentile(data, 50),
-        p95=percentile(data, 95),
-        p99=percentile(data, 99),
-        max=max(data),
-    )

@@ -1,4 +1,4 @@
-"""``python -m pipeline.bench_probes``: the engine probes run and report what they measured.
+"""``python -m pipeline.bench.probes``: the engine probes run and report what they measured.
 
 The built-in model and the two engine probes keep this to seconds; the
 transformers ``generate_batch`` probes take about a minute even on the tiny model
@@ -17,7 +17,7 @@ from tests.support import run_python
 
 
 def _probe(*args: str) -> subprocess.CompletedProcess[str]:
-    return run_python("-m", "pipeline.bench_probes", *args)
+    return run_python("-m", "pipeline.bench.probes", *args)
 
 
 @pytest.mark.usefixtures("builtin_model_dir")
@@ -29,7 +29,7 @@ def test_step_and_engine_probes_report_what_they_measured(tmp_path: Path) -> Non
     report = out.read_text()
     assert report == done.stdout
     lines = report.splitlines()
-    assert lines[0] == f"python -m pipeline.bench_probes --model builtin --probes {chosen}"
+    assert lines[0] == f"python -m pipeline.bench.probes --model builtin --probes {chosen}"
     results = {line.split()[0]: json.loads(line.split(maxsplit=1)[1]) for line in lines[2:]}
     assert list(results) == chosen.split(",")
     steps = results.pop("steps")

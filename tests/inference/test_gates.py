@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.definition import REPO_ROOT, load_definition
+from mlcicd.cli import main
+from pipeline.definition import load_definition
 from pipeline.gates.checks import load_suite
+from pipeline.source import REPO_ROOT
 
 DEFINITION = load_definition(profile="builtin")
 SUITE = REPO_ROOT / DEFINITION.quality.suite

@@ -14,8 +14,8 @@ from infra.analysis import (
     analysis_template,
     rollout_steps,
 )
+from pipeline.canary.promql import CanaryQueries
 from pipeline.definition import PipelineDefinition, load_definition
-from pipeline.promql import CanaryQueries
 
 PROM = "http://prometheus:9090"
 
@@ -102,7 +102,7 @@ def test_too_few_requests_is_inconclusive(definition: PipelineDefinition) -> Non
 
 
 def test_argo_and_mlcicd_canary_analyze_judge_alike(definition: PipelineDefinition) -> None:
-    from pipeline.canary import checks_from_gate
+    from pipeline.canary.analysis import checks_from_gate
 
     metrics = _metrics(definition)
     for check in checks_from_gate(definition.canary):

@@ -115,7 +115,7 @@ def test_render_cli_rejects_bad_stack_file(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "pipeline.cli",
+            "mlcicd.cli",
             "infra",
             "render",
             "--stack",

@@ -179,7 +179,7 @@ def test_diff(renders: dict[str, Path], tmp_path: Path) -> None:
     assert different
     assert "added: extra.yaml" in lines and "removed: providers.yaml" in lines
     assert "+changed: true" in lines
-    cli = [sys.executable, "-m", "pipeline.cli", "infra", "diff"]
+    cli = [sys.executable, "-m", "mlcicd.cli", "infra", "diff"]
     same = subprocess.run(
         [*cli, str(renders["staging"]), str(renders["staging"])],
         capture_output=True,

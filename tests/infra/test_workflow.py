@@ -194,7 +194,7 @@ def test_mlcicd_commands_in_the_workflow_parse_with_the_real_cli() -> None:
     included, must parse exactly as the workflow calls it."""
     import shlex
 
-    from pipeline.cli import build_parser
+    from mlcicd.cli import build_parser
 
     parser = build_parser()
     checked = []

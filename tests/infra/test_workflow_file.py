@@ -14,7 +14,7 @@ import pytest
 from infra.config import REPO_ROOT
 from infra.program import WORKFLOW_STACK, stack_workflow_text
 from infra.workflow import WORKFLOW_PATH
-from pipeline.cli import main
+from mlcicd.cli import main
 from tests.infra.conftest import one
 
 COMMITTED = REPO_ROOT / WORKFLOW_PATH

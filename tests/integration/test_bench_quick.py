@@ -26,7 +26,7 @@ def test_quick_bench_measures_both_servers_and_writes_reports(tmp_path: Path) ->
     out = tmp_path / "bench"
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "mlcicd.cli", "bench", "--quick", "--out", str(out)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -27,9 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.cli import main
+from mlcicd.cli import main
+from pipeline.canary.promql import CanaryQueries
 from pipeline.definition import DEFAULT_DEFINITION, load_definition
-from pipeline.promql import CanaryQueries
 from tests.fixtures.inference_server import InferenceServer, StartServer
 from tests.fixtures.prometheus import PrometheusFactory, PrometheusServer, ScrapeTarget
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.cli import main
+from mlcicd.cli import main
 from pipeline.definition import DEFAULT_DEFINITION, load_definition
 from tests.fixtures.inference_server import StartServer
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 def _run(state: Path, *args: str, timeout_s: float = 420) -> tuple[int, dict[str, Any], str]:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--skip", "code-quality",
+        [sys.executable, "-m", "mlcicd.cli", "run", "--skip", "code-quality",
          "--skip-commands", "--state-dir", str(state), *args],
         capture_output=True, text=True, timeout=timeout_s, check=False,
     )  # fmt: skip

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.image_bundle import ImageError, PushedImage, build_and_push, pull_and_unpack
-from pipeline.local_services import TrafficSplitter, start_registry
+from pipeline.local.image_bundle import ImageError, PushedImage, build_and_push, pull_and_unpack
+from pipeline.local.services import TrafficSplitter, start_registry
 
 
 class _Named(http.server.BaseHTTPRequestHandler):

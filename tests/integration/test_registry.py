@@ -16,12 +16,12 @@ import pytest
 from mlflow import MlflowClient
 
 from inference.loader import directory_content_hash
-from pipeline.cli import main
+from mlcicd.cli import main
 from pipeline.definition import load_definition
 from pipeline.gates.quality import CaseResult, judge_quality
 from pipeline.gates.reports import quality_json
-from pipeline.registry import ModelRegistry
-from pipeline.registry_lineage import Lineage, resolve_model_source
+from pipeline.registry.client import ModelRegistry
+from pipeline.registry.lineage import Lineage, resolve_model_source
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.support import free_port
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.registry import ModelRegistry
-from pipeline.registry_lineage import Lineage, resolve_model_source
-from pipeline.rollback_cli import add_arguments, run_rollback
+from pipeline.registry.client import ModelRegistry
+from pipeline.registry.lineage import Lineage, resolve_model_source
+from pipeline.rollout.rollback_cli import add_arguments, run_rollback
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.unit.fake_kubernetes import FakeAppsV1Api, FakeCustomObjectsApi, replica_set, rollout
 

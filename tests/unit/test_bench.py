@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bench import (
+from mlcicd.cli import main
+from pipeline.bench.report import build_document, render_markdown, render_plot, write_json
+from pipeline.bench.targets import (
     GIB,
     Cell,
     cell_from_load,
     evaluate_targets,
     plan_requests,
 )
-from pipeline.bench_report import build_document, render_markdown, render_plot, write_json
-from pipeline.cli import main
 from pipeline.definition import Bench, BenchTarget, DefinitionError, load_definition, resolve
-from pipeline.loadgen import LoadResult, RequestRecord
+from pipeline.load.generator import LoadResult, RequestRecord
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ def _document(bench: Bench, foreign: float) -> dict[str, object]:
         config=bench.model_dump(mode="json"),
         weights={"builtin": GIB // 100},
         floors={},
-        servers={"ours": "python -m pipeline.cli serve"},
+        servers={"ours": "python -m mlcicd.cli serve"},
         cells=[ours, base, skipped],
         targets=evaluate_targets(bench.targets, [ours, base], {}),
         started_at="now",

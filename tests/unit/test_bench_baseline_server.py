@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from inference.baseline_server import NaivePipelineGenerator, create_baseline_app
+from pipeline.bench.baseline_server import NaivePipelineGenerator, create_baseline_app
 
 # Importing transformers' pipeline machinery takes a few seconds on 2 cores.
 pytestmark = pytest.mark.slow

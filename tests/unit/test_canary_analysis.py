@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from pipeline.canary import (
+from mlcicd.cli import main
+from pipeline.canary.analysis import (
     VERDICTS,
     AnalysisRun,
     Check,
@@ -20,8 +21,7 @@ from pipeline.canary import (
     max_ticks,
     run_analysis,
 )
-from pipeline.canary_measure import SelectorError, TickValues, judge_tick, selector
-from pipeline.cli import main
+from pipeline.canary.measure import SelectorError, TickValues, judge_tick, selector
 from pipeline.definition import load_definition
 
 S, F, INC, E = Phase.SUCCESSFUL, Phase.FAILED, Phase.INCONCLUSIVE, Phase.ERROR

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.cli import build_parser, main
-from pipeline.deploy import read_state
-from pipeline.deploy_cli import run_set_image, run_wait
+from mlcicd.cli import build_parser, main
+from pipeline.rollout.deploy import read_state
+from pipeline.rollout.deploy_cli import run_set_image, run_wait
 from tests.unit.fake_kubernetes import FakeCustomObjectsApi, rollout
 
 ARGO = ("argoproj.io", "v1alpha1", "prod", "rollouts", "inference-server")

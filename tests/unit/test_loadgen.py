@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.cli import main
+from mlcicd.cli import main
 from pipeline.definition import DEFAULT_DEFINITION, load_definition
 from pipeline.gates.latency import judge_latency
-from pipeline.loadgen import LoadResult, RequestRecord, poisson_schedule, run_load
+from pipeline.load.generator import LoadResult, RequestRecord, poisson_schedule, run_load
 from tests.support import free_port
 
 TOKEN_DELAY_S = 0.004

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.local_services import ScrapeTarget, nginx_split_config, prometheus_config
+from pipeline.local.services import ScrapeTarget, nginx_split_config, prometheus_config
 
 
 def _upstream(config: str) -> list[str]:

@@ -19,7 +19,7 @@ import pytest
 from infra.analysis import analysis_template, rollout_steps
 from infra.monitoring import PROMETHEUS_URL, recording_and_alert_rules
 from infra.workflow import RunnerSpec, render_workflow
-from pipeline.canary import checks_from_gate
+from pipeline.canary.analysis import checks_from_gate
 from pipeline.definition import DEFAULT_DEFINITION, PipelineDefinition, load_definition
 
 RUNNERS = {"gpu": RunnerSpec("gpu", 60), "cpu": RunnerSpec("cpu", 30)}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.definition import REPO_ROOT, load_definition
+from pipeline.definition import load_definition
 from pipeline.gates.checks import (
     Case,
     Contains,
@@ -17,6 +17,7 @@ from pipeline.gates.checks import (
     parse_suite_text,
     run_check,
 )
+from pipeline.source import REPO_ROOT
 
 
 def _case(*checks: dict[str, Any]) -> Case:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from mlcicd.cli import main
 from pipeline.definition import load_definition
 from pipeline.gates.checks import Case, parse_suite_text
 from pipeline.gates.quality import (

@@ -8,13 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.gates.stats import (
-    mcnemar_exact_p,
-    paired_comparison,
-    percentile,
-    summarise,
-    wilson_interval,
-)
+from pipeline.gates.stats import mcnemar_exact_p, paired_comparison, wilson_interval
+from pipeline.load.stats import percentile, summarise
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 
 from inference.loader import directory_content_hash
 from pipeline.definition import load_definition
-from pipeline.registry_lineage import (
+from pipeline.registry.lineage import (
     GateMetric,
     Lineage,
     LineageError,

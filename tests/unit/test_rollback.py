@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from pipeline.rollback import RolloutError, roll_back
-from pipeline.rollback_cli import add_arguments, run_rollback
+from pipeline.rollout.rollback import RolloutError, roll_back
+from pipeline.rollout.rollback_cli import add_arguments, run_rollback
 from tests.unit.fake_kubernetes import (
     FakeAppsV1Api,
     FakeCustomObjectsApi,

@@ -1,4 +1,4 @@
-"""The inference image's Dockerfile passes hadolint and keeps the properties the brief asks for."""
+"""The inference image: passes hadolint; runs the server alone, as non-root, with a health check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from pipeline.source import REPO_ROOT
+
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
@@ -26,13 +27,17 @@ def test_dockerfile_passes_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dockerfile_runs_mlcicd_serve_as_non_root_with_a_healthcheck() -> None:
+def test_dockerfile_runs_the_server_as_non_root_with_a_healthcheck() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^ARG BASE_IMAGE=nvidia/cuda:\S+-runtime-", text, re.MULTILINE)
     assert re.search(r"^USER 10001", text, re.MULTILINE)
     assert "HEALTHCHECK" in text and "/health" in text
     assert re.search(r"^EXPOSE 8000$", text, re.MULTILINE)
-    assert 'CMD ["mlcicd", "serve"]' in text
+    assert 'CMD ["python", "-m", "inference.serve_cli"]' in text
+    # The image carries the server alone, and the build's commit reaches it.
+    copies = re.findall(r"^COPY (\S+)", text, re.MULTILINE)
+    assert copies == ["requirements.lock", "inference/"]
+    assert re.search(r"^ARG GIT_SHA", text, re.MULTILINE) and "MLCICD_GIT_SHA=${GIT_SHA}" in text
     # torch is installed before the lock, at the project's pin.
     torch_at = text.index('"torch==${TORCH_VERSION}"')
     assert torch_at < text.index("-r requirements.lock")

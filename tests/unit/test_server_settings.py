@@ -1,24 +1,17 @@
-"""Server settings: defaults from the pipeline definition, env and flags, errors naming the key."""
+"""Server settings: its own defaults, the caller's defaults, env and flags; errors name the key."""
 
 from __future__ import annotations
 
 import pytest
 
 from inference.settings import Device, DType, Environment, SettingsError, load_settings
-from pipeline.cli import main
-from pipeline.definition import load_definition
+from mlcicd.cli import main
 
 ENV = {"MLCICD_GIT_SHA": "abc123"}
 
 
-def test_serving_defaults_come_from_the_definition() -> None:
+def test_the_server_has_its_own_defaults_without_the_pipeline() -> None:
     settings = load_settings(env=ENV)
-    serving = load_definition("builtin").serving
-    assert settings.profile == "builtin"
-    assert settings.max_batch_size == serving.max_batch_size
-    assert settings.max_new_tokens_cap == serving.max_new_tokens_cap
-    assert settings.request_deadline_s == serving.request_deadline_s
-    assert settings.drain_timeout_s == serving.drain_timeout_s
     assert (settings.model, settings.host, settings.git_sha) == ("builtin", "127.0.0.1", "abc123")
     assert (settings.device, settings.dtype, settings.environment) == (
         Device.auto,
@@ -26,13 +19,16 @@ def test_serving_defaults_come_from_the_definition() -> None:
         Environment.dev,
     )
     assert settings.fault_error_rate == 0 and settings.fault_latency_ms == 0
+    assert load_settings(env={}).git_sha == "unknown"  # no git call: an image has no .git
 
 
-def test_a_non_builtin_model_takes_the_default_profile() -> None:
-    settings = load_settings({"model": "gpt2"}, env=ENV)
-    expected = load_definition()
-    assert settings.profile == expected.profile
-    assert settings.drain_timeout_s == expected.serving.drain_timeout_s
+def test_caller_defaults_sit_under_env_and_flags() -> None:
+    defaults = {"drain_timeout_s": 11.0, "max_batch_size": 3, "queue_cap": 5}
+    env = {**ENV, "MLCICD_MAX_BATCH_SIZE": "4"}
+    settings = load_settings({"queue_cap": 6}, env=env, defaults=defaults)
+    assert (settings.drain_timeout_s, settings.max_batch_size, settings.queue_cap) == (11.0, 4, 6)
+    with pytest.raises(SettingsError, match="unknown setting `profile`"):
+        load_settings(env=ENV, defaults={"profile": "builtin"})
 
 
 def test_flags_win_over_env_and_env_over_defaults() -> None:
@@ -49,7 +45,7 @@ def test_flags_win_over_env_and_env_over_defaults() -> None:
         ({"device": "tpu"}, {}, "`device`"),
         ({"fault_error_rate": 1.5}, {}, "`fault_error_rate`"),
         ({"port": 70000}, {}, "`port`"),
-        ({"profile": "nope"}, {}, "profiles.nope: no such profile"),
+        ({"profile": "nope"}, {}, "unknown setting `profile`"),
     ],
 )
 def test_invalid_setting_is_named(

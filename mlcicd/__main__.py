@@ -1,0 +1,5 @@
+import sys
+
+from mlcicd.cli import main
+
+sys.exit(main())

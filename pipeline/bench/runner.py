@@ -1,0 +1,366 @@
+"""The moving parts of ``mlcicd bench``: real server processes, sampling, the run loop.
+
+Why separate from :mod:`pipeline.bench.targets`: that module is the pure arithmetic
+(plans, aggregation, targets) and is unit-tested without processes; this one
+starts servers, samples ``/proc`` and drives the load generator, and is tested
+end to end (``tests/integration/test_bench_quick.py``).
+
+Each server runs in its own process group on a free 127.0.0.1 port and is
+always stopped (SIGTERM, then SIGKILL) before the next one starts, so two
+servers never compete for the two cores. Left out: running servers in parallel
+(it would halve what each one measures) and retries (a failed cell is recorded
+as failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from pipeline import serving
+from pipeline.bench.targets import GIB, SERVERS, Cell, ServerKind, cell_from_load, plan_requests
+from pipeline.definition import Bench, load_definition
+from pipeline.load.generator import run_load
+from pipeline.processes import ManagedProcess, free_port
+
+# A level still running after this many cell budgets (the first level has no
+# rate to plan from) is cancelled and recorded as aborted, never extrapolated.
+ABORT_AFTER_BUDGETS = 3
+
+
+class TreeSampler:
+    """Samples a process tree's RSS and everyone else's CPU use, on a background thread.
+
+    Foreign CPU is total busy CPU time (``psutil.cpu_times``) minus what the
+    server tree and this process used, over the same interval, in cores.
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        self._root = psutil.Process(pid)
+        self._self = psutil.Process(os.getpid())
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._cpu_mark = (0.0, 0.0, 0.0)
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            return [self._root, *self._root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def _tree_rss(self) -> int:
+        total = 0
+        for proc in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                total += int(proc.memory_info().rss)
+        return total
+
+    def _own_cpu_s(self) -> float:
+        total = 0.0
+        for proc in [*self._tree(), self._self]:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    @staticmethod
+    def _busy_cpu_s() -> float:
+        times = psutil.cpu_times()
+        # guest time is already inside user time, so it is not added again.
+        fields = ("user", "nice", "system", "irq", "softirq", "steal")
+        return float(sum(getattr(times, name, 0.0) for name in fields))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            rss = self._tree_rss()
+            with self._lock:
+                self._peak = max(self._peak, rss)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def begin_cell(self) -> None:
+        """Reset the peak and the CPU mark at the start of a measurement."""
+        with self._lock:
+            self._peak = self._tree_rss()
+        self._cpu_mark = (time.monotonic(), self._busy_cpu_s(), self._own_cpu_s())
+
+    def end_cell(self) -> tuple[int, float]:
+        """(peak RSS in bytes, foreign CPU in cores) since :meth:`begin_cell`."""
+        started, busy0, own0 = self._cpu_mark
+        elapsed = max(time.monotonic() - started, 1e-6)
+        foreign = (self._busy_cpu_s() - busy0) - (self._own_cpu_s() - own0)
+        with self._lock:
+            peak = max(self._peak, self._tree_rss())
+        return peak, max(0.0, foreign / elapsed)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
+def server_argv(kind: ServerKind, model: str, port: int | str) -> list[str]:
+    """The exact command line each server is started with (recorded in the output)."""
+    if kind == "ours":
+        return serving.server_argv(model, port)
+    return [sys.executable, "-m", "pipeline.bench.baseline_server",
+            "--model", model, "--port", str(port)]  # fmt: skip
+
+
+@contextlib.contextmanager
+def running_server(
+    kind: ServerKind,
+    model: str,
+    log_dir: Path,
+    ready_timeout_s: float,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, ManagedProcess]]:
+    """Start one server, wait for ``/ready``, always stop it."""
+    port = free_port()
+    argv = server_argv(kind, model, port)
+    if kind == "ours":
+        limits = load_definition(serving.default_profile(model)).serving
+        env = {**serving.serving_env(limits), **(env or {})}
+    server = serving.start_http_server(
+        f"{kind}-{model}", argv, port, log_dir, env=env, ready_timeout_s=ready_timeout_s
+    )
+    try:
+        yield server.url, server.process
+    finally:
+        server.stop()
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def model_floor(
+    model: str, batch_sizes: Sequence[int] = (1, 16), steps: int = 12
+) -> dict[str, Any]:
+    """Weights bytes, and what the bare model costs here, for explaining the server's figures.
+
+    Loads the model in this process as the server does and times (median) one
+    KV-cached decode step of the plain ``model(...)`` call at each batch size,
+    with no server, mask or scheduler around it: the floor for inter-token
+    latency and the ceiling for throughput that any server on this machine
+    meets. Also times a large fp32 matmul for the machine's compute ceiling
+    (GFLOP/s) and gives the model's forward FLOPs per token (2 x parameters).
+    """
+    import torch
+
+    from inference.loader import load_model
+
+    loaded = load_model(model)
+    net, device = loaded.model, loaded.device
+    seen: set[int] = set()
+    weights = 0
+    for tensor in [*net.parameters(), *net.buffers()]:
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer not in seen:
+            seen.add(pointer)
+            weights += tensor.untyped_storage().nbytes()
+    params = sum(p.numel() for p in net.parameters())
+    vocab = int(net.config.vocab_size)
+    step_ms: dict[str, float] = {}
+    with torch.inference_mode():
+        # The first size is measured twice: the first pass pays one-off kernel set-up.
+        for batch in [batch_sizes[0], *batch_sizes]:
+            ids = torch.randint(0, vocab, (batch, 16), device=device)
+            out = net(input_ids=ids, use_cache=True)
+            cache, last = out.past_key_values, ids[:, -1:]
+            times = []
+            for _ in range(steps):
+                started = time.perf_counter()
+                out = net(input_ids=last, past_key_values=cache, use_cache=True)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - started)
+                cache = out.past_key_values
+            step_ms[str(batch)] = round(1000 * _median(times[2:]), 2)
+        a = torch.randn(1024, 1024, device=device)
+        b = torch.randn(1024, 1024, device=device)
+        mm = []
+        for _ in range(6):
+            started = time.perf_counter()
+            torch.mm(a, b)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            mm.append(time.perf_counter() - started)
+    gflops = 2 * 1024**3 / _median(mm[1:]) / 1e9
+    flops_per_token = 2 * params
+    del loaded, net
+    return {
+        "weights_bytes": weights,
+        "parameters": params,
+        "decode_step_ms": step_ms,
+        "decode_tokens_per_s": {k: round(int(k) * 1000 / v, 1) for k, v in step_ms.items()},
+        "matmul_gflops": round(gflops, 1),
+        "gflop_per_token": round(flops_per_token / 1e9, 4),
+        "compute_ceiling_tokens_per_s": round(gflops * 1e9 / flops_per_token, 1),
+    }
+
+
+Progress = Callable[[str], None]
+
+
+def measure_server(
+    kind: ServerKind,
+    model: str,
+    bench: Bench,
+    concurrency: Sequence[int],
+    log_dir: Path,
+    progress: Progress,
+    ready_timeout_s: float = 300.0,
+    env: dict[str, str] | None = None,
+) -> list[Cell]:
+    """Every concurrency level, ascending, against one freshly started server."""
+    cells: list[Cell] = []
+    progress(f"[{model}/{kind}] starting server")
+    with running_server(kind, model, log_dir, ready_timeout_s, env) as (url, proc):
+        sampler = TreeSampler(proc.pid)
+        sampler.start()
+        try:
+            previous_rps: float | None = None
+            aborted = False
+            for level in sorted(concurrency):
+                if aborted:
+                    why = "not run: a lower concurrency level was aborted"
+                    cell = Cell(model, kind, level, skipped=why)
+                else:
+                    cell = _measure_level(kind, model, bench, level, previous_rps, url, sampler)
+                aborted = aborted or (cell.skipped or "").startswith("aborted")
+                cells.append(cell)
+                if cell.skipped is not None:
+                    progress(f"[{model}/{kind}] c={level}: {cell.skipped}")
+                    continue
+                previous_rps = cell.requests_per_s or None
+                progress(
+                    f"[{model}/{kind}] c={level}: {cell.requests} requests, "
+                    f"{cell.tokens_per_s:.1f} tok/s, {cell.requests_per_s:.2f} req/s, "
+                    f"errors {cell.errors or 0}, peak RSS {cell.peak_rss_bytes / GIB:.2f} GiB, "
+                    f"foreign load {cell.foreign_cpu_cores:.2f} cores"
+                    + (f" ({cell.note})" if cell.note else "")
+                )
+        finally:
+            sampler.stop()
+    return cells
+
+
+def _measure_level(
+    kind: ServerKind,
+    model: str,
+    bench: Bench,
+    level: int,
+    previous_rps: float | None,
+    url: str,
+    sampler: TreeSampler,
+) -> Cell:
+    plan = plan_requests(level, bench, previous_rps)
+    if plan.skipped is not None:
+        return Cell(model, kind, level, skipped=plan.skipped)
+    sampler.begin_cell()
+    cap_s = ABORT_AFTER_BUDGETS * bench.cell_budget_s
+    load = run_load(
+        url,
+        requests=plan.requests,
+        concurrency=level,
+        warmup=min(bench.warmup_requests, plan.requests),
+        max_new_tokens=bench.max_new_tokens,
+        fixed_tokens=True,
+        request_timeout_s=cap_s,
+        progress=False,
+    )
+    try:
+        result = asyncio.run(asyncio.wait_for(load, timeout=cap_s))
+    except TimeoutError:
+        peak, foreign = sampler.end_cell()
+        return Cell(
+            model,
+            kind,
+            level,
+            peak_rss_bytes=peak,
+            foreign_cpu_cores=foreign,
+            skipped=f"aborted: {plan.requests} requests did not finish within {cap_s:.0f} s "
+            f"({ABORT_AFTER_BUDGETS} x the cell budget); nothing recorded",
+        )
+    peak, foreign = sampler.end_cell()
+    return cell_from_load(model, kind, result, peak, foreign, plan.note)
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on: cores, CPU model, memory, torch and its threads."""
+    import torch
+
+    cpu_model, flags = "", list[str]()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not cpu_model:
+                cpu_model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = [f for f in value.split() if f in wanted]
+    cpu_model = cpu_model or platform.processor() or "unknown"
+    cuda = torch.cuda.is_available()
+    return {
+        "nproc": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model,
+        "cpu_flags": flags,
+        "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cuda": torch.cuda.get_device_name(0) if cuda else None,
+        "load_average_start": list(os.getloadavg()),
+    }
+
+
+def run_bench(
+    bench: Bench,
+    models: Sequence[str],
+    concurrency: Sequence[int],
+    log_dir: Path,
+    progress: Progress,
+    servers: Sequence[ServerKind] = SERVERS,
+    torch_threads: int | None = None,
+) -> tuple[list[Cell], dict[str, dict[str, Any]]]:
+    """(cells, :func:`model_floor` per model) for every model x server, one server at a time.
+
+    ``torch_threads`` sets ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` for both
+    servers alike (and torch's threads for the bare-model timing here).
+    """
+    env: dict[str, str] | None = None
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        env = {"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)}
+    cells: list[Cell] = []
+    floors: dict[str, dict[str, Any]] = {}
+    for model in models:
+        progress(f"[{model}] loading once: weights size, bare decode step, compute ceiling")
+        floors[model] = model_floor(model)
+        progress(f"[{model}] {floors[model]}")
+        for kind in servers:
+            started = time.monotonic()
+            cells.extend(
+                measure_server(kind, model, bench, concurrency, log_dir, progress, env=env)
+            )
+            progress(f"[{model}/{kind}] done in {time.monotonic() - started:.0f} s")
+    return cells, floors

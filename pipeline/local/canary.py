@@ -1,0 +1,195 @@
+"""The production stage of the local pipeline: a canary rollout judged by Prometheus.
+
+Why it looks like this: in a cluster, Argo Rollouts shifts traffic step by
+step and runs the AnalysisTemplate rendered from the pipeline definition. Here
+the same decisions are taken with real parts on one machine:
+
+- the champion (the registry's ``champion`` alias) and the candidate are
+  each pulled from the OCI registry by digest and served as ``stable`` and
+  ``canary`` processes;
+- nginx splits traffic between them with upstream weights taken from the
+  definition's ``canary.steps``; the load generator (:class:`BackgroundLoad`) plays the users;
+- a real Prometheus scrapes both servers (labels ``version="stable"`` /
+  ``"canary"``), and after each step's pause ``mlcicd canary analyze`` judges
+  the canary with the definition's thresholds and Argo's limits;
+- all steps successful: the registry's ``champion`` alias moves to the
+  candidate; a failed or inconclusive analysis sends all traffic back to
+  stable and the candidate is not promoted (the exit code says so).
+
+A Rollout's first deploy in Argo skips the steps; likewise, when the registry
+has no champion yet, the candidate takes all traffic and is analysed alone
+before it is promoted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pipeline.definition import Stage, duration_seconds, load_definition
+from pipeline.load.generator import BackgroundLoad
+from pipeline.local.context import RunContext, StageFailed
+from pipeline.local.image_bundle import PushedImage
+from pipeline.local.services import ScrapeTarget, Service, TrafficSplitter, start_prometheus
+
+
+class CanaryRollout:
+    def __init__(self, runner: RunContext, stage: Stage) -> None:
+        self.runner = runner
+        self.stage = stage
+        self.definition = load_definition(runner.options.profile, stage.environment)
+        self.canary = self.definition.canary
+
+    # -- registry -------------------------------------------------------------
+
+    def champion(self) -> tuple[str, PushedImage] | None:
+        """The champion's version and its image, read from the model registry."""
+        from pipeline.registry.client import ModelRegistry
+
+        registry = ModelRegistry(
+            self.runner.services["mlflow"].url, self.definition.pipeline.registered_model
+        )
+        found = registry.champion_image()
+        if found is None:
+            return None
+        version, reference, digest = found
+        # The local registry listens on a new port each run but keeps its storage
+        # under the state dir, so the champion's image is re-addressed to it.
+        current = self.runner.services["registry"].url.removeprefix("http://")
+        path = reference.split("/", 1)[1] if "/" in reference else reference
+        return version, PushedImage(reference=f"{current}/{path}", digest=digest)
+
+    def registry(self, record_name: str, *args: str) -> None:
+        with self.runner.step(self.stage.id, record_name) as record:
+            self.runner.run_logged(record, self.runner.mlcicd("registry", *args))
+
+    # -- the rollout ----------------------------------------------------------
+
+    def server_args(self, role: str) -> list[str]:
+        fault = self.runner.options.canary_fault
+        if role != "canary" or fault == "none":
+            return ["--environment", "prod"]
+        # Fault injection is refused by the prod config by design; the demo canary
+        # runs with the dev config so that its injected fault can be caught.
+        flags = {
+            "errors": ["--fault-error-rate", "0.05"],
+            "latency": ["--fault-latency-ms", str(int(self.canary.max_p99_latency_s * 1500))],
+        }[fault]
+        return ["--environment", "dev", *flags]
+
+    def traffic_rate(self) -> float:
+        """Enough requests that the smallest step reaches min_requests within its pause."""
+        steps = [s for s in self.canary.steps if s.set_weight < 100 and s.pause]
+        if not steps:
+            return 10.0
+        first = steps[0]
+        pause = duration_seconds(first.pause or "10s")
+        return max(5.0, 1.5 * self.canary.min_requests / (pause * first.set_weight / 100))
+
+    def run(self) -> None:
+        runner = self.runner
+        candidate = runner.state.image
+        if candidate is None or runner.state.model_version is None:
+            raise StageFailed("no registered image to roll out")
+        champion = self.champion()
+        with runner.step(self.stage.id, "Deploy stable and canary (pull by digest)") as record:
+            if champion is None:
+                stable = runner.deploy_image("canary", candidate, *self.server_args("canary"))
+                canary: Service | None = None
+                record.detail = "no champion yet: first release takes all traffic (as in Argo)"
+            else:
+                stable = runner.deploy_image("stable", champion[1], "--environment", "prod")
+                canary = runner.deploy_image("canary", candidate, *self.server_args("canary"))
+                record.detail = (
+                    f"stable = champion v{champion[0]}, canary = v{runner.state.model_version}"
+                )
+        prom_dir = runner.run_dir / "prometheus"
+        targets = [
+            ScrapeTarget(
+                stable.url.removeprefix("http://"),
+                {"version": "canary" if canary is None else "stable"},
+            )
+        ]
+        if canary is not None:
+            targets.append(ScrapeTarget(canary.url.removeprefix("http://"), {"version": "canary"}))
+        prometheus = start_prometheus(targets, prom_dir, runner.logs)
+        runner.on_exit(prometheus.stop)
+        splitter = TrafficSplitter(
+            runner.run_dir / "nginx", runner.logs, stable.url.removeprefix("http://")
+        )
+        runner.on_exit(splitter.stop)
+        budget = sum(duration_seconds(s.pause) for s in self.canary.steps if s.pause) + 600
+        traffic = BackgroundLoad(splitter.url, self.traffic_rate(), budget)
+        traffic.start()
+        runner.console.info(f"traffic: {self.traffic_rate():.0f} req/s through {splitter.url}")
+        verdict = "successful"
+        try:
+            steps = self.canary.steps if canary is not None else self.canary.steps[-1:]
+            for number, step in enumerate(steps, start=1):
+                if canary is not None:
+                    splitter.set_weight(canary.url.removeprefix("http://"), step.set_weight)
+                if step.set_weight >= 100 and canary is not None:
+                    break
+                pause = (
+                    duration_seconds(step.pause)
+                    if step.pause
+                    else duration_seconds(self.canary.window)
+                )
+                verdict = self.analyse(number, step.set_weight, pause, prometheus.url)
+                if verdict != "successful":
+                    break
+        finally:
+            outcomes = traffic.stop()
+            runner.report.facts["canary traffic (HTTP code: count)"] = outcomes
+        if verdict != "successful":
+            splitter.set_weight(None, 0)
+            runner.report.outcome = f"rolled back: canary {verdict}"
+            raise StageFailed(f"canary {verdict}: traffic returned to stable, not promoted")
+        self.registry(
+            f"Promote v{runner.state.model_version} to champion",
+            "promote",
+            "--version",
+            str(runner.state.model_version),
+            "--reason",
+            f"canary analysis successful (run {runner.run_id})",
+        )
+        runner.report.outcome = f"promoted v{runner.state.model_version} to champion"
+
+    def analyse(self, number: int, weight: int, pause_s: int, prometheus_url: str) -> str:
+        name = f"Step {number}: {weight}% canary, pause {pause_s}s, analysis"
+        with self.runner.step(self.stage.id, name) as record:
+            time.sleep(pause_s)
+            out = self.runner.reports / f"canary-step-{number}.json"
+            code = self.runner.run_logged(
+                record,
+                self.runner.mlcicd(
+                    "canary",
+                    "analyze",
+                    "--prometheus-url",
+                    prometheus_url,
+                    "--version",
+                    "canary",
+                    "--profile",
+                    self.runner.options.profile,
+                    "--environment",
+                    str(self.stage.environment),
+                    "--out",
+                    str(out),
+                ),
+                ok_codes=(0, 1, 3),
+            )
+            verdict = {0: "successful", 1: "failed", 3: "inconclusive"}[code]
+            record.detail = verdict + _summary(out)
+            if code != 0:
+                record.status = "failed" if code == 1 else "inconclusive"
+            return verdict
+
+
+def _summary(path: Path) -> str:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    reasons = data.get("reasons") or data.get("message") or ""
+    return f" ({reasons})" if reasons else ""

@@ -1,0 +1,13 @@
+"""Commands of the local subsystem: ``mlcicd hello`` (try the server) and ``mlcicd run``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipeline.local import hello_cli, run_cli
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    hello_cli.register(subparsers)
+    run_cli.register(subparsers)

@@ -1,0 +1,72 @@
+"""What the local runner's stages share: options, the state handed between stages, and
+the runner's interface as the canary stage sees it.
+
+Why a module of its own: the canary stage needs the runner's steps and services,
+and the runner starts the canary stage; both import this, neither imports the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pipeline.local.image_bundle import PushedImage
+from pipeline.local.report import Console, RunReport, StepRecord
+from pipeline.local.services import Service
+from pipeline.source import REPO_ROOT
+
+
+class StageFailed(Exception):
+    """A step failed; the pipeline stops here."""
+
+
+@dataclass
+class RunOptions:
+    profile: str = "builtin"
+    candidate: str = "builtin"
+    canary_fault: str = "none"  # none | errors | latency
+    state_dir: Path = REPO_ROOT / ".mlcicd"
+    skip_stages: tuple[str, ...] = ()
+    # Skip the shell commands of stages without an action (lint, unit and inference
+    # tests) but run every gate, action and deploy smoke test: for when those commands
+    # already ran, e.g. inside the test suite.
+    skip_commands: bool = False
+
+
+@dataclass
+class RunState:
+    """What earlier stages hand to later ones."""
+
+    image: PushedImage | None = None
+    model_version: str | None = None
+    staging_url: str | None = None
+
+
+class RunContext(Protocol):
+    """The runner as a stage sees it (implemented by :class:`pipeline.local.runner.LocalRunner`)."""
+
+    options: RunOptions
+    state: RunState
+    services: dict[str, Service]
+    console: Console
+    report: RunReport
+    run_id: str
+    run_dir: Path
+    logs: Path
+    reports: Path
+
+    def step(self, stage: str, name: str) -> AbstractContextManager[StepRecord]: ...
+
+    def run_logged(
+        self, record: StepRecord, argv: Sequence[str] | str, ok_codes: Sequence[int] = (0,),
+        **env: str,
+    ) -> int: ...  # fmt: skip
+
+    def mlcicd(self, *args: str) -> list[str]: ...
+
+    def deploy_image(self, name: str, image: PushedImage, *extra_args: str) -> Service: ...
+
+    def on_exit(self, callback: Callable[[], object]) -> None: ...

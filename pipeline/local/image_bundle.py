@@ -1,0 +1,173 @@
+"""Build, push and unpack the release image of the local pipeline, daemonless.
+
+Why not the root ``Dockerfile``: it starts from a CUDA base image, and this
+machine can reach no image registry on the internet, so no base image can be
+pulled here. The local pipeline therefore builds a *bundle* image ``FROM
+scratch`` with buildah: the model weights under ``/model`` and the server's
+source under ``/app``, labelled with the git sha and the model's content hash.
+It is pushed to a real OCI registry (``docker-registry``), and the staging and
+production "deploys" pull it back by digest with skopeo and unpack its layers,
+so what serves is exactly what the registry holds. There is no container
+engine here either, so the unpacked bundle runs on the host's Python; in a
+cluster the root ``Dockerfile`` image runs instead (built by the workflow).
+
+Left out: image signing, SBOMs, multi-arch manifests.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# The serving image holds the server alone: inference/ imports nothing from the pipeline.
+SOURCE_ITEMS = ("inference", "requirements.lock")
+
+
+class ImageError(RuntimeError):
+    """buildah or skopeo failed; the message carries the command and its output."""
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    reference: str  # host:port/repo:tag
+    digest: str  # sha256:...
+
+    @property
+    def pinned(self) -> str:
+        repo = self.reference.rsplit(":", 1)[0]
+        return f"{repo}@{self.digest}"
+
+
+def _storage_args(storage: Path) -> list[str]:
+    return [
+        "--root",
+        str(storage / "root"),
+        "--runroot",
+        str(storage / "run"),
+        "--storage-driver",
+        "vfs",
+    ]
+
+
+def _run(argv: list[str]) -> str:
+    env = dict(os.environ, BUILDAH_ISOLATION="chroot")
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    except FileNotFoundError as exc:
+        raise ImageError(f"{argv[0]} is not installed (apt-get install buildah skopeo)") from exc
+    if done.returncode != 0:
+        raise ImageError(f"{' '.join(argv[:3])} ... failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout.strip()
+
+
+def build_and_push(
+    *,
+    model_dir: Path,
+    source_root: Path,
+    registry_host: str,
+    repository: str,
+    tag: str,
+    labels: dict[str, str],
+    storage: Path,
+    workdir: Path,
+) -> PushedImage:
+    """Build the bundle image and push it; returns the registry's digest."""
+    storage.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = ["buildah", *_storage_args(storage)]
+    container = _run([*base, "from", "scratch"])
+    try:
+        _run([*base, "copy", container, str(model_dir), "/model"])
+        _run([*base, "copy", container, str(_stage_source(source_root, workdir)), "/app"])
+        config = [
+            *base,
+            "config",
+            "--workingdir",
+            "/app",
+            "--entrypoint",
+            '["mlcicd", "serve", "--model", "/model"]',
+        ]
+        for key, value in sorted(labels.items()):
+            config += ["--label", f"{key}={value}"]
+        _run([*config, container])
+        local = f"localhost/{repository}:{tag}"
+        _run([*base, "commit", "--rm", container, local])
+    except ImageError:
+        subprocess.run([*base, "rm", container], capture_output=True, check=False)
+        raise
+    reference = f"{registry_host}/{repository}:{tag}"
+    digest_file = workdir / "digest"
+    _run(
+        [
+            *base,
+            "push",
+            "--tls-verify=false",
+            "--digestfile",
+            str(digest_file),
+            local,
+            f"docker://{reference}",
+        ]
+    )
+    return PushedImage(reference=reference, digest=digest_file.read_text().strip())
+
+
+def _stage_source(source_root: Path, workdir: Path) -> Path:
+    """Copy the server's source, without caches, into a clean build context."""
+    context = workdir / "app"
+    shutil.rmtree(context, ignore_errors=True)
+    context.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for item in SOURCE_ITEMS:
+        path = source_root / item
+        if path.is_dir():
+            shutil.copytree(path, context / item, ignore=ignore)
+        else:
+            shutil.copy2(path, context / item)
+    return context
+
+
+def pull_and_unpack(image: PushedImage, dest: Path, workdir: Path) -> dict[str, str]:
+    """Pull ``image`` by digest into an OCI layout, unpack its layers into ``dest``.
+
+    Returns the image's labels. Fails if the registry serves another digest.
+    """
+    layout = workdir / "oci"
+    shutil.rmtree(layout, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _run(
+        [
+            "skopeo",
+            "copy",
+            "--src-tls-verify=false",
+            f"docker://{image.pinned}",
+            f"oci:{layout}:release",
+        ]
+    )
+    index = json.loads((layout / "index.json").read_text())
+    manifest_digest: str = index["manifests"][0]["digest"]
+    if manifest_digest != image.digest:
+        raise ImageError(f"registry served {manifest_digest}, expected {image.digest}")
+    manifest = json.loads(_blob(layout, manifest_digest).decode())
+    config = json.loads(_blob(layout, manifest["config"]["digest"]).decode())
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for layer in manifest["layers"]:
+        data = _blob(layout, layer["digest"])
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            archive.extractall(dest, filter="data")
+    labels: dict[str, str] = config.get("config", {}).get("Labels") or {}
+    return labels
+
+
+def _blob(layout: Path, digest: str) -> bytes:
+    algorithm, value = digest.split(":", 1)
+    return (layout / "blobs" / algorithm / value).read_bytes()

@@ -1,0 +1,76 @@
+"""`mlcicd run`: the whole pipeline on this machine (local_runner.py says what each stage does)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pipeline.definition import DefinitionError, load_definition
+from pipeline.source import REPO_ROOT
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run the whole pipeline locally against real services",
+        description=(
+            "Run every stage of the pipeline definition on this machine: code quality, "
+            "model tests and gates, image build and push to a local OCI registry, model "
+            "registration in MLflow, staging deploy and smoke tests, and a canary rollout "
+            "judged by Prometheus, ending in promotion or rollback."
+        ),
+    )
+    parser.add_argument("--profile", default="builtin", help="definition profile (default builtin)")
+    parser.add_argument(
+        "--model",
+        default="builtin",
+        help="candidate model: builtin, builtin-weak (a release the gates must block) or a "
+        "local directory",
+    )
+    parser.add_argument(
+        "--canary-fault",
+        choices=("none", "errors", "latency"),
+        default="none",
+        help="inject a fault into the canary to see analysis fail and traffic roll back",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=REPO_ROOT / ".mlcicd",
+        help="where MLflow, the registry and run logs keep their data",
+    )
+    parser.add_argument(
+        "--skip", action="append", default=[], metavar="STAGE", help="skip a stage by id"
+    )
+    parser.add_argument(
+        "--skip-commands",
+        action="store_true",
+        help="skip lint and test commands (not deploy smoke tests); run every gate and action",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.local.context import RunOptions
+    from pipeline.local.runner import LocalRunner
+
+    try:
+        definition = load_definition(args.profile)
+    except DefinitionError as exc:
+        print(f"error: {exc}")
+        return 2
+    known = {stage.id for stage in definition.stages}
+    unknown = sorted(set(args.skip) - known)
+    if unknown:
+        print(f"error: --skip {', '.join(unknown)}: no such stage (stages: {', '.join(known)})")
+        return 2
+    options = RunOptions(
+        profile=args.profile,
+        candidate=args.model,
+        canary_fault=args.canary_fault,
+        state_dir=args.state_dir.resolve(),
+        skip_stages=tuple(args.skip),
+        skip_commands=args.skip_commands,
+    )
+    return LocalRunner(options).run()

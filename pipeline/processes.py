@@ -1,0 +1,137 @@
+"""One way to start a child process, wait for it to answer HTTP, and stop it.
+
+Why one place: the local runner, the latency gate's servers, the benchmark, the
+``hello`` command and the test fixtures all start servers. Each child runs in its
+own process group with its output in a log file; ``stop`` ends the whole group
+(SIGTERM, then SIGKILL), so no grandchild (uvicorn under mlflow, say) outlives it.
+
+Left out: restarts and health supervision; a child that dies is reported, not revived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import httpx
+
+
+class ServiceError(RuntimeError):
+    """A service did not start or did not answer; the message says which and where its log is."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(
+    url: str,
+    timeout_s: float = 60.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    expect_status: int = 200,
+) -> None:
+    """Poll ``url`` until it answers ``expect_status``.
+
+    Raises ServiceError at once if ``proc`` exits first, TimeoutError when time runs out.
+    """
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code == expect_status:
+                return
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.2)
+    raise TimeoutError(
+        f"{url} did not answer {expect_status} within {timeout_s:.0f}s (last: {last})"
+    )
+
+
+class ManagedProcess:
+    """A child process in its own session, with output in a log file."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        merged = dict(os.environ)
+        if env:
+            merged.update(env)
+        try:
+            self.proc = subprocess.Popen(
+                list(argv),
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=merged,
+                cwd=str(cwd) if cwd else None,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            self._log.close()
+            raise ServiceError(f"{name}: cannot start {argv[0]!r}: not installed") from exc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def wait_http(self, url: str, timeout_s: float = 60.0, expect_status: int = 200) -> None:
+        try:
+            wait_http(url, timeout_s, self.proc, expect_status)
+        except ServiceError as exc:
+            raise ServiceError(
+                f"{self.name}: {exc}; log {self.log_path}:\n{self.log_tail()}"
+            ) from exc
+        except TimeoutError as exc:
+            raise ServiceError(f"{self.name}: {exc}; log {self.log_path}") from exc
+
+    def send_signal(self, sig: int) -> None:
+        if self.running():
+            self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
+        """Signal the child's whole process group, then SIGKILL it if it lingers."""
+        if self.running():
+            _signal_group(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        # Grandchildren that outlived the leader (a server's workers) go too.
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
