@@ -13,7 +13,7 @@ real number, so empty/NaN matches neither and Argo records the measurement as
 *Inconclusive* (counted against ``inconclusiveLimit``), never as success.
 
 Left out: web/job providers and dry-run metrics; the analysis runs inline after each
-pause (as in the seed design), not as background analysis.
+pause (as in the reference design), not as background analysis.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,8 +55,9 @@ class InferenceServer:
     url: str
     port: int
 
-    def stop(self, timeout_s: float = 30.0) -> int:
-        return self.process.stop(timeout_s=timeout_s)
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        """Signal the server (SIGTERM: drain, then exit) and return its exit code."""
+        return self.process.stop(sig, timeout_s=timeout_s)
 
 
 def start_server(

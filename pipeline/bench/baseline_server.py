@@ -1,7 +1,7 @@
 """The naive baseline that ``mlcicd bench`` measures our server against.
 
 Why it exists: a throughput figure means little without the thing it replaces.
-The seed serves a model by calling ``transformers.pipeline("text-generation")``
+The naive way to serve a model is to call ``transformers.pipeline("text-generation")``
 once per request; this module does exactly that behind the same HTTP surface
 as our server (``POST /v1/completions``, plain and ``stream: true``, plus
 ``/health`` and ``/ready``), so the same load generator measures both in one
@@ -13,7 +13,7 @@ from inside generation (the pipeline returns the whole completion at once, so a
 streamed response sends all of it in one chunk after generation ends, and its
 time to first token equals its end-to-end latency), no queue bound, no
 deadlines, no metrics. The call runs in a worker thread only so the event loop
-stays alive for ``/health`` while a request generates; the seed's blocking call
+stays alive for ``/health`` while a request generates; that blocking call
 is otherwise unchanged.
 
 Token counts are honest: the pipeline is asked for tensors
@@ -79,7 +79,7 @@ class NaivePipelineGenerator:
         self.name = name
         self._tokenizer = tokenizer
         self._pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
-        # One worker: requests run strictly one after another, as in the seed.
+        # One worker: requests run strictly one after another, as in the naive design.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
 
     def generate(self, request: CompletionRequest) -> Completion:

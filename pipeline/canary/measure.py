@@ -1,6 +1,6 @@
 """Canary measurements from a real Prometheus, with the queries of ``pipeline.canary.promql``.
 
-Why ``prometheus-api-client``: it is the client the seed names, and its
+Why ``prometheus-api-client``: it is the maintained Prometheus client for Python, and its
 ``custom_query`` is a plain instant query, which is what Argo's Prometheus
 provider runs too. Retries are off and the timeout short: a Prometheus that does
 not answer is an Error measurement now, and Argo's consecutiveErrorLimit (not

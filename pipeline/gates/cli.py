@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,18 +24,19 @@ import httpx
 from pipeline.definition import DefinitionError, PipelineDefinition, load_definition
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.gates.checks import Case, SuiteError, load_suite
-from pipeline.gates.latency import judge_latency, write_histogram
+from pipeline.gates.latency import LatencyVerdict, judge_latency, write_histogram
 from pipeline.gates.quality import (
     CaseResult,
     ChampionResultsError,
     EngineGenerator,
     HttpGenerator,
+    QualityVerdict,
     judge_quality,
     load_champion_results,
     run_suite,
 )
 from pipeline.gates.reports import latency_summary, quality_summary, write_latency, write_quality
-from pipeline.load.generator import run_load
+from pipeline.load.generator import LoadResult, run_load
 from pipeline.processes import ServiceError
 from pipeline.serving import running_server
 from pipeline.source import REPO_ROOT
@@ -66,6 +67,31 @@ def _common(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--url", help="a running inference server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--device", default="auto", help="with --model: auto, cpu or cuda")
     parser.add_argument("--dtype", default="auto", help="with --model: auto, fp32, fp16, bf16")
+
+
+def quality_verdict(
+    definition: PipelineDefinition,
+    results: Sequence[CaseResult],
+    champion: Mapping[str, bool] | None = None,
+) -> QualityVerdict:
+    """The quality gate's decision with the definition's thresholds."""
+    return judge_quality(
+        results,
+        min_pass_rate=definition.quality.min_pass_rate,
+        max_regression_vs_champion=definition.quality.max_regression_vs_champion,
+        champion=champion,
+    )
+
+
+def latency_verdict(definition: PipelineDefinition, result: LoadResult) -> LatencyVerdict:
+    """The latency gate's decision with the definition's thresholds."""
+    lat = definition.latency
+    return judge_latency(
+        result,
+        max_ttft_p99_ms=lat.max_ttft_p99_ms,
+        max_e2e_mean_ms=lat.max_e2e_mean_ms,
+        max_error_rate=lat.max_error_rate,
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -187,12 +213,7 @@ def quality_command(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         target = {"model": loaded.name, "revision": loaded.revision, "url": None}
     results = asyncio.run(_run_quality(args, definition, cases, loaded))
-    verdict = judge_quality(
-        results,
-        min_pass_rate=definition.quality.min_pass_rate,
-        max_regression_vs_champion=definition.quality.max_regression_vs_champion,
-        champion=champion,
-    )
+    verdict = quality_verdict(definition, results, champion)
     meta = {
         **target,
         "suite": str(suite),
@@ -241,12 +262,7 @@ def latency_command(args: argparse.Namespace) -> int:
                 request_timeout_s=definition.serving.request_deadline_s + 5.0,
             )
         )
-        verdict = judge_latency(
-            result,
-            max_ttft_p99_ms=lat.max_ttft_p99_ms,
-            max_e2e_mean_ms=lat.max_e2e_mean_ms,
-            max_error_rate=lat.max_error_rate,
-        )
+        verdict = latency_verdict(definition, result)
         meta = {
             "model": args.model or args.url,
             "profile": definition.profile,

@@ -8,7 +8,7 @@ with server-sent events, one per token, ending in ``data: [DONE]``.
 Two arrival modes:
 
 * closed loop, fixed ``concurrency``: that many workers, each sending its next
-  request when the previous one finishes (the seed's benchmark shape);
+  request when the previous one finishes (how a fixed pool of users behaves);
 * open loop, fixed ``rate``: request start times drawn from a Poisson process
   (exponential gaps, seeded, so a run is reproducible), sent whether or not
   earlier requests have finished -- this is how overload shows up as queueing.

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from pipeline.definition import Stage, duration_seconds, load_definition
+from pipeline.exit_codes import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK
 from pipeline.load.generator import BackgroundLoad
 from pipeline.local.context import RunContext, StageFailed
 from pipeline.local.image_bundle import PushedImage
@@ -177,12 +178,16 @@ class CanaryRollout:
                     "--out",
                     str(out),
                 ),
-                ok_codes=(0, 1, 3),
+                ok_codes=(EXIT_OK, EXIT_FAILED, EXIT_INCONCLUSIVE),
             )
-            verdict = {0: "successful", 1: "failed", 3: "inconclusive"}[code]
+            verdict = {
+                EXIT_OK: "successful",
+                EXIT_FAILED: "failed",
+                EXIT_INCONCLUSIVE: "inconclusive",
+            }[code]
             record.detail = verdict + _summary(out)
-            if code != 0:
-                record.status = "failed" if code == 1 else "inconclusive"
+            if code != EXIT_OK:
+                record.status = "failed" if code == EXIT_FAILED else "inconclusive"
             return verdict
 
 

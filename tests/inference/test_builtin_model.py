@@ -1,6 +1,6 @@
-"""The built-in model: trained deterministically, loads like any HF model, passes the seed's checks.
+"""The built-in model: trained deterministically, loads like any HF model, passes the model checks.
 
-The seed's model tests (basic generation, refusals, factual answers) run here
+The reference design's model tests (basic generation, refusals, factual answers) run here
 against the real transformers text-generation pipeline, so the model is proven
 to work outside our engine too. The weak variant must fail the factual checks,
 otherwise a quality gate could never block it.

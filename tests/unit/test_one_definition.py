@@ -4,8 +4,9 @@ that judges by it changes with it.
 Each test edits one line of a copy of the real pipeline.toml and compares what the
 consumers produce from the original and from the copy: the GitHub workflow, the Argo
 Rollouts AnalysisTemplate and canary steps, the Prometheus alert rules, the canary
-analysis checks, the local runner's step titles and the benchmark's targets. A consumer
-that kept its own copy of a number would render the same output twice and fail here.
+analysis checks, the gates' verdicts on fixed measurements, and the benchmark's target
+outcomes. A consumer that kept its own copy of a number would produce the same output
+twice and fail here.
 """
 
 from __future__ import annotations
@@ -21,8 +22,30 @@ from infra.monitoring import PROMETHEUS_URL, recording_and_alert_rules
 from infra.workflow import RunnerSpec, render_workflow
 from pipeline.canary.analysis import checks_from_gate
 from pipeline.definition import DEFAULT_DEFINITION, PipelineDefinition, load_definition
+from pipeline.gates.cli import latency_verdict, quality_verdict
+from pipeline.gates.quality import CaseResult
+from pipeline.load.generator import LoadResult, RequestRecord
 
 RUNNERS = {"gpu": RunnerSpec("gpu", 60), "cpu": RunnerSpec("cpu", 30)}
+
+# Fixed measurements for the gates to judge: 15 of 16 cases pass (0.9375), and a
+# load run whose p99 TTFT is 180 ms with one error in 90 requests.
+QUALITY_RESULTS = [
+    CaseResult(f"case-{i}", ("qa",), "fail" if i == 0 else "pass", "") for i in range(16)
+]
+LATENCY_RESULT = LoadResult(
+    url="http://127.0.0.1:1",
+    mode="concurrency",
+    concurrency=1,
+    rate=None,
+    warmup=0,
+    max_new_tokens=8,
+    duration_s=9.0,
+    records=tuple(
+        RequestRecord(i, i != 0, i * 0.1, 0.3, 0.18, (0.01,), 8, 200 if i else 500)
+        for i in range(90)
+    ),
+)
 
 
 def _variant(tmp_path: Path, old: str, new: str) -> Path:
@@ -43,10 +66,12 @@ def _renderings(definition: PipelineDefinition) -> dict[str, str]:
         "rollout-steps": dump(rollout_steps(definition, "inference-server", "mlcicd")),
         "alert-rules": dump(recording_and_alert_rules(definition, "inference-server")),
         "canary-checks": dump([c.__dict__ for c in checks_from_gate(definition.canary)]),
-        "runner-titles": " | ".join(
-            definition.gate_title(gate) for gate in ("quality", "latency", "canary")
+        "gate-verdicts": dump(
+            [
+                quality_verdict(definition, QUALITY_RESULTS).reasons,
+                latency_verdict(definition, LATENCY_RESULT).rows,
+            ]
         ),
-        "local-canary-steps": dump([s.model_dump() for s in definition.canary.steps]),
     }
 
 
@@ -61,31 +86,31 @@ def _changed(base: PipelineDefinition, edited: PipelineDefinition) -> set[str]:
         (
             "min_pass_rate = 0.95\n",
             "min_pass_rate = 0.9375\n",
-            {"workflow", "runner-titles"},
+            {"workflow", "gate-verdicts"},
             "0.9375",
         ),
         (
             "max_error_rate = 0.01\n",
             "max_error_rate = 0.0125\n",
-            {"workflow", "analysis-template", "alert-rules", "canary-checks", "runner-titles"},
+            {"workflow", "analysis-template", "alert-rules", "canary-checks"},
             "0.0125",
         ),
         (
             "max_p99_latency_s = 2.0\n",
             "max_p99_latency_s = 2.25\n",
-            {"workflow", "analysis-template", "alert-rules", "canary-checks", "runner-titles"},
+            {"workflow", "analysis-template", "alert-rules", "canary-checks"},
             "2.25",
         ),
         (
             "max_ttft_p99_ms = 200.0\n",
             "max_ttft_p99_ms = 175.0\n",
-            {"workflow", "runner-titles"},
+            {"workflow", "gate-verdicts"},
             "175.0",
         ),
         (
             'set_weight = 30\npause = "5m"\n',
             'set_weight = 35\npause = "5m"\n',
-            {"workflow", "rollout-steps", "local-canary-steps"},
+            {"workflow", "rollout-steps"},
             "35",
         ),
     ],
@@ -99,20 +124,19 @@ def test_one_change_reaches_every_rendering(
         edited = load_definition("gpu", environment, path=path)
         changed = _changed(base, edited)
         assert expected <= changed, f"{environment}: unchanged renderings {expected - changed}"
-        for name in expected & {"workflow", "runner-titles", "analysis-template"}:
+        for name in expected & {"workflow", "analysis-template"}:
             assert marker in _renderings(edited)[name]
 
 
-def test_bench_targets_come_from_the_definition(tmp_path: Path) -> None:
-    base = load_definition("cpu")
-    target = base.bench.targets[0] if base.bench and base.bench.targets else None
-    assert target is not None, "the cpu profile's benchmark has targets"
-    bound = "min" if target.min is not None else "max"
-    value = target.min if target.min is not None else target.max
-    old = f"{bound} = {value}\n"
-    text = DEFAULT_DEFINITION.read_text()
-    if text.count(old) != 1:
-        pytest.skip(f"{old!r} is not unique in pipeline.toml; covered by the other cases")
-    edited = load_definition("cpu", path=_variant(tmp_path, old, f"{bound} = {value * 1.5}\n"))
-    assert edited.bench is not None
-    assert edited.bench.targets[0].model_dump() != target.model_dump()
+def test_quality_and_latency_verdicts_flip_with_their_thresholds(tmp_path: Path) -> None:
+    """The gates judge by the definition: 15/16 passes fails at 0.95 and passes at 0.9375;
+    a 180 ms p99 TTFT passes at 200 ms and fails at 175 ms."""
+    base = load_definition("gpu")
+    assert not quality_verdict(base, QUALITY_RESULTS).passed
+    looser = _variant(tmp_path, "min_pass_rate = 0.95\n", "min_pass_rate = 0.9375\n")
+    assert quality_verdict(load_definition("gpu", path=looser), QUALITY_RESULTS).passed
+    ttft = next(r for r in latency_verdict(base, LATENCY_RESULT).rows if r.name == "ttft_p99_ms")
+    assert ttft.passed
+    tighter = _variant(tmp_path, "max_ttft_p99_ms = 200.0\n", "max_ttft_p99_ms = 175.0\n")
+    rows = latency_verdict(load_definition("gpu", path=tighter), LATENCY_RESULT).rows
+    assert not next(r for r in rows if r.name == "ttft_p99_ms").passed
