@@ -38,18 +38,23 @@ registry = ImageRegistry(
     ),
     cluster,
 )
-mlflow = MlflowServer(
-    "mlflow",
-    MlflowArgs(
-        cfg.mlflow,
-        ns,
-        secrets.db_password,
-        secrets.mlflow_htpasswd,
-        secrets.aws_access_key_id,
-        secrets.aws_secret_access_key,
-    ),
-    cluster,
-)
+# One registry for both environments: the stack that runs MLflow is the source of
+# truth; a stack with mlflow.trackingUri set registers and promotes there instead.
+tracking_uri: pulumi.Input[str] = cfg.mlflow.tracking_uri
+if not cfg.mlflow.external:
+    assert secrets.db_password is not None and secrets.mlflow_htpasswd is not None
+    tracking_uri = MlflowServer(
+        "mlflow",
+        MlflowArgs(
+            cfg.mlflow,
+            ns,
+            secrets.db_password,
+            secrets.mlflow_htpasswd,
+            secrets.aws_access_key_id,
+            secrets.aws_secret_access_key,
+        ),
+        cluster,
+    ).tracking_uri
 monitoring = Monitoring(
     "monitoring",
     MonitoringArgs(
@@ -94,7 +99,8 @@ runners = RunnerFleet(
             "MLCICD_ENVIRONMENT": cfg.environment,
             "MLCICD_NAMESPACE": cfg.namespace,
             "MLCICD_ENDPOINT": rollout.endpoint,
-            "MLFLOW_TRACKING_URI": mlflow.tracking_uri,
+            "MLCICD_CANARY_ENDPOINT": rollout.canary_endpoint,
+            "MLFLOW_TRACKING_URI": tracking_uri,
             "MLFLOW_TRACKING_USERNAME": cfg.mlflow.username,
             "PROMETHEUS_URL": monitoring.prometheus_url,
         },
@@ -121,7 +127,7 @@ pulumi.export("canaryEndpoint", rollout.canary_endpoint)
 pulumi.export("registry", registry.host)
 pulumi.export("inferenceImage", registry.inference_image)
 pulumi.export("runnerImage", registry.runner_image)
-pulumi.export("mlflowTrackingUri", mlflow.tracking_uri)
+pulumi.export("mlflowTrackingUri", tracking_uri)
 pulumi.export("prometheusUrl", monitoring.prometheus_url)
 pulumi.export("runnerLabels", runners.labels)
 pulumi.export("githubEnvironment", repo.environment)

@@ -12,7 +12,11 @@ empty histogram. Each metric has a success AND a failure condition that both req
 real number, so empty/NaN matches neither and Argo records the measurement as
 *Inconclusive* (counted against ``inconclusiveLimit``), never as success.
 
-Left out: web/job providers and dry-run metrics; the analysis runs inline after each
+Golden prompts (:mod:`infra.golden`): web metrics send the golden suite to the canary
+Service and check the answers, their TTFT and the served model revision, so the
+analysis judges what the canary says, not only how fast it says it.
+
+Left out: job providers and dry-run metrics; the analysis runs inline after each
 pause (as in the reference design), not as background analysis.
 """
 
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra import kube
+from infra import golden, kube
 from pipeline.canary.analysis import Check, checks_from_gate
 from pipeline.canary.measure import query_map
 from pipeline.canary.promql import CanaryQueries
@@ -28,11 +32,16 @@ from pipeline.definition import PipelineDefinition
 
 ANALYSIS_TEMPLATE_NAME = "inference-canary"
 ROLLOUT_NAME = "inference-server"
+# Argo pins this Service to the canary ReplicaSet; the golden prompts go there.
+CANARY_SERVICE = f"{ROLLOUT_NAME}-canary"
+CANARY_URL = f"http://{CANARY_SERVICE}.{{{{args.namespace}}}}.svc.cluster.local"
+# The revision CI's `deploy set-image` pinned; the analysis checks the canary serves it.
+MODEL_REVISION_ANNOTATION = "mlcicd.io/model-revision"
 # The `job` label Prometheus gives the inference pods (what `mlcicd canary analyze` selects).
 SCRAPE_JOB = "inference"
 ARGO_API_VERSION = "argoproj.io/v1alpha1"
 # The Rollout passes these; the selector matches the labels the PodMonitor attaches.
-TEMPLATE_ARGS = ("namespace", "app")
+TEMPLATE_ARGS = ("namespace", "app", "model-revision")
 CANARY_SELECTOR = 'namespace="{{args.namespace}}", app="{{args.app}}", version="canary"'
 
 _HAS_NUMBER = "len(result) > 0 && !isNaN(result[0])"
@@ -98,6 +107,7 @@ def analysis_metrics(
             _check_metric(definition, check, query_for[check.name], prometheus_address)
             for check in checks_from_gate(gate)
         ),
+        *golden.golden_metrics(definition, CANARY_URL),
     ]
 
 
@@ -134,6 +144,14 @@ def rollout_steps(definition: PipelineDefinition, app: str, namespace: Any) -> l
         "args": [
             {"name": "namespace", "value": namespace},
             {"name": "app", "value": app},
+            {
+                "name": "model-revision",
+                "valueFrom": {
+                    "fieldRef": {
+                        "fieldPath": f"metadata.annotations['{MODEL_REVISION_ANNOTATION}']"
+                    }
+                },
+            },
         ],
     }
     steps: list[dict[str, Any]] = []

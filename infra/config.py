@@ -31,6 +31,7 @@ from infra.config_model import (
     ImageSettings,
     InferenceSettings,
     MlflowSettings,
+    ModelCacheSettings,
     MonitoringSettings,
     RegistrySettings,
     RunnerClass,
@@ -50,6 +51,7 @@ __all__ = [
     "ImageSettings",
     "InferenceSettings",
     "MlflowSettings",
+    "ModelCacheSettings",
     "MonitoringSettings",
     "RegistrySettings",
     "RunnerClass",
@@ -341,8 +343,11 @@ def load_config(
         storage_size=read.text("mlflow.storageSize"),
         username=read.text("mlflow.username"),
         db_storage_size=read.text("mlflow.dbStorageSize"),
+        tracking_uri=read.text("mlflow.trackingUri"),
     )
-    s3 = mlflow.artifact_store == "s3"
+    if mlflow.external and not mlflow.tracking_uri.startswith(("http://", "https://")):
+        read._fail("mlflow.trackingUri", "must be an http(s):// URL of the shared MLflow")
+    s3 = mlflow.artifact_store == "s3" and not mlflow.external
     if s3 and not mlflow.artifact_bucket.startswith("s3://"):
         read._fail("mlflow.artifactBucket", "mlflow.artifactStore = s3 needs an s3:// URI")
     grafana = read.boolean("monitoring.grafanaDashboard")
@@ -352,10 +357,10 @@ def load_config(
         hf_token=read.secret("hfToken"),
         kubeconfig=read.secret("kubeconfig"),
         mlflow_password=read.secret("mlflowPassword"),
-        mlflow_htpasswd=read.secret("mlflowHtpasswd"),
+        mlflow_htpasswd=read.optional_secret("mlflowHtpasswd", not mlflow.external),
         registry_password=read.secret("registryPassword"),
         registry_htpasswd=read.optional_secret("registryHtpasswd", registry.kind == "in-cluster"),
-        db_password=read.secret("dbPassword"),
+        db_password=read.optional_secret("dbPassword", not mlflow.external),
         grafana_admin_password=read.optional_secret("grafanaAdminPassword", grafana),
         aws_access_key_id=read.optional_secret("awsAccessKeyId", s3),
         aws_secret_access_key=read.optional_secret("awsSecretAccessKey", s3),
@@ -378,6 +383,12 @@ def load_config(
             cpu=read.text("inference.cpu"),
             memory=read.text("inference.memory"),
             model=read.text("inference.model"),
+            model_revision=read.text("inference.modelRevision"),
+            model_cache=ModelCacheSettings(
+                size=read.text("inference.modelCacheSize"),
+                storage_class=read.text("inference.modelCacheStorageClass"),
+                offline=read.boolean("inference.hfHubOffline"),
+            ),
             node_selector=read.node_selector("inference.nodeSelector"),
             tolerations=read.tolerations("inference.tolerations"),
         ),

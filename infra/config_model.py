@@ -93,12 +93,26 @@ class ImageSettings:
 
 
 @dataclass(frozen=True)
+class ModelCacheSettings:
+    """The inference pods' shared Hugging Face cache (a ReadWriteMany volume)."""
+
+    size: str
+    storage_class: str
+    # HF_HUB_OFFLINE=1 in the pods: set once the cache holds the pinned revisions.
+    offline: bool
+    mount_path: str = "/home/mlcicd/.cache/huggingface"
+
+
+@dataclass(frozen=True)
 class InferenceSettings:
     replicas: int
     gpus: int
     cpu: str
     memory: str
     model: str
+    # What the first `pulumi up` serves; CI's `deploy set-image` owns it afterwards.
+    model_revision: str
+    model_cache: ModelCacheSettings
     node_selector: tuple[tuple[str, str], ...]
     tolerations: tuple[Toleration, ...]
 
@@ -111,6 +125,12 @@ class MlflowSettings:
     storage_size: str
     username: str
     db_storage_size: str
+    # Empty: this stack runs the registry. Set: another stack's (the one source of truth).
+    tracking_uri: str = ""
+
+    @property
+    def external(self) -> bool:
+        return bool(self.tracking_uri)
 
 
 @dataclass(frozen=True)
@@ -128,10 +148,10 @@ class Secrets:
     hf_token: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     mlflow_password: pulumi.Output[str]
-    mlflow_htpasswd: pulumi.Output[str]
+    mlflow_htpasswd: pulumi.Output[str] | None
     registry_password: pulumi.Output[str]
     registry_htpasswd: pulumi.Output[str] | None
-    db_password: pulumi.Output[str]
+    db_password: pulumi.Output[str] | None
     grafana_admin_password: pulumi.Output[str] | None
     aws_access_key_id: pulumi.Output[str] | None
     aws_secret_access_key: pulumi.Output[str] | None

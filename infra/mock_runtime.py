@@ -121,6 +121,7 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
                     "provider": request.provider or None,
                     "importId": request.importId or None,
                     "protect": bool(request.protect),
+                    "ignoreChanges": sorted(request.ignoreChanges),
                     "inputs": _plain(rpc.deserialize_properties(request.object)),
                 }
             )

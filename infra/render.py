@@ -86,6 +86,8 @@ def write_render(recording: Mapping[str, Any], out: Path) -> list[Path]:
                 "provider": _short(res["provider"].rsplit("::", 1)[0]) if res["provider"] else None,
                 "import": res["importId"],
                 "protect": res["protect"],
+                # What `pulumi up` leaves alone because CI owns it (the release).
+                **({"ignoreChanges": res["ignoreChanges"]} if res["ignoreChanges"] else {}),
             }
         )
         kind = res["type"]

@@ -10,8 +10,26 @@ removed before the server stops accepting), then the server drains for up to the
 definition's ``serving.drain_timeout_s``; ``terminationGracePeriodSeconds`` covers
 both with a margin, so in-flight generations finish instead of being killed.
 
-Left out: traffic routing through a mesh or ingress (weights are approximated by pod
-counts), HPA, and a PodDisruptionBudget (add one with more than two replicas).
+Traffic (why no trafficRouting): the basic canary. Argo approximates each step's weight
+by replica counts (docs/features/canary.md): with 10 replicas, 10% is 1 canary pod and 9
+stable ones. The user-facing Service ``inference-server`` selects every pod of the app,
+so users reach canary pods in that ratio. Argo is given two other Services to pin by
+pod-template hash (rollout/service.go): ``-canary`` (what the analysis' golden prompts
+hit) and ``-stable``. The user-facing Service is never handed to Argo: a Service named
+as ``stableService`` gets the stable ReplicaSet's hash in its selector and would reach
+stable pods only, leaving the canary without traffic and its analysis Inconclusive.
+:func:`weight_errors` refuses replica counts that cannot express a step's weight.
+A traffic router (Gateway API plugin, a mesh) would give exact weights independent of
+replicas, at the cost of one more controller to install and operate; left out.
+
+The model: the pod serves ``MLCICD_MODEL`` at ``MLCICD_MODEL_REVISION`` (a Hugging Face
+commit or a directory's content hash) and refuses to start on anything else. CI sets
+both together with the image (``mlcicd deploy set-image``); Pulumi sets them on the
+first ``up`` only and ignores them afterwards (:data:`CI_OWNED_FIELDS`), or the next
+``up`` would revert CI's release. Weights are cached on a ReadWriteMany volume mounted
+as the Hugging Face cache of every inference pod (``inference.modelCache*`` config).
+
+Left out: HPA, and a PodDisruptionBudget (add one with more than two replicas).
 """
 
 from __future__ import annotations
@@ -29,13 +47,36 @@ from pipeline.serving import serving_env
 
 NAMESPACE = "argo-rollouts"
 APP = analysis.ROLLOUT_NAME
+USER_SERVICE = APP
+CANARY_SERVICE = analysis.CANARY_SERVICE
+STABLE_SERVICE = f"{APP}-stable"
+CONTAINER = "inference"
 PORT = 8000
 PRESTOP_SLEEP_S = 5
 GRACE_MARGIN_S = 10
+# The model a pod serves: the first two env entries, so their paths below never move.
+MODEL_ENV = ("MLCICD_MODEL", "MLCICD_MODEL_REVISION")
+# What `mlcicd deploy set-image` owns after the first `pulumi up`.
+CI_OWNED_FIELDS = (
+    "spec.template.spec.containers[0].image",
+    "spec.template.spec.containers[0].env[0].value",
+    "spec.template.spec.containers[0].env[1].value",
+    f'metadata.annotations["{analysis.MODEL_REVISION_ANNOTATION}"]',
+)
 
 
 def termination_grace_seconds(definition: PipelineDefinition) -> int:
     return math.ceil(definition.serving.drain_timeout_s) + PRESTOP_SLEEP_S + GRACE_MARGIN_S
+
+
+def weight_errors(definition: PipelineDefinition, replicas: int) -> list[str]:
+    """Steps whose weight ``replicas`` pods cannot express (weights are pod ratios here)."""
+    return [
+        f"canary.steps[{i}].set_weight = {s.set_weight}% of inference.replicas = {replicas} "
+        f"is {replicas * s.set_weight / 100:g} pods; choose replicas that make it whole"
+        for i, s in enumerate(definition.canary.steps)
+        if replicas * s.set_weight % 100
+    ]
 
 
 @dataclass(frozen=True)
@@ -61,6 +102,10 @@ class InferenceRollout(pulumi.ComponentResource):
         self, name: str, args: RolloutsArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("mlcicd:infra:InferenceRollout", name, None, opts)
+        inference = args.inference
+        errors = weight_errors(args.definition, inference.replicas)
+        if errors:
+            raise ValueError("canary weights are pod ratios here: " + "; ".join(errors))
         child = pulumi.ResourceOptions(parent=self)
         ns = args.namespace
         self.controller = charts.release(
@@ -70,7 +115,7 @@ class InferenceRollout(pulumi.ComponentResource):
             {"installCRDs": True, "dashboard": {"enabled": False}},
             child,
         )
-        for service in (APP, f"{APP}-canary"):
+        for service in (USER_SERVICE, CANARY_SERVICE, STABLE_SERVICE):
             k8s.core.v1.Service(
                 service,
                 metadata=kube.meta(service, ns, APP),
@@ -91,36 +136,77 @@ class InferenceRollout(pulumi.ComponentResource):
             **_split(analysis.analysis_template(args.definition, args.prometheus_url, ns)),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.controller]),
         )
+        cache = inference.model_cache
+        claim = k8s.core.v1.PersistentVolumeClaim(
+            "model-cache",
+            metadata=kube.meta("model-cache", ns, APP),
+            spec={
+                # Every inference pod, on any node, reads the same weights at once.
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": cache.size}},
+                **({"storageClassName": cache.storage_class} if cache.storage_class else {}),
+            },
+            opts=child,
+        )
+        metadata = kube.meta(APP, ns, APP)
+        metadata["annotations"] = {analysis.MODEL_REVISION_ANNOTATION: inference.model_revision}
         k8s.apiextensions.CustomResource(
             "rollout",
             api_version=analysis.ARGO_API_VERSION,
             kind="Rollout",
-            metadata=kube.meta(APP, ns, APP),
-            spec=self._spec(args, secret.metadata["name"]),
+            metadata=metadata,
+            spec=self._spec(args, secret.metadata["name"], claim.metadata["name"]),
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[self.controller, template, *args.depends_on]
+                parent=self,
+                depends_on=[self.controller, template, *args.depends_on],
+                ignore_changes=list(CI_OWNED_FIELDS),
             ),
         )
-        self.endpoint = pulumi.Output.concat(f"http://{APP}.", ns, ".svc.cluster.local")
+        self.endpoint = pulumi.Output.concat(f"http://{USER_SERVICE}.", ns, ".svc.cluster.local")
         self.canary_endpoint = pulumi.Output.concat(
-            f"http://{APP}-canary.", ns, ".svc.cluster.local"
+            f"http://{CANARY_SERVICE}.", ns, ".svc.cluster.local"
         )
         self.register_outputs({"endpoint": self.endpoint, "canaryEndpoint": self.canary_endpoint})
 
-    def _spec(self, args: RolloutsArgs, secret_name: pulumi.Input[str]) -> dict[str, object]:
+    def _container(self, args: RolloutsArgs, secret_name: pulumi.Input[str]) -> dict[str, object]:
         inference = args.inference
         env = {
-            "MLCICD_MODEL": inference.model,
+            MODEL_ENV[0]: inference.model,
+            MODEL_ENV[1]: inference.model_revision,
             "MLCICD_HOST": "0.0.0.0",
             "MLCICD_PORT": str(PORT),
             "MLCICD_ENVIRONMENT": args.environment,
             # The image carries the server alone; the definition's limits come in as env.
             **serving_env(args.definition.serving),
             "MLCICD_DEVICE": "cuda" if inference.gpus else "cpu",
-            "HF_HUB_OFFLINE": "0",
+            # Weights come from the shared cache once it is filled (README "Model cache").
+            "HF_HOME": inference.model_cache.mount_path,
+            "HF_HUB_OFFLINE": "1" if inference.model_cache.offline else "0",
             # Shown as inference_build_info{git_sha}; the image is tagged with it too.
             "MLCICD_GIT_SHA": args.git_sha,
         }
+        return {
+            "name": CONTAINER,
+            "image": args.image,
+            "command": ["mlcicd", "serve"],
+            "ports": [{"name": "http", "containerPort": PORT}],
+            "env": [{"name": k, "value": v} for k, v in env.items()],
+            "envFrom": [{"secretRef": {"name": secret_name}}],
+            "resources": kube.resources(inference.cpu, inference.memory, inference.gpus),
+            "startupProbe": kube.http_probe("/health", "http", 10, 60),
+            "livenessProbe": kube.http_probe("/health", "http", 15, 3),
+            "readinessProbe": kube.http_probe("/ready", "http", 5, 2),
+            "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}},
+            "securityContext": kube.RESTRICTED_CONTAINER,
+            "volumeMounts": [
+                {"name": "model-cache", "mountPath": inference.model_cache.mount_path}
+            ],
+        }
+
+    def _spec(
+        self, args: RolloutsArgs, secret_name: pulumi.Input[str], claim: pulumi.Input[str]
+    ) -> dict[str, object]:
+        inference = args.inference
         return {
             "replicas": inference.replicas,
             "revisionHistoryLimit": 3,
@@ -145,32 +231,20 @@ class InferenceRollout(pulumi.ComponentResource):
                             ]
                         }
                     },
-                    "containers": [
+                    "containers": [self._container(args, secret_name)],
+                    "volumes": [
                         {
-                            "name": "inference",
-                            "image": args.image,
-                            "command": ["mlcicd", "serve"],
-                            "ports": [{"name": "http", "containerPort": PORT}],
-                            "env": [{"name": k, "value": v} for k, v in env.items()],
-                            "envFrom": [{"secretRef": {"name": secret_name}}],
-                            "resources": kube.resources(
-                                inference.cpu, inference.memory, inference.gpus
-                            ),
-                            "startupProbe": kube.http_probe("/health", "http", 10, 60),
-                            "livenessProbe": kube.http_probe("/health", "http", 15, 3),
-                            "readinessProbe": kube.http_probe("/ready", "http", 5, 2),
-                            "lifecycle": {
-                                "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}
-                            },
-                            "securityContext": kube.RESTRICTED_CONTAINER,
+                            "name": "model-cache",
+                            "persistentVolumeClaim": {"claimName": claim},
                         }
                     ],
                 },
             },
             "strategy": {
                 "canary": {
-                    "stableService": APP,
-                    "canaryService": f"{APP}-canary",
+                    # Never USER_SERVICE: Argo would pin it to the stable pods (see above).
+                    "stableService": STABLE_SERVICE,
+                    "canaryService": CANARY_SERVICE,
                     "stableMetadata": {"labels": {"version": "stable"}},
                     "canaryMetadata": {"labels": {"version": "canary"}},
                     "steps": analysis.rollout_steps(args.definition, APP, args.namespace),

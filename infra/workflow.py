@@ -27,9 +27,10 @@ from typing import Any
 import yaml
 
 from infra import workflow_actions as actions
-from infra.analysis import ROLLOUT_NAME, SCRAPE_JOB
+from infra.analysis import ROLLOUT_NAME
 from infra.config import scale_set_name
-from pipeline.definition import PipelineDefinition, Stage
+from pipeline.definition import PipelineDefinition, Stage, load_definition
+from pipeline.rollout.budget import ReleaseBudget, release_budget
 
 WORKFLOW_PATH = ".github/workflows/ml-cicd.yml"
 # A change under any of these paths runs the GPU job on a pull request.
@@ -42,6 +43,9 @@ MODEL_PATHS = (
 )
 MODEL_CACHE_PATHS = ("~/.cache/mlcicd", "~/.cache/huggingface")
 REPORTS_DIR = "gate-reports"
+REGISTRATION = "registration.json"
+# What the build job hands the deploy jobs: the image and the model, released together.
+BUILD_OUTPUTS = ("image", "digest", "version", "model_ref", "model_revision")
 ON_MAIN = "github.event_name != 'pull_request' && github.ref == 'refs/heads/main'"
 GITHUB_ENVIRONMENTS = {"staging": "staging", "prod": "production"}
 
@@ -190,9 +194,20 @@ def _build_steps(definition: PipelineDefinition) -> list[dict[str, Any]]:
         },
         _step(
             f"Register the model in {definition.pipeline.registered_model}",
-            'mlcicd registry register --model "$MODEL_REF" --git-sha "$GITHUB_SHA" '
-            '--image "$IMAGE" --image-digest "$DIGEST" '
-            f"--gate-result {REPORTS_DIR}/quality.json --gate-result {REPORTS_DIR}/latency.json\n",
+            # The revision the gates loaded and tested (a Hugging Face commit or a
+            # content hash) is the revision registered, deployed and checked on the pods.
+            f"revision=$(jq -r .revision {REPORTS_DIR}/quality.json)\n"
+            'mlcicd registry register --model "$MODEL_REF" --model-revision "$revision" '
+            '--git-sha "$GITHUB_SHA" --image "$IMAGE" --image-digest "$DIGEST" '
+            f"--gate-result {REPORTS_DIR}/quality.json --gate-result {REPORTS_DIR}/latency.json "
+            f"--out {REGISTRATION}\n"
+            + "{\n"
+            + "".join(
+                f'  echo "{key}=$(jq -r .{key} {REGISTRATION})"\n'
+                for key in ("version", "model_ref", "model_revision")
+            )
+            + '} >> "$GITHUB_OUTPUT"\n',
+            id="register",
             env={
                 "MODEL_REF": "${{ vars.MODEL_REF }}",
                 "IMAGE": "${{ steps.image.outputs.image }}",
@@ -202,48 +217,88 @@ def _build_steps(definition: PipelineDefinition) -> list[dict[str, Any]]:
     ]
 
 
+def deploy_definition(definition: PipelineDefinition, stage: Stage) -> PipelineDefinition:
+    """The definition a deploy stage runs by: its environment's overrides applied."""
+    return load_definition(definition.profile, stage.environment, definition.source)
+
+
+def stage_budget(definition: PipelineDefinition, stage: Stage) -> ReleaseBudget:
+    return release_budget(deploy_definition(definition, stage))
+
+
 def _deploy_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, Any]]:
     """Deploy through ``mlcicd deploy`` (in-cluster service account, no kubeconfig).
 
-    ``MLCICD_NAMESPACE`` and ``PROMETHEUS_URL`` come from the runner pod's environment.
+    The Rollout's own analysis decides (Argo runs the AnalysisTemplate at every step);
+    the job sets image and model together, follows the Rollout for the environment's
+    derived budget, checks the pods serve the model that was tested, and promotes in
+    the one registry. Only a failed rollout or analysis is undone: a registry promote
+    that fails after a healthy rollout is retried and reported, never answered by
+    undoing healthy pods. ``MLCICD_NAMESPACE`` and ``MLCICD_CANARY_ENDPOINT`` come from
+    the runner pod's environment.
     """
     environment = runner_environment(stage)
-    image_env = {
-        "IMAGE": "${{ needs.build.outputs.image }}",
-        "DIGEST": "${{ needs.build.outputs.digest }}",
-    }
+    budget = stage_budget(definition, stage)
+    env = {key.upper(): f"${{{{ needs.build.outputs.{key} }}}}" for key in BUILD_OUTPUTS}
     set_image = (
         'mlcicd deploy set-image --namespace "$MLCICD_NAMESPACE" --rollout '
-        f'{ROLLOUT_NAME} --image "$IMAGE@$DIGEST"'
+        f'{ROLLOUT_NAME} --image "$IMAGE@$DIGEST" '
+        '--model "$MODEL_REF" --model-revision "$MODEL_REVISION"\n'
     )
-    wait = f'mlcicd deploy wait --namespace "$MLCICD_NAMESPACE" --rollout {ROLLOUT_NAME}\n'
-    if stage.action != "canary-rollout":
-        return [_step(f"Deploy to {environment}", f"{set_image}\n{wait}", env=image_env)]
-    gate = definition.canary
-    return [
+    wait = (
+        f'mlcicd deploy wait --namespace "$MLCICD_NAMESPACE" --rollout {ROLLOUT_NAME} '
+        f"--timeout-s {budget.wait_timeout_s} "
+        '--expect-model-revision "$MODEL_REVISION" --model-url "$MLCICD_CANARY_ENDPOINT"\n'
+    )
+    target = deploy_definition(definition, stage)
+    judged = f", judged by Argo: {target.gate_title('canary')}" if _has_canary(target) else ""
+    steps = [
+        _step(f"Set image and model ({environment})", set_image, id="set-image", env=env),
         _step(
-            f"Start the canary ({', '.join(f'{s.set_weight}%' for s in gate.steps)})",
-            f"{set_image}\n",
-            env=image_env,
-        ),
-        _step(
-            definition.gate_title("canary"),
-            f'mlcicd canary analyze --profile "$MLCICD_PROFILE" --environment {environment} '
-            f'--prometheus-url "$PROMETHEUS_URL" --job {SCRAPE_JOB} --canary canary '
-            f"--stable stable --out {REPORTS_DIR}/canary.json\n",
-        ),
-        _step("Wait for the rollout", wait),
-        _step(
-            "Promote in the registry",
-            'mlcicd registry promote --reason "canary passed in run $GITHUB_RUN_ID"\n',
-        ),
-        _step(
-            "Roll back on failure",
-            f'mlcicd rollback --rollout {ROLLOUT_NAME} --namespace "$MLCICD_NAMESPACE" '
-            '--reason "canary failed in run $GITHUB_RUN_ID"\n',
-            **{"if": "failure()"},
+            f"Follow the rollout ({_steps_title(target)}; budget {budget.wait_timeout_s} s)"
+            + judged,
+            wait,
+            id="rollout",
+            env=env,
         ),
     ]
+    if stage.action != "canary-rollout":
+        return steps
+    attempts = definition.deploy.promote_attempts
+    return [
+        *steps,
+        _step(
+            "Promote in the registry",
+            'mlcicd registry promote --version "$VERSION" '
+            f"--attempts {attempts} "
+            '--reason "canary passed in run $GITHUB_RUN_ID"\n',
+            id="promote",
+            env=env,
+        ),
+        _step(
+            "Roll back a failed rollout",
+            f'mlcicd rollback --rollout {ROLLOUT_NAME} --namespace "$MLCICD_NAMESPACE" '
+            '--reason "rollout or analysis failed in run $GITHUB_RUN_ID"\n',
+            **{"if": "failure() && steps.rollout.outcome == 'failure'"},
+        ),
+        _step(
+            "Report a release that is live but not promoted",
+            'echo "::error::version $VERSION is healthy on every pod but was not promoted '
+            'in the registry; rerun: mlcicd registry promote --version $VERSION"\n'
+            'echo "Release v$VERSION: live, NOT promoted (registry)" >> "$GITHUB_STEP_SUMMARY"\n',
+            env=env,
+            **{"if": "failure() && steps.promote.outcome == 'failure'"},
+        ),
+    ]
+
+
+def _has_canary(definition: PipelineDefinition) -> bool:
+    return len(definition.canary.steps) > 1
+
+
+def _steps_title(definition: PipelineDefinition) -> str:
+    weights = [f"{s.set_weight}%" for s in definition.canary.steps]
+    return "canary " + ", ".join(weights) if _has_canary(definition) else "rolling update"
 
 
 def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> dict[str, Any]:
@@ -262,8 +317,9 @@ def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> di
         job["if"] = ON_MAIN
         job["permissions"] = {"contents": "read", "packages": "write"}
         job["outputs"] = {
-            "image": "${{ steps.image.outputs.image }}",
-            "digest": "${{ steps.image.outputs.digest }}",
+            key: f"${{{{ steps.{'image' if key in ('image', 'digest') else 'register'}"
+            f".outputs.{key} }}}}"
+            for key in BUILD_OUTPUTS
         }
         steps = [_checkout(), *_build_steps(definition)]
     if stage.environment is not None:
@@ -273,6 +329,7 @@ def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> di
             needs.append("build")
     if stage.action in ("deploy", "canary-rollout"):
         steps += _deploy_steps(definition, stage)
+        job["timeout-minutes"] = stage_budget(definition, stage).job_timeout_minutes
     steps += [_step(command.name, command.run + "\n") for command in stage.commands]
     steps += _gate_steps(definition, stage)
     if needs:

@@ -109,6 +109,8 @@ class CanaryGate(_Strict):
     failure_limit: int = Field(ge=0)
     inconclusive_limit: int = Field(ge=0)
     consecutive_error_limit: int = Field(ge=0)
+    # Prompts the canary must answer correctly (pipeline/canary/golden.py).
+    golden_suite: str
     steps: tuple[CanaryStep, ...] = Field(min_length=1)
 
     @field_validator("window", "interval")
@@ -123,6 +125,27 @@ class CanaryGate(_Strict):
         if weights != sorted(weights) or weights[-1] != 100:
             raise ValueError(f"weights must rise and end at 100, got {weights}")
         return steps
+
+
+class Deploy(_Strict):
+    """What a deploy may take beyond the canary's own pauses and analyses.
+
+    ``startup_margin`` covers pulling the image and loading the model before the first
+    step counts (the pods' startupProbe allows as much); ``job_overhead`` covers a deploy
+    job's checkout, install and registry promote. :mod:`pipeline.rollout.budget` adds
+    them to the canary's time, so ``deploy wait --timeout-s`` and the job's
+    ``timeout-minutes`` are derived, never written down.
+    """
+
+    startup_margin: str
+    job_overhead: str
+    # How often a failed registry promote is retried after a healthy rollout.
+    promote_attempts: int = Field(ge=1)
+
+    @field_validator("startup_margin", "job_overhead")
+    @classmethod
+    def _durations(cls, value: str) -> str:
+        return _check_duration(value)
 
 
 def _server_default(field: str) -> Any:
@@ -214,6 +237,7 @@ class PipelineDefinition(_Strict):
     quality: QualityGate
     latency: LatencyGate
     canary: CanaryGate
+    deploy: Deploy
     serving: Serving = Serving()
     # Absent in a definition that has no benchmark; `mlcicd bench` then refuses to run.
     bench: Bench | None = None

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,16 @@ def _register(args: argparse.Namespace) -> int:
             f"  image {lineage.image}"
             + (f"@{lineage.image_digest}" if lineage.image_digest else "")
         )
+    if args.out:
+        record = {
+            "version": str(done.version),
+            "model_ref": lineage.model.ref,
+            "model_revision": lineage.model.revision,
+            "image": lineage.image,
+            "image_digest": lineage.image_digest,
+            "tracking_uri": registry.uri,
+        }
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     for metric in lineage.metrics:
         judged = (
             f" (threshold {metric.op or ''} {metric.threshold})"
@@ -100,8 +111,21 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
+    """Retried: a promote runs after a healthy rollout, and a registry hiccup must not
+    fail the release into an undo of healthy pods; each failure is reported."""
     registry = _registry(args)
-    change = registry.promote(args.version, args.actor or default_actor(), args.reason)
+    if args.attempts < 1:
+        raise _UsageError("--attempts must be >= 1")
+    for attempt in range(1, args.attempts + 1):
+        try:
+            change = registry.promote(args.version, args.actor or default_actor(), args.reason)
+            break
+        except RegistryError as exc:
+            print(f"mlcicd registry: promote attempt {attempt}/{args.attempts}: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            if attempt == args.attempts:
+                raise
+            time.sleep(args.retry_delay_s * attempt)
     if not change.changed:
         print(f"{registry.name}: version {change.current} is already {CHAMPION}; nothing to do")
     else:
@@ -217,11 +241,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a `mlcicd gate ... --out` result (stored whole) or "
         "{name: value | {value, threshold}} (repeatable)",
     )
+    reg.add_argument("--out", help="write the registration (version, model, image) as JSON")
     reg.set_defaults(action=_register, handler=_run)
 
     pro = actions.add_parser("promote", help=f"point {CHAMPION} at a version")
     _common(pro)
     pro.add_argument("--version", help=f"default: the {CHALLENGER}")
+    pro.add_argument("--attempts", type=int, default=1, help="tries before giving up")
+    pro.add_argument("--retry-delay-s", type=float, default=5.0, help="x attempt, between tries")
     _who(pro, reason_required=False)
     pro.set_defaults(action=_promote, handler=_run)
 

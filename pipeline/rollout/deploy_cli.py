@@ -2,13 +2,18 @@
 
 The rendered workflow (``infra/workflow.py``) calls exactly::
 
-    mlcicd deploy set-image --namespace "$MLCICD_NAMESPACE" --rollout NAME --image "$IMAGE@$DIGEST"
-    mlcicd deploy wait --namespace "$MLCICD_NAMESPACE" --rollout NAME
+    mlcicd deploy set-image --namespace NS --rollout NAME --image "$IMAGE@$DIGEST" \
+        --model "$MODEL_REF" --model-revision "$MODEL_REVISION"
+    mlcicd deploy wait --namespace NS --rollout NAME --timeout-s BUDGET \
+        --expect-model-revision "$MODEL_REVISION" --model-url "$MLCICD_CANARY_ENDPOINT"
+
+``BUDGET`` is derived from the environment's definition (pipeline/rollout/budget.py);
+``wait`` has no default timeout of its own.
 
 on runners that are pods in the target cluster (in-cluster service account; see
 ``pipeline.rollout.kube_config``). Exit codes: 0 done / Healthy; 1 Degraded, Aborted, timed
-out, or the API refused; 2 usage or configuration error (unpinned image, unknown
-container, no Kubernetes configuration).
+out, the pods serve another model revision, or the API refused; 2 usage or
+configuration error (unpinned image, unknown container, no Kubernetes configuration).
 
 Left out: promoting or aborting from here (``mlcicd canary analyze`` and the Argo
 AnalysisTemplate decide; ``mlcicd rollback`` undoes).
@@ -24,6 +29,8 @@ from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.rollout.deploy import (
     DEFAULT_CONTAINER,
     DeployUsageError,
+    ModelPin,
+    ModelProbe,
     check_pinned,
     set_image,
     wait_for_rollout,
@@ -40,8 +47,9 @@ def _fail(command: str, message: str, code: int) -> int:
 def run_set_image(args: argparse.Namespace, api: CustomObjects) -> int:
     """The command with its client passed in (a fake in the tests)."""
     target = f"{args.namespace}/{args.rollout}"
+    model = None if args.model is None else ModelPin(args.model, args.model_revision or "")
     try:
-        change = set_image(api, args.namespace, args.rollout, args.image, args.container)
+        change = set_image(api, args.namespace, args.rollout, args.image, args.container, model)
     except DeployUsageError as exc:
         return _fail("set-image", str(exc), EXIT_USAGE)
     except RolloutError as exc:
@@ -51,15 +59,40 @@ def run_set_image(args: argparse.Namespace, api: CustomObjects) -> int:
     where = f"rollout {target} container {change.container}"
     if change.changed:
         print(f"{where}: {change.old_image or '(none)'} -> {change.new_image}")
+        if model is not None:
+            old = change.old_model
+            was = f"{old.ref}@{old.revision}" if old else "(none)"
+            print(f"{where}: model {was} -> {model.ref}@{model.revision}")
     else:
         print(f"{where}: already {change.new_image}; nothing sent")
     return EXIT_OK
 
 
-def run_wait(args: argparse.Namespace, api: CustomObjects) -> int:
+def http_model_probe(url: str) -> ModelProbe:
+    """Reads ``{url}/v1/models``' revision (what the pods behind ``url`` loaded)."""
+
+    def probe() -> str | None:
+        from pipeline.canary.golden import served_revision
+
+        return served_revision(url, timeout_s=5.0)
+
+    return probe
+
+
+def run_wait(args: argparse.Namespace, api: CustomObjects, probe: ModelProbe | None = None) -> int:
     target = f"{args.namespace}/{args.rollout}"
+    if probe is None and args.model_url:
+        probe = http_model_probe(args.model_url)
     try:
-        result = wait_for_rollout(api, args.namespace, args.rollout, args.timeout_s, args.poll_s)
+        result = wait_for_rollout(
+            api,
+            args.namespace,
+            args.rollout,
+            args.timeout_s,
+            args.poll_s,
+            expected_revision=args.expect_model_revision,
+            model_probe=probe,
+        )
     except RolloutError as exc:
         return _fail("wait", str(exc), EXIT_FAILED)
     except Exception as exc:
@@ -73,6 +106,13 @@ def run_wait(args: argparse.Namespace, api: CustomObjects) -> int:
             EXIT_FAILED,
         )
     assert state is not None  # a verdict needs a reading
+    if state.verdict == "healthy" and not result.model_ok:
+        return _fail(
+            "wait",
+            f"{target}: Healthy, but the pods serve revision {result.served_revision}, "
+            f"not {args.expect_model_revision}",
+            EXIT_FAILED,
+        )
     if state.verdict == "healthy":
         print(f"rollout {target}: Healthy after {result.waited_s:.0f} s")
         return EXIT_OK
@@ -93,6 +133,12 @@ def _handle(args: argparse.Namespace) -> int:
             check_pinned(args.image)
         except DeployUsageError as exc:
             return _fail(command, str(exc), EXIT_USAGE)
+        if args.model is not None and not args.model_revision:
+            return _fail(
+                command, "--model needs --model-revision (what the pods must load)", EXIT_USAGE
+            )
+    elif bool(args.expect_model_revision) != bool(args.model_url):
+        return _fail(command, "--expect-model-revision and --model-url go together", EXIT_USAGE)
     elif args.timeout_s <= 0 or args.poll_s <= 0:
         return _fail(command, "--timeout-s and --poll-s must be > 0", EXIT_USAGE)
     try:
@@ -118,9 +164,20 @@ def add_arguments(
     set_image_parser.add_argument(
         "--container", default=DEFAULT_CONTAINER, help="container name in the pod template"
     )
+    set_image_parser.add_argument("--model", help="model reference the pods load (with the image)")
+    set_image_parser.add_argument(
+        "--model-revision", help="its exact revision: HF commit or content hash"
+    )
     wait = actions.add_parser("wait", help="wait until the Rollout is Healthy or Degraded")
     _common(wait)
-    wait.add_argument("--timeout-s", type=float, default=900.0, help="give up after (seconds)")
+    wait.add_argument(
+        "--timeout-s",
+        type=float,
+        required=True,
+        help="give up after (seconds); the workflow passes the environment's derived budget",
+    )
+    wait.add_argument("--expect-model-revision", help="fail unless the pods serve this revision")
+    wait.add_argument("--model-url", help="where to read /v1/models (the canary Service)")
     wait.add_argument("--poll-s", type=float, default=5.0, help="poll interval (seconds)")
 
 

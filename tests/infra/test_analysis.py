@@ -42,9 +42,16 @@ def definition(request: pytest.FixtureRequest) -> PipelineDefinition:
     return load_definition("gpu", request.param)
 
 
+@pytest.fixture
+def canary_definition() -> PipelineDefinition:
+    """An environment with canary steps (staging rolls straight to 100%)."""
+    return load_definition("gpu", "prod")
+
+
 def _metrics(definition: PipelineDefinition) -> dict[str, dict[str, Any]]:
+    """The Prometheus metrics (the golden-prompt web metrics: tests/infra/test_golden.py)."""
     template = analysis_template(definition, PROM, "ns")
-    return {m["name"]: m for m in template["spec"]["metrics"]}
+    return {m["name"]: m for m in template["spec"]["metrics"] if "prometheus" in m["provider"]}
 
 
 def test_limits_come_from_the_environment(definition: PipelineDefinition) -> None:
@@ -111,7 +118,8 @@ def test_argo_and_mlcicd_canary_analyze_judge_alike(definition: PipelineDefiniti
             assert _outcome(metrics[check.name], [value]) == expected, (check, value)
 
 
-def test_rollout_steps_walk_the_definition(definition: PipelineDefinition) -> None:
+def test_rollout_steps_walk_the_definition(canary_definition: PipelineDefinition) -> None:
+    definition = canary_definition
     steps = rollout_steps(definition, "inference-server", "ns")
     expected: list[dict[str, Any]] = []
     for step in definition.canary.steps:

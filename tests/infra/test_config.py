@@ -76,10 +76,20 @@ def test_min_above_max_is_an_error() -> None:
 
 
 def test_missing_secret_names_the_key() -> None:
-    source = _source()
+    source = _source(stack="prod")
     secrets = {k: v for k, v in source._secrets.items() if k != "dbPassword"}
     with pytest.raises(ConfigError, match="dbPassword: missing secret"):
         load_config(DictSource(source._values, secrets))
+
+
+def test_a_stack_on_the_shared_registry_needs_no_mlflow_secrets_of_its_own() -> None:
+    source = _source()  # staging: mlflow.trackingUri names prod's MLflow
+    secrets = {
+        k: v for k, v in source._secrets.items() if k not in ("dbPassword", "mlflowHtpasswd")
+    }
+    config = load_config(DictSource(source._values, secrets))
+    assert config.mlflow.external and config.secrets.db_password is None
+    assert "mlflow.trackingUri: must be an http(s)://" in _error({"mlflow.trackingUri": "mlflow"})
 
 
 def test_every_key_read_is_declared_in_pulumi_yaml() -> None:

@@ -36,14 +36,25 @@ _METRIC = {
         "inconclusiveLimit",
         "consecutiveErrorLimit",
         "successCondition",
-        "failureCondition",
         "provider",
     ],
     "properties": {
         "provider": {
             "type": "object",
-            "required": ["prometheus"],
-            "properties": {"prometheus": {"type": "object", "required": ["address", "query"]}},
+            "minProperties": 1,
+            "maxProperties": 1,
+            "properties": {
+                "prometheus": {"type": "object", "required": ["address", "query"]},
+                # docs/analysis/web.md (v1.7.2): jsonBody only with POST/PUT.
+                "web": {
+                    "type": "object",
+                    "required": ["url"],
+                    "properties": {"method": {"enum": ["GET", "POST", "PUT"]}},
+                    "additionalProperties": {"not": {}},
+                    "patternProperties": {"^(url|method|jsonBody|jsonPath|timeoutSeconds)$": {}},
+                },
+            },
+            "additionalProperties": False,
         },
         "count": {"type": "integer", "minimum": 1},
     },
@@ -132,7 +143,9 @@ def test_kubernetes_manifests_validate(renders: dict[str, Path], stack: str) -> 
         else:
             kubernetes_validate.validate(data, K8S_VERSION, strict=True)
     assert kinds >= CUSTOM_KINDS
-    assert {"Deployment", "StatefulSet", "Service", "Secret"} <= kinds
+    # Only prod runs MLflow (Deployment + Postgres StatefulSet): the one registry.
+    runs_mlflow = {"Deployment", "StatefulSet"} if stack == "prod" else set()
+    assert {"Service", "Secret"} | runs_mlflow <= kinds
 
 
 @pytest.mark.parametrize("stack", STACKS)

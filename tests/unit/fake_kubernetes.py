@@ -123,18 +123,22 @@ class FakeCustomObjectsApi:
         if self.fail_patch_with is not None:
             raise ApiException(status=self.fail_patch_with, reason="Forbidden")
         target = self._find(args[2], args[4])
-        if isinstance(body, list):  # JSON patch: "test" and "replace"
+        if isinstance(body, list):  # JSON patch (RFC 6902): "test", "replace", "add"
             patched = copy.deepcopy(target)
             for op in body:
-                assert op["op"] in ("test", "replace"), op
-                *parents, last = op["path"].strip("/").split("/")
+                assert op["op"] in ("test", "replace", "add"), op
+                parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"][1:].split("/")]
+                *parents, last = parts
                 node: Any = patched
                 for part in parents:
                     node = node[int(part)] if isinstance(node, list) else node[part]
+                if op["op"] == "add" and isinstance(node, list) and last == "-":
+                    node.append(copy.deepcopy(op["value"]))
+                    continue
                 key: Any = int(last) if isinstance(node, list) else last
                 if op["op"] == "test" and node[key] != op["value"]:
                     raise ApiException(status=422, reason="Unprocessable Entity")
-                if op["op"] == "replace":
+                if op["op"] in ("replace", "add"):
                     node[key] = copy.deepcopy(op["value"])
             target.clear()
             target.update(patched)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mlcicd.cli import build_parser, main
-from pipeline.rollout.deploy import read_state
+from pipeline.rollout.deploy import MODEL_ENV, MODEL_REVISION_ANNOTATION, read_state
 from pipeline.rollout.deploy_cli import run_set_image, run_wait
 from tests.unit.fake_kubernetes import FakeCustomObjectsApi, rollout
 
@@ -214,10 +214,85 @@ def test_no_kubernetes_configuration_is_a_one_line_usage_error(
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    assert main(["deploy", "wait", "--namespace", "prod", "--rollout", "r"]) == 2
+    wait = ["deploy", "wait", "--namespace", "prod", "--rollout", "r", "--timeout-s", "60"]
+    assert main(wait) == 2
     err = capsys.readouterr().err
     assert err.startswith("mlcicd deploy wait: no Kubernetes configuration found")
     assert len(err.strip().splitlines()) == 1
     good = ["deploy", "set-image", "--namespace", "prod", "--rollout", "r", "--image", NEW]
     assert main(good) == 2
     assert "no Kubernetes configuration found" in capsys.readouterr().err
+
+
+# -- the model travels with the image ------------------------------------------------
+
+REVISION = "c" * 40
+
+
+def test_set_image_sets_the_model_with_the_image_in_one_guarded_patch(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stored = canary_rollout()
+    stored["metadata"]["annotations"] = {MODEL_REVISION_ANNOTATION: "old"}
+    stored["spec"]["template"]["spec"]["containers"][1]["env"] = [
+        {"name": "MLCICD_MODEL", "value": "builtin"},
+        {"name": "MLCICD_MODEL_REVISION", "value": "old"},
+    ]
+    api = FakeCustomObjectsApi(stored)
+    extra = ("--model", "org/model", "--model-revision", REVISION)
+    assert run_set_image(set_image_args(NEW, *extra), api) == 0
+    patches = [c for c in api.calls if c.method == "patch"]
+    assert len(patches) == 1  # image and model in one new ReplicaSet, never apart
+    assert api.stored is not None
+    container = api.stored["spec"]["template"]["spec"]["containers"][1]
+    assert container["image"] == NEW
+    assert {e["name"]: e["value"] for e in container["env"]} == {
+        "MLCICD_MODEL": "org/model",
+        "MLCICD_MODEL_REVISION": REVISION,
+    }
+    assert api.stored["metadata"]["annotations"][MODEL_REVISION_ANNOTATION] == REVISION
+    assert f"model builtin@old -> org/model@{REVISION}" in capsys.readouterr().out
+
+
+def test_the_same_image_with_another_model_is_still_a_change() -> None:
+    api = FakeCustomObjectsApi(canary_rollout())
+    extra = ("--model", "org/model", "--model-revision", REVISION)
+    assert run_set_image(set_image_args(OLD, *extra), api) == 0
+    assert api.stored is not None
+    env = api.stored["spec"]["template"]["spec"]["containers"][1]["env"]
+    assert {"name": "MLCICD_MODEL_REVISION", "value": REVISION} in env
+
+
+def test_deploy_and_infra_name_the_model_fields_alike() -> None:
+    from infra.analysis import MODEL_REVISION_ANNOTATION as INFRA_ANNOTATION
+    from infra.rollouts import MODEL_ENV as INFRA_ENV
+
+    assert (MODEL_ENV, MODEL_REVISION_ANNOTATION) == (INFRA_ENV, INFRA_ANNOTATION)
+
+
+def model_wait_args(timeout_s: float = 2.0) -> argparse.Namespace:
+    return args(
+        "wait", "--rollout", "inference-server", "--timeout-s", str(timeout_s),
+        "--poll-s", "0.001", "--expect-model-revision", REVISION, "--model-url", "http://c",
+    )  # fmt: skip
+
+
+def test_wait_fails_a_healthy_rollout_whose_pods_serve_another_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    api = FakeCustomObjectsApi(canary_rollout())
+    api.statuses = [status("Progressing"), status("Healthy")]
+    assert run_wait(model_wait_args(), api, probe=lambda: "d" * 40) == 1
+    err = capsys.readouterr().err
+    assert f"serve revision {'d' * 40}, not {REVISION}" in err
+
+
+def test_wait_succeeds_once_the_pods_serve_the_expected_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    api = FakeCustomObjectsApi(canary_rollout())
+    api.statuses = [status("Progressing"), status("Paused"), status("Healthy")]
+    answers = iter([None, "old", REVISION])  # not up yet, old pods, then the new ones
+    assert run_wait(model_wait_args(), api, probe=lambda: next(answers)) == 0
+    out = capsys.readouterr().out
+    assert f"pods serve revision {REVISION} (as expected)" in out
