@@ -18,7 +18,10 @@ benchmark must not quietly measure another dtype than the one it names.
 
 Revision: the Hugging Face commit hash when the hub reports one, else the sha256
 of the model directory's files (:func:`directory_content_hash`), so an identical
-model always gets the same id and any changed byte gets a new one.
+model always gets the same id and any changed byte gets a new one. Given a revision
+(``MLCICD_MODEL_REVISION``, set by the deploy), a hub id is fetched at exactly that
+commit (``revision=``) and any model whose revision differs is refused: the pod that
+serves is the model that was tested, or it does not start.
 
 Left out: quantisation, multi-GPU sharding, remote code (``trust_remote_code``
 stays off: loading a model must not run code from the hub).
@@ -160,17 +163,26 @@ def _hub_snapshot_revision(model_ref: str) -> str:
     return directory_content_hash(snapshot)
 
 
-def load_model(model_ref: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+def load_model(
+    model_ref: str, device: str = "auto", dtype: str = "auto", revision: str | None = None
+) -> LoadedModel:
     """Load ``model_ref`` for inference (eval mode, no grad) on ``device`` in ``dtype``.
 
     The work runs on a short-lived thread, so the CPU thread pool it starts does
     not outlive the load and slow the engine's decode steps down
     (inference/compute_thread.py).
     """
-    return run_in_fresh_thread(lambda: _load(model_ref, device, dtype), name="model-load")
+    loaded = run_in_fresh_thread(
+        lambda: _load(model_ref, device, dtype, revision), name="model-load"
+    )
+    if revision and loaded.revision != revision:
+        raise ModelLoadError(
+            f"model {model_ref!r}: pinned to revision {revision}, but loaded {loaded.revision}"
+        )
+    return loaded
 
 
-def _load(model_ref: str, device: str, dtype: str) -> LoadedModel:
+def _load(model_ref: str, device: str, dtype: str, revision: str | None = None) -> LoadedModel:
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     try:
@@ -181,6 +193,8 @@ def _load(model_ref: str, device: str, dtype: str) -> LoadedModel:
         raise ModelLoadError(f"model {model_ref!r}: could not build it: {error}") from error
     source = str(directory) if directory is not None else model_ref
     kwargs = {} if directory is not None else _hub_kwargs()
+    if directory is None and revision:
+        kwargs["revision"] = revision
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

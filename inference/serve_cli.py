@@ -54,6 +54,7 @@ _GRACE_AFTER_DRAIN_S = 5.0
 
 _FLAGS: dict[str, dict[str, Any]] = {
     "model": {"help": "HF id, local directory, `builtin` or `builtin-weak` (default builtin)"},
+    "model_revision": {"help": "serve only this revision (HF commit or content hash)"},
     "device": {"choices": [d.value for d in Device]},
     "dtype": {"choices": [d.value for d in DType]},
     "max_batch_size": {"type": int},
@@ -101,7 +102,9 @@ def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -
         from inference.loader import load_model
         from inference.torch_engine import TorchEngine
 
-        loaded = load_model(settings.model, settings.device.value, settings.dtype.value)
+        loaded = load_model(
+            settings.model, settings.device.value, settings.dtype.value, settings.model_revision
+        )
         engine = TorchEngine(
             loaded,
             max_batch_size=settings.max_batch_size,

@@ -64,6 +64,8 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
     model: str = Field(default="builtin", min_length=1)
+    # The exact weights to serve (HF commit or content hash); the server refuses others.
+    model_revision: str | None = Field(default=None, min_length=1)
     device: Device = Device.auto
     dtype: DType = DType.auto
     max_batch_size: int = Field(default=16, ge=1)

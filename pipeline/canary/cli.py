@@ -185,6 +185,23 @@ def _handle(args: argparse.Namespace) -> int:
     return EXIT_CODES[str(report["verdict"])]
 
 
+def _golden(args: argparse.Namespace) -> int:
+    """``mlcicd canary golden``: the golden-prompt check (pipeline/canary/golden.py)."""
+    from pipeline.canary.golden import run_golden
+
+    try:
+        definition = load_definition(args.profile, args.environment, args.definition)
+    except DefinitionError as exc:
+        print(f"mlcicd canary golden: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    result = run_golden(definition, args.endpoint, args.expect_revision)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    print(result.summary())
+    return EXIT_OK if result.passed else EXIT_FAILED
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("canary", help="canary analysis against Prometheus")
     actions = parser.add_subparsers(dest="canary_command", required=True, metavar="ACTION")
@@ -202,3 +219,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ana.add_argument("--count", type=int, help="override the number of measurements")
     ana.add_argument("--out", help="also write the verdict JSON here")
     ana.set_defaults(handler=_handle)
+    gold = actions.add_parser("golden", help="golden prompts, TTFT and model revision")
+    gold.add_argument("--endpoint", required=True, help="the canary alone, e.g. http://...:8000")
+    gold.add_argument("--expect-revision", help="the revision the canary must serve")
+    gold.add_argument("--profile", help="definition profile (default: the file's default)")
+    gold.add_argument("--environment", help="staging or prod")
+    gold.add_argument("--definition", help="pipeline definition (default: pipeline.toml)")
+    gold.add_argument("--out", help="also write the result JSON here")
+    gold.set_defaults(handler=_golden)

@@ -1,24 +1,31 @@
-"""The production stage of the local pipeline: a canary rollout judged by Prometheus.
+"""The production stage of the local pipeline: a canary rollout judged as Argo judges it.
 
-Why it looks like this: in a cluster, Argo Rollouts shifts traffic step by
-step and runs the AnalysisTemplate rendered from the pipeline definition. Here
-the same decisions are taken with real parts on one machine:
+Why it looks like this: in a cluster, Argo Rollouts moves pods step by step (the basic
+canary: weights are pod ratios behind one user-facing Service) and runs the
+AnalysisTemplate rendered from the pipeline definition at each step, Prometheus
+metrics and golden prompts; the deploy job follows it within a budget derived from the
+definition and then promotes in the one registry. Here the same decisions are taken
+with real parts on one machine:
 
-- the champion (the registry's ``champion`` alias) and the candidate are
-  each pulled from the OCI registry by digest and served as ``stable`` and
-  ``canary`` processes;
-- nginx splits traffic between them with upstream weights taken from the
-  definition's ``canary.steps``; the load generator (:class:`BackgroundLoad`) plays the users;
-- a real Prometheus scrapes both servers (labels ``version="stable"`` /
-  ``"canary"``), and after each step's pause ``mlcicd canary analyze`` judges
-  the canary with the definition's thresholds and Argo's limits;
-- all steps successful: the registry's ``champion`` alias moves to the
-  candidate; a failed or inconclusive analysis sends all traffic back to
-  stable and the candidate is not promoted (the exit code says so).
+- the champion (the registry's ``champion`` alias) and the candidate are each pulled
+  from the OCI registry by digest and served as ``stable`` and ``canary`` processes,
+  each pinned to its registered model revision (checked on ``/v1/models``);
+- nginx stands in for the user-facing Service, with upstream weights taken from the
+  definition's ``canary.steps``; the load generator (:class:`BackgroundLoad`) plays
+  the users;
+- after each step's pause, ``mlcicd canary analyze`` judges the canary from a real
+  Prometheus and ``mlcicd canary golden`` sends it the golden prompts, as the
+  AnalysisTemplate's Prometheus and web metrics do;
+- the release budget (:mod:`pipeline.rollout.budget`) is computed and printed, and a
+  canary that overruns it fails like a ``deploy wait`` that times out;
+- a failed or inconclusive analysis is a failed rollout: all traffic goes back to
+  stable and nothing is promoted. A healthy canary is promoted in the registry with
+  retries; a promote that still fails leaves traffic on the canary (healthy pods are
+  never undone for a registry hiccup) and reports the release as not promoted.
 
-A Rollout's first deploy in Argo skips the steps; likewise, when the registry
-has no champion yet, the candidate takes all traffic and is analysed alone
-before it is promoted.
+A Rollout's first deploy in Argo skips the steps; likewise, when the registry has no
+champion yet, the candidate takes all traffic and is analysed alone before it is
+promoted.
 """
 
 from __future__ import annotations
@@ -27,12 +34,18 @@ import json
 import time
 from pathlib import Path
 
+from pipeline.canary.golden import GoldenResult, run_golden
 from pipeline.definition import Stage, duration_seconds, load_definition
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK
 from pipeline.load.generator import BackgroundLoad
 from pipeline.local.context import RunContext, StageFailed
 from pipeline.local.image_bundle import PushedImage
+from pipeline.local.report import StepRecord
 from pipeline.local.services import ScrapeTarget, Service, TrafficSplitter, start_prometheus
+from pipeline.rollout.budget import release_budget
+
+# Where a promote is sent when the run injects a registry fault: nothing listens there.
+UNREACHABLE_REGISTRY = "http://127.0.0.1:9"
 
 
 class CanaryRollout:
@@ -41,11 +54,12 @@ class CanaryRollout:
         self.stage = stage
         self.definition = load_definition(runner.options.profile, stage.environment)
         self.canary = self.definition.canary
+        self.budget = release_budget(self.definition)
 
     # -- registry -------------------------------------------------------------
 
-    def champion(self) -> tuple[str, PushedImage] | None:
-        """The champion's version and its image, read from the model registry."""
+    def champion(self) -> tuple[str, PushedImage, str] | None:
+        """The champion's version, its image and its model revision, from the registry."""
         from pipeline.registry.client import ModelRegistry
 
         registry = ModelRegistry(
@@ -55,15 +69,12 @@ class CanaryRollout:
         if found is None:
             return None
         version, reference, digest = found
+        revision = registry.model_revision(version) or ""
         # The local registry listens on a new port each run but keeps its storage
         # under the state dir, so the champion's image is re-addressed to it.
         current = self.runner.services["registry"].url.removeprefix("http://")
         path = reference.split("/", 1)[1] if "/" in reference else reference
-        return version, PushedImage(reference=f"{current}/{path}", digest=digest)
-
-    def registry(self, record_name: str, *args: str) -> None:
-        with self.runner.step(self.stage.id, record_name) as record:
-            self.runner.run_logged(record, self.runner.mlcicd("registry", *args))
+        return version, PushedImage(reference=f"{current}/{path}", digest=digest), revision
 
     # -- the rollout ----------------------------------------------------------
 
@@ -88,107 +99,145 @@ class CanaryRollout:
         pause = duration_seconds(first.pause or "10s")
         return max(5.0, 1.5 * self.canary.min_requests / (pause * first.set_weight / 100))
 
-    def run(self) -> None:
-        runner = self.runner
-        candidate = runner.state.image
-        if candidate is None or runner.state.model_version is None:
+    def deploy(self) -> tuple[Service, Service | None]:
+        """(stable, canary); stable is the candidate itself on a first release."""
+        runner, candidate = self.runner, self.runner.state.image
+        revision = runner.state.model_revision
+        if candidate is None or runner.state.model_version is None or revision is None:
             raise StageFailed("no registered image to roll out")
         champion = self.champion()
+        canary_args = self.server_args("canary")
         with runner.step(self.stage.id, "Deploy stable and canary (pull by digest)") as record:
             if champion is None:
-                stable = runner.deploy_image("canary", candidate, *self.server_args("canary"))
-                canary: Service | None = None
+                stable = runner.deploy_image("canary", candidate, *canary_args, revision=revision)
                 record.detail = "no champion yet: first release takes all traffic (as in Argo)"
-            else:
-                stable = runner.deploy_image("stable", champion[1], "--environment", "prod")
-                canary = runner.deploy_image("canary", candidate, *self.server_args("canary"))
-                record.detail = (
-                    f"stable = champion v{champion[0]}, canary = v{runner.state.model_version}"
-                )
-        prom_dir = runner.run_dir / "prometheus"
-        targets = [
-            ScrapeTarget(
-                stable.url.removeprefix("http://"),
-                {"version": "canary" if canary is None else "stable"},
+                return stable, None
+            version, image, champion_revision = champion
+            stable = runner.deploy_image(
+                "stable", image, "--environment", "prod", revision=champion_revision
             )
-        ]
+            canary = runner.deploy_image("canary", candidate, *canary_args, revision=revision)
+            record.detail = (
+                f"stable = champion v{version} (model {champion_revision[:12]}), "
+                f"canary = v{runner.state.model_version} (model {revision[:12]})"
+            )
+            return stable, canary
+
+    def run(self) -> None:
+        runner = self.runner
+        runner.console.info(f"release budget ({self.stage.environment}): {self.budget.describe()}")
+        runner.report.facts["release budget"] = self.budget.describe()
+        started = time.monotonic()
+        stable, canary = self.deploy()
+        judged = canary or stable  # the release being judged
+        targets = [ScrapeTarget(stable.url.removeprefix("http://"), {"version": "canary"})]
         if canary is not None:
-            targets.append(ScrapeTarget(canary.url.removeprefix("http://"), {"version": "canary"}))
-        prometheus = start_prometheus(targets, prom_dir, runner.logs)
+            targets = [
+                ScrapeTarget(stable.url.removeprefix("http://"), {"version": "stable"}),
+                ScrapeTarget(canary.url.removeprefix("http://"), {"version": "canary"}),
+            ]
+        prometheus = start_prometheus(targets, runner.run_dir / "prometheus", runner.logs)
         runner.on_exit(prometheus.stop)
         splitter = TrafficSplitter(
             runner.run_dir / "nginx", runner.logs, stable.url.removeprefix("http://")
         )
         runner.on_exit(splitter.stop)
-        budget = sum(duration_seconds(s.pause) for s in self.canary.steps if s.pause) + 600
-        traffic = BackgroundLoad(splitter.url, self.traffic_rate(), budget)
+        traffic = BackgroundLoad(splitter.url, self.traffic_rate(), self.budget.wait_timeout_s)
         traffic.start()
         runner.console.info(f"traffic: {self.traffic_rate():.0f} req/s through {splitter.url}")
-        verdict = "successful"
         try:
-            steps = self.canary.steps if canary is not None else self.canary.steps[-1:]
-            for number, step in enumerate(steps, start=1):
-                if canary is not None:
-                    splitter.set_weight(canary.url.removeprefix("http://"), step.set_weight)
-                if step.set_weight >= 100 and canary is not None:
-                    break
-                pause = (
-                    duration_seconds(step.pause)
-                    if step.pause
-                    else duration_seconds(self.canary.window)
-                )
-                verdict = self.analyse(number, step.set_weight, pause, prometheus.url)
-                if verdict != "successful":
-                    break
+            verdict = self.walk_steps(splitter, canary, judged, prometheus.url, started)
         finally:
-            outcomes = traffic.stop()
-            runner.report.facts["canary traffic (HTTP code: count)"] = outcomes
+            runner.report.facts["canary traffic (HTTP code: count)"] = traffic.stop()
         if verdict != "successful":
             splitter.set_weight(None, 0)
             runner.report.outcome = f"rolled back: canary {verdict}"
             raise StageFailed(f"canary {verdict}: traffic returned to stable, not promoted")
-        self.registry(
-            f"Promote v{runner.state.model_version} to champion",
-            "promote",
-            "--version",
-            str(runner.state.model_version),
-            "--reason",
-            f"canary analysis successful (run {runner.run_id})",
-        )
-        runner.report.outcome = f"promoted v{runner.state.model_version} to champion"
+        self.promote()
 
-    def analyse(self, number: int, weight: int, pause_s: int, prometheus_url: str) -> str:
+    def walk_steps(
+        self,
+        splitter: TrafficSplitter,
+        canary: Service | None,
+        judged: Service,
+        prometheus_url: str,
+        started: float,
+    ) -> str:
+        steps = self.canary.steps if canary is not None else self.canary.steps[-1:]
+        for number, step in enumerate(steps, start=1):
+            if canary is not None:
+                splitter.set_weight(canary.url.removeprefix("http://"), step.set_weight)
+            if step.set_weight >= 100 and canary is not None:
+                break
+            pause = duration_seconds(step.pause or self.canary.window)
+            verdict = self.analyse(number, step.set_weight, pause, prometheus_url, judged)
+            if verdict != "successful":
+                return verdict
+            if time.monotonic() - started > self.budget.wait_timeout_s:
+                return f"over its budget of {self.budget.wait_timeout_s} s"
+        return "successful"
+
+    def promote(self) -> None:
+        """Promote with retries; on failure keep the healthy canary serving and say so."""
+        runner = self.runner
+        version = str(runner.state.model_version)
+        args = ["registry", "promote", "--version", version,
+                "--attempts", str(self.definition.deploy.promote_attempts),
+                "--retry-delay-s", "1",
+                "--reason", f"canary analysis successful (run {runner.run_id})"]  # fmt: skip
+        if runner.options.promote_fault:
+            args += ["--tracking-uri", UNREACHABLE_REGISTRY]
+        try:
+            with runner.step(self.stage.id, f"Promote v{version} to champion") as record:
+                runner.run_logged(record, runner.mlcicd(*args))
+        except StageFailed:
+            runner.report.outcome = (
+                f"not promoted: v{version} is healthy and serves all traffic, but the registry "
+                f"promote failed; no rollback (rerun: mlcicd registry promote --version {version})"
+            )
+            raise StageFailed(runner.report.outcome) from None
+        runner.report.outcome = f"promoted v{version} to champion"
+
+    def analyse(
+        self, number: int, weight: int, pause_s: int, prometheus_url: str, judged: Service
+    ) -> str:
         name = f"Step {number}: {weight}% canary, pause {pause_s}s, analysis"
         with self.runner.step(self.stage.id, name) as record:
             time.sleep(pause_s)
-            out = self.runner.reports / f"canary-step-{number}.json"
-            code = self.runner.run_logged(
-                record,
-                self.runner.mlcicd(
-                    "canary",
-                    "analyze",
-                    "--prometheus-url",
-                    prometheus_url,
-                    "--version",
-                    "canary",
-                    "--profile",
-                    self.runner.options.profile,
-                    "--environment",
-                    str(self.stage.environment),
-                    "--out",
-                    str(out),
-                ),
-                ok_codes=(EXIT_OK, EXIT_FAILED, EXIT_INCONCLUSIVE),
+            verdict = self.prometheus_verdict(record, number, prometheus_url)
+            golden = self.golden(number, judged)
+            if verdict == "successful" and not golden.passed:
+                verdict = "failed"
+            record.detail = (
+                verdict
+                + _summary(self.runner.reports / f"canary-step-{number}.json")
+                + f"; {golden.summary()}"
             )
-            verdict = {
-                EXIT_OK: "successful",
-                EXIT_FAILED: "failed",
-                EXIT_INCONCLUSIVE: "inconclusive",
-            }[code]
-            record.detail = verdict + _summary(out)
-            if code != EXIT_OK:
-                record.status = "failed" if code == EXIT_FAILED else "inconclusive"
+            if verdict != "successful":
+                record.status = "failed" if verdict == "failed" else "inconclusive"
             return verdict
+
+    def prometheus_verdict(self, record: StepRecord, number: int, prometheus_url: str) -> str:
+        out = self.runner.reports / f"canary-step-{number}.json"
+        code = self.runner.run_logged(
+            record,
+            self.runner.mlcicd(
+                "canary", "analyze", "--prometheus-url", prometheus_url,
+                "--version", "canary", "--profile", self.runner.options.profile,
+                "--environment", str(self.stage.environment), "--out", str(out),
+            ),
+            ok_codes=(EXIT_OK, EXIT_FAILED, EXIT_INCONCLUSIVE),
+        )  # fmt: skip
+        return {EXIT_OK: "successful", EXIT_FAILED: "failed", EXIT_INCONCLUSIVE: "inconclusive"}[
+            code
+        ]
+
+    def golden(self, number: int, judged: Service) -> GoldenResult:
+        """The AnalysisTemplate's golden-prompt web metrics, run against the canary alone."""
+        result = run_golden(self.definition, judged.url, self.runner.state.model_revision)
+        out = self.runner.reports / f"canary-step-{number}-golden.json"
+        out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        return result
 
 
 def _summary(path: Path) -> str:

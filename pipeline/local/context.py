@@ -28,6 +28,8 @@ class RunOptions:
     profile: str = "builtin"
     candidate: str = "builtin"
     canary_fault: str = "none"  # none | errors | latency
+    # Demo/test: the registry is unreachable when the healthy canary is promoted.
+    promote_fault: bool = False
     state_dir: Path = REPO_ROOT / ".mlcicd"
     skip_stages: tuple[str, ...] = ()
     # Skip the shell commands of stages without an action (lint, unit and inference
@@ -42,6 +44,8 @@ class RunState:
 
     image: PushedImage | None = None
     model_version: str | None = None
+    # The registered revision (content hash) every pod serving the release must report.
+    model_revision: str | None = None
     staging_url: str | None = None
 
 
@@ -67,6 +71,8 @@ class RunContext(Protocol):
 
     def mlcicd(self, *args: str) -> list[str]: ...
 
-    def deploy_image(self, name: str, image: PushedImage, *extra_args: str) -> Service: ...
+    def deploy_image(
+        self, name: str, image: PushedImage, *extra_args: str, revision: str
+    ) -> Service: ...
 
     def on_exit(self, callback: Callable[[], object]) -> None: ...

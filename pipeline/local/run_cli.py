@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="inject a fault into the canary to see analysis fail and traffic roll back",
     )
     parser.add_argument(
+        "--promote-fault",
+        action="store_true",
+        help="make the registry unreachable at promote, after a healthy canary: the "
+        "release is reported as not promoted and its healthy pods keep serving",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=REPO_ROOT / ".mlcicd",
@@ -69,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         profile=args.profile,
         candidate=args.model,
         canary_fault=args.canary_fault,
+        promote_fault=args.promote_fault,
         state_dir=args.state_dir.resolve(),
         skip_stages=tuple(args.skip),
         skip_commands=args.skip_commands,

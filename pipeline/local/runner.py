@@ -13,11 +13,14 @@ its action, exactly as the rendered workflow does in GitHub Actions:
   real OCI registry, then the model version registered in a real MLflow with
   its lineage (see image_bundle.py for why it is a bundle image);
 - ``deploy``: the image pulled back by digest and served as the staging
-  endpoint, which the stage's smoke tests then hit;
+  endpoint, pinned to the registered model revision (the server refuses any
+  other, and ``/v1/models`` is checked), which the stage's smoke tests then hit;
 - ``canary-rollout``: see local_canary.py.
 
-MLflow's database and the registry's storage persist under ``--state-dir`` so
-a second run finds the first run's champion; everything else lives in a fresh
+One MLflow serves every stage, as one registry (prod's) serves both environments
+in the cluster: staging deploys and production promotes the version the build
+registered. MLflow's database and the registry's storage persist under
+``--state-dir`` so a second run finds the first run's champion; everything else lives in a fresh
 run directory under ``<state-dir>/runs/`` with one log per step. The first
 stage that fails stops the run (exit 1), and nothing started is left running.
 
@@ -38,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline import source
+from pipeline.canary.golden import served_revision
 from pipeline.definition import Command, PipelineDefinition, Stage, load_definition
 from pipeline.local.context import RunOptions, RunState, StageFailed
 from pipeline.local.image_bundle import PushedImage, build_and_push, pull_and_unpack
@@ -318,36 +322,54 @@ class LocalRunner:
             )
             done = registry.register(lineage)
             self.state.model_version = str(done.version)
+            self.state.model_revision = lineage.model.revision
             record.detail = f"version {done.version}" + ("" if done.created else " (already)")
         self.report.facts["image"] = image.pinned
         self.report.facts["model version"] = str(self.state.model_version)
 
-    def deploy_image(self, name: str, image: PushedImage, *extra_args: str) -> Service:
+    def deploy_image(
+        self, name: str, image: PushedImage, *extra_args: str, revision: str
+    ) -> Service:
         """Pull ``image`` by digest, unpack it and serve it as the image would; stopped at exit.
 
         The unpacked image holds ``inference/`` alone, started as its command is, with the
-        definition's serving limits for the environment passed in as env (as the Rollout does).
+        definition's serving limits for the environment passed in as env (as the Rollout does)
+        and the model pinned to ``revision`` (``MLCICD_MODEL_REVISION``, as ``deploy
+        set-image`` pins it): the server refuses other weights, and ``/v1/models`` must
+        report the revision before the service counts as deployed.
         """
         dest = self.run_dir / "deploy" / name
         pull_and_unpack(image, dest, self.run_dir / "deploy" / f"{name}-pull")
         environment = _flag_value(extra_args, "--environment")
         definition_env = environment if environment in ("staging", "prod") else None
         limits = load_definition(self.options.profile, definition_env).serving
-        env = self.env(PYTHONPATH=str(dest / "app"), MLCICD_GIT_SHA=self.git_sha)
+        env = self.env(
+            PYTHONPATH=str(dest / "app"),
+            MLCICD_GIT_SHA=self.git_sha,
+            MLCICD_MODEL_REVISION=revision,
+        )
         server = start_server(
             f"server-{name}", str(dest / "model"), self.logs, limits,
             args=extra_args, env=env, cwd=dest / "app", ready_timeout_s=180,
         )  # fmt: skip
         self.on_exit(server.stop)
+        served = served_revision(server.url)
+        if served != revision:
+            raise StageFailed(f"{name} serves model revision {served}, expected {revision}")
+        self.console.info(f"{name} serves model {served}")
+        self.report.facts[f"model served by {name}"] = served
         return Service(server.process, server.url)
 
     def deploy_staging(self, stage: Stage) -> None:
-        if self.state.image is None:
-            raise StageFailed("no image was built in this run")
+        if self.state.image is None or self.state.model_revision is None:
+            raise StageFailed("no image was built and registered in this run")
         with self.step(stage.id, "Deploy to staging (pull by digest, serve)") as record:
-            service = self.deploy_image("staging", self.state.image, "--environment", "staging")
+            service = self.deploy_image(
+                "staging", self.state.image, "--environment", "staging",
+                revision=self.state.model_revision,
+            )  # fmt: skip
             self.state.staging_url = service.url
-            record.detail = service.url
+            record.detail = f"{service.url}, model {self.state.model_revision[:12]}"
         for command in self.commands(stage):
             with self.step(stage.id, command.name) as record:
                 self.run_logged(record, command.run, MLCICD_ENDPOINT=service.url)

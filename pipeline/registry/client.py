@@ -355,6 +355,12 @@ class ModelRegistry:
         image, digest = tags.get(f"{TAG_PREFIX}image"), tags.get(f"{TAG_PREFIX}image_digest")
         return (version, image, digest) if image and digest else None
 
+    def model_revision(self, version: str) -> str | None:
+        """The model revision a version was registered with (what its pods must serve)."""
+        with self._errors("reading a version"):
+            tags = self.client.get_model_version(self.name, version).tags
+        return tags.get(f"{TAG_PREFIX}model_revision")
+
     def download_gate_result(self, alias: str, gate: str, out: Path) -> str | None:
         """Copy ``gates/<gate>.json`` of the aliased version's run to ``out``; None if no alias."""
         version = self.alias_version(alias)
