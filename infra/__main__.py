@@ -105,6 +105,7 @@ runners = RunnerFleet(
             "PROMETHEUS_URL": monitoring.prometheus_url,
         },
         runner_secret_env={"MLFLOW_TRACKING_PASSWORD": secrets.mlflow_password},
+        model_cache=cfg.inference.model_cache,
     ),
     cluster,
 )

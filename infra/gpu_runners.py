@@ -23,12 +23,13 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import charts, kube
-from infra.config import RunnerClass
+from infra.config import ModelCacheSettings, RunnerClass
 
 CONTROLLER_NAMESPACE = "arc-systems"
 RUNNER_NAMESPACE = "arc-runners"
 CONTROLLER_RELEASE = "arc"
 RUNNER_SERVICE_ACCOUNT = "mlcicd-runner"
+RUNNER_HF_CACHE = "/home/runner/.cache/huggingface"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class RunnerFleetArgs:
     app_namespace: pulumi.Input[str]
     runner_env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     runner_secret_env: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
+    # GPU runners share one ReadWriteMany Hugging Face cache, so a job's weights are
+    # downloaded once per cluster, not once per ephemeral runner pod.
+    model_cache: ModelCacheSettings | None = None
 
 
 class RunnerFleet(pulumi.ComponentResource):
@@ -81,6 +85,7 @@ class RunnerFleet(pulumi.ComponentResource):
             opts=child,
         )
         account = self._deployer_account(args, namespace)
+        cache = self._model_cache(args, namespace) if gpu else None
         self.labels = {}
         for runner in args.runners:
             charts.release(
@@ -93,6 +98,7 @@ class RunnerFleet(pulumi.ComponentResource):
                     github_secret.metadata["name"],
                     env_secret.metadata["name"],
                     account.metadata["name"],
+                    cache.metadata["name"] if cache is not None else None,
                 ),
                 pulumi.ResourceOptions(
                     parent=self, depends_on=[self.controller, self.device_plugin]
@@ -100,6 +106,23 @@ class RunnerFleet(pulumi.ComponentResource):
             )
             self.labels[runner.name] = list(runner.labels)
         self.register_outputs({"labels": self.labels})
+
+    def _model_cache(
+        self, args: RunnerFleetArgs, namespace: k8s.core.v1.Namespace
+    ) -> k8s.core.v1.PersistentVolumeClaim | None:
+        if args.model_cache is None:
+            return None
+        cache = args.model_cache
+        return k8s.core.v1.PersistentVolumeClaim(
+            "runner-model-cache",
+            metadata={"name": "runner-model-cache", "namespace": namespace.metadata["name"]},
+            spec={
+                "accessModes": ["ReadWriteMany"],  # runner pods on any GPU node, at once
+                "resources": {"requests": {"storage": cache.size}},
+                **({"storageClassName": cache.storage_class} if cache.storage_class else {}),
+            },
+            opts=pulumi.ResourceOptions(parent=self),
+        )
 
     def _github_secret(
         self, args: RunnerFleetArgs, namespace: k8s.core.v1.Namespace
@@ -172,6 +195,7 @@ def _scale_set_values(
     github_secret: pulumi.Input[str],
     env_secret: pulumi.Input[str],
     account: pulumi.Input[str],
+    model_cache: pulumi.Input[str] | None = None,
 ) -> dict[str, object]:
     resources = kube.resources(runner.cpu, runner.memory, runner.gpus)
     values: dict[str, object] = {
@@ -206,4 +230,10 @@ def _scale_set_values(
     }
     if runner.name == "cpu":
         values["containerMode"] = {"type": "dind"}
+    if runner.name == "gpu" and model_cache is not None:
+        spec = values["template"]["spec"]  # type: ignore[index]
+        spec["volumes"] = [
+            {"name": "hf-cache", "persistentVolumeClaim": {"claimName": model_cache}}
+        ]
+        spec["containers"][0]["volumeMounts"] = [{"name": "hf-cache", "mountPath": RUNNER_HF_CACHE}]
     return values

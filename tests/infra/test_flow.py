@@ -266,3 +266,14 @@ def test_inference_pods_share_a_model_cache(recordings: dict[str, Any], stack: s
     mount = pod["containers"][0]["volumeMounts"][0]
     assert env["HF_HOME"] == mount["mountPath"]
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "model-cache"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_gpu_runners_share_a_model_cache(recordings: dict[str, Any], stack: str) -> None:
+    recording = recordings[stack]
+    claim = one(recording, "kubernetes:core/v1:PersistentVolumeClaim", "runner-model-cache")
+    assert claim["inputs"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    gpu = one(recording, "kubernetes:helm.sh/v3:Release", f"mlcicd-{stack}-gpu")
+    spec = gpu["inputs"]["values"]["template"]["spec"]
+    assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "runner-model-cache"
+    assert spec["containers"][0]["volumeMounts"][0]["mountPath"].endswith(".cache/huggingface")

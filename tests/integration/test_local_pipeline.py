@@ -76,3 +76,22 @@ def test_a_canary_serving_errors_is_never_promoted(tmp_path: Path) -> None:
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert leftovers.stdout.strip() == ""
+
+
+def test_a_failed_promote_after_a_healthy_canary_keeps_it_serving_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """The registry is unreachable at promote: the release is reported as not promoted,
+    traffic stays on the healthy canary, and nothing is rolled back. (The gates are
+    skipped: they are the two tests above; this one is about the release flow.)"""
+    code, report, output = _run(tmp_path, "--skip", "model-tests", "--promote-fault")
+    assert code == 1, output
+    steps = _steps(report)
+    analyses = [status for name, status in steps.items() if " analysis" in name]
+    assert analyses and set(analyses) == {"passed"}, (steps, output)
+    promote = [status for name, status in steps.items() if name.startswith("Promote")]
+    assert promote == ["failed"]
+    assert report["outcome"].startswith("failed: not promoted: v1 is healthy and serves all")
+    assert "rolled back" not in report["outcome"] and "no rollback" in report["outcome"]
+    served = report["facts"]["model served by canary"]
+    assert served == report["facts"]["model served by staging"]  # the registered revision
