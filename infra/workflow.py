@@ -27,10 +27,11 @@ from typing import Any
 import yaml
 
 from infra import workflow_actions as actions
-from infra.analysis import ROLLOUT_NAME
 from infra.config import scale_set_name
-from pipeline.definition import PipelineDefinition, Stage, load_definition
-from pipeline.rollout.budget import ReleaseBudget, release_budget
+from infra.workflow_deploy import BUILD_OUTPUTS, deploy_steps, stage_budget
+from infra.workflow_deploy import runner_environment as runner_environment
+from infra.workflow_deploy import step as _step
+from pipeline.definition import PipelineDefinition, Stage
 
 WORKFLOW_PATH = ".github/workflows/ml-cicd.yml"
 # A change under any of these paths runs the GPU job on a pull request.
@@ -44,8 +45,6 @@ MODEL_PATHS = (
 MODEL_CACHE_PATHS = ("~/.cache/mlcicd", "~/.cache/huggingface")
 REPORTS_DIR = "gate-reports"
 REGISTRATION = "registration.json"
-# What the build job hands the deploy jobs: the image and the model, released together.
-BUILD_OUTPUTS = ("image", "digest", "version", "model_ref", "model_revision")
 ON_MAIN = "github.event_name != 'pull_request' && github.ref == 'refs/heads/main'"
 GITHUB_ENVIRONMENTS = {"staging": "staging", "prod": "production"}
 
@@ -59,15 +58,6 @@ class RunnerSpec:
 
     def labels(self, environment: str) -> list[str]:
         return ["self-hosted", scale_set_name(environment, self.runner_class)]
-
-
-def runner_environment(stage: Stage) -> str:
-    """Whose runners run a stage: CI stages run in staging, a deploy in its target."""
-    return stage.environment or "staging"
-
-
-def _step(name: str, run: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, **extra, "run": run}
 
 
 def _checkout(fetch_depth: int = 1) -> dict[str, Any]:
@@ -217,90 +207,6 @@ def _build_steps(definition: PipelineDefinition) -> list[dict[str, Any]]:
     ]
 
 
-def deploy_definition(definition: PipelineDefinition, stage: Stage) -> PipelineDefinition:
-    """The definition a deploy stage runs by: its environment's overrides applied."""
-    return load_definition(definition.profile, stage.environment, definition.source)
-
-
-def stage_budget(definition: PipelineDefinition, stage: Stage) -> ReleaseBudget:
-    return release_budget(deploy_definition(definition, stage))
-
-
-def _deploy_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, Any]]:
-    """Deploy through ``mlcicd deploy`` (in-cluster service account, no kubeconfig).
-
-    The Rollout's own analysis decides (Argo runs the AnalysisTemplate at every step);
-    the job sets image and model together, follows the Rollout for the environment's
-    derived budget, checks the pods serve the model that was tested, and promotes in
-    the one registry. Only a failed rollout or analysis is undone: a registry promote
-    that fails after a healthy rollout is retried and reported, never answered by
-    undoing healthy pods. ``MLCICD_NAMESPACE`` and ``MLCICD_CANARY_ENDPOINT`` come from
-    the runner pod's environment.
-    """
-    environment = runner_environment(stage)
-    budget = stage_budget(definition, stage)
-    env = {key.upper(): f"${{{{ needs.build.outputs.{key} }}}}" for key in BUILD_OUTPUTS}
-    set_image = (
-        'mlcicd deploy set-image --namespace "$MLCICD_NAMESPACE" --rollout '
-        f'{ROLLOUT_NAME} --image "$IMAGE@$DIGEST" '
-        '--model "$MODEL_REF" --model-revision "$MODEL_REVISION"\n'
-    )
-    wait = (
-        f'mlcicd deploy wait --namespace "$MLCICD_NAMESPACE" --rollout {ROLLOUT_NAME} '
-        f"--timeout-s {budget.wait_timeout_s} "
-        '--expect-model-revision "$MODEL_REVISION" --model-url "$MLCICD_CANARY_ENDPOINT"\n'
-    )
-    target = deploy_definition(definition, stage)
-    judged = f", judged by Argo: {target.gate_title('canary')}" if _has_canary(target) else ""
-    steps = [
-        _step(f"Set image and model ({environment})", set_image, id="set-image", env=env),
-        _step(
-            f"Follow the rollout ({_steps_title(target)}; budget {budget.wait_timeout_s} s)"
-            + judged,
-            wait,
-            id="rollout",
-            env=env,
-        ),
-    ]
-    if stage.action != "canary-rollout":
-        return steps
-    attempts = definition.deploy.promote_attempts
-    return [
-        *steps,
-        _step(
-            "Promote in the registry",
-            'mlcicd registry promote --version "$VERSION" '
-            f"--attempts {attempts} "
-            '--reason "canary passed in run $GITHUB_RUN_ID"\n',
-            id="promote",
-            env=env,
-        ),
-        _step(
-            "Roll back a failed rollout",
-            f'mlcicd rollback --rollout {ROLLOUT_NAME} --namespace "$MLCICD_NAMESPACE" '
-            '--reason "rollout or analysis failed in run $GITHUB_RUN_ID"\n',
-            **{"if": "failure() && steps.rollout.outcome == 'failure'"},
-        ),
-        _step(
-            "Report a release that is live but not promoted",
-            'echo "::error::version $VERSION is healthy on every pod but was not promoted '
-            'in the registry; rerun: mlcicd registry promote --version $VERSION"\n'
-            'echo "Release v$VERSION: live, NOT promoted (registry)" >> "$GITHUB_STEP_SUMMARY"\n',
-            env=env,
-            **{"if": "failure() && steps.promote.outcome == 'failure'"},
-        ),
-    ]
-
-
-def _has_canary(definition: PipelineDefinition) -> bool:
-    return len(definition.canary.steps) > 1
-
-
-def _steps_title(definition: PipelineDefinition) -> str:
-    weights = [f"{s.set_weight}%" for s in definition.canary.steps]
-    return "canary " + ", ".join(weights) if _has_canary(definition) else "rolling update"
-
-
 def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> dict[str, Any]:
     needs = list(stage.needs)
     job: dict[str, Any] = {
@@ -328,7 +234,7 @@ def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> di
         if "build" not in needs:
             needs.append("build")
     if stage.action in ("deploy", "canary-rollout"):
-        steps += _deploy_steps(definition, stage)
+        steps += deploy_steps(definition, stage)
         job["timeout-minutes"] = stage_budget(definition, stage).job_timeout_minutes
     steps += [_step(command.name, command.run + "\n") for command in stage.commands]
     steps += _gate_steps(definition, stage)
