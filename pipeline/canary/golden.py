@@ -13,11 +13,18 @@ metrics (:mod:`infra.golden`, one metric per prompt, same request body and bound
 locally ``mlcicd canary golden`` runs it against the canary process
 (:func:`run_golden`). Both read the cases and numbers from here.
 
+Errors: as in Argo, where a web measurement that gets no 2xx answer is an Error, not
+a Failure, and fails only after ``consecutiveErrorLimit`` in a row, a case whose request
+errors (refused, timed out, 429 while the server is saturated) is retried up to
+``canary.consecutive_error_limit`` times before it counts as failed. How the canary
+serves under load is Prometheus' metrics' business (error rate, latency).
+
 Left out: sampling (requests are greedy, temperature 0, as in the quality gate).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +93,26 @@ def served_revision(endpoint: str, timeout_s: float = 10.0) -> str:
     return str(response.json()["data"][0]["revision"])
 
 
+def _answer(definition: PipelineDefinition, endpoint: str, case: Case) -> tuple[str, float]:
+    """(text, TTFT) of one case; request errors are retried like Argo measurement errors."""
+    retries = definition.canary.consecutive_error_limit
+    for attempt in range(retries + 1):
+        try:
+            response = httpx.post(
+                f"{endpoint.rstrip('/')}/v1/generate",
+                json=request_body(definition, case),
+                timeout=definition.quality.case_timeout_s,
+            )
+            response.raise_for_status()
+            body = response.json()
+            return str(body["text"]), float(body["timings"]["ttft_s"])
+        except httpx.HTTPError:
+            if attempt == retries:
+                raise
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
+
+
 def run_golden(
     definition: PipelineDefinition, endpoint: str, expected_revision: str | None = None
 ) -> GoldenResult:
@@ -99,20 +126,13 @@ def run_golden(
         return result
     if expected_revision and result.revision != expected_revision:
         result.failures.append(f"serves revision {result.revision}, expected {expected_revision}")
-    timeout = definition.quality.case_timeout_s
     for case in golden_cases(definition):
         result.cases += 1
         try:
-            response = httpx.post(
-                f"{endpoint.rstrip('/')}/v1/generate",
-                json=request_body(definition, case),
-                timeout=timeout,
-            )
-            response.raise_for_status()
-            body = response.json()
-            text, ttft = str(body["text"]), float(body["timings"]["ttft_s"])
+            text, ttft = _answer(definition, endpoint, case)
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            result.failures.append(f"{case.id}: {type(exc).__name__}: {exc}")
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            result.failures.append(f"{case.id}: {type(exc).__name__}: {first}")
             continue
         result.max_ttft_s = max(ttft, result.max_ttft_s or 0.0)
         failed = [c.reason for c in run_checks(case, text) if not c.passed]
