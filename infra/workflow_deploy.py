@@ -82,8 +82,10 @@ def deploy_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str,
         ),
         step(
             "Roll back a failed rollout",
+            # --registry no: the promote never ran, so the champion is still the last
+            # good release; moving it "back" would demote that one.
             f'mlcicd rollback --rollout {ROLLOUT_NAME} --namespace "$MLCICD_NAMESPACE" '
-            '--reason "rollout or analysis failed in run $GITHUB_RUN_ID"\n',
+            '--registry no --reason "rollout or analysis failed in run $GITHUB_RUN_ID"\n',
             **{"if": "failure() && steps.rollout.outcome == 'failure'"},
         ),
         step(

@@ -277,3 +277,14 @@ def test_gpu_runners_share_a_model_cache(recordings: dict[str, Any], stack: str)
     spec = gpu["inputs"]["values"]["template"]["spec"]
     assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "runner-model-cache"
     assert spec["containers"][0]["volumeMounts"][0]["mountPath"].endswith(".cache/huggingface")
+
+
+def test_undoing_a_failed_rollout_leaves_the_registry_champion_alone(
+    recordings: dict[str, Any],
+) -> None:
+    """The promote runs after the wait, so a failed rollout never reached the registry."""
+    steps = _workflow(recordings)["deploy-production"]["steps"]
+    ids = [s.get("id") for s in steps]
+    assert ids.index("rollout") < ids.index("promote")
+    undo = next(s for s in steps if s["name"] == "Roll back a failed rollout")
+    assert "--registry no" in undo["run"]
