@@ -41,7 +41,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import analysis, charts, kube
-from infra.config import InferenceSettings
+from infra.config import InferenceSettings, ModelCacheSettings
 from pipeline.definition import PipelineDefinition
 from pipeline.serving import serving_env
 
@@ -115,16 +115,7 @@ class InferenceRollout(pulumi.ComponentResource):
             {"installCRDs": True, "dashboard": {"enabled": False}},
             child,
         )
-        for service in (USER_SERVICE, CANARY_SERVICE, STABLE_SERVICE):
-            k8s.core.v1.Service(
-                service,
-                metadata=kube.meta(service, ns, APP),
-                spec={
-                    "selector": {"app": APP},
-                    "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
-                },
-                opts=child,
-            )
+        self._services(ns)
         secret = k8s.core.v1.Secret(
             "inference-secrets",
             metadata=kube.meta("inference-secrets", ns, APP),
@@ -136,18 +127,7 @@ class InferenceRollout(pulumi.ComponentResource):
             **_split(analysis.analysis_template(args.definition, args.prometheus_url, ns)),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.controller]),
         )
-        cache = inference.model_cache
-        claim = k8s.core.v1.PersistentVolumeClaim(
-            "model-cache",
-            metadata=kube.meta("model-cache", ns, APP),
-            spec={
-                # Every inference pod, on any node, reads the same weights at once.
-                "accessModes": ["ReadWriteMany"],
-                "resources": {"requests": {"storage": cache.size}},
-                **({"storageClassName": cache.storage_class} if cache.storage_class else {}),
-            },
-            opts=child,
-        )
+        claim = self._model_cache(ns, inference.model_cache)
         metadata = kube.meta(APP, ns, APP)
         metadata["annotations"] = {analysis.MODEL_REVISION_ANNOTATION: inference.model_revision}
         k8s.apiextensions.CustomResource(
@@ -167,6 +147,34 @@ class InferenceRollout(pulumi.ComponentResource):
             f"http://{CANARY_SERVICE}.", ns, ".svc.cluster.local"
         )
         self.register_outputs({"endpoint": self.endpoint, "canaryEndpoint": self.canary_endpoint})
+
+    def _services(self, ns: pulumi.Input[str]) -> None:
+        """The user-facing Service and the two Argo pins; all select every app pod at first."""
+        for service in (USER_SERVICE, CANARY_SERVICE, STABLE_SERVICE):
+            k8s.core.v1.Service(
+                service,
+                metadata=kube.meta(service, ns, APP),
+                spec={
+                    "selector": {"app": APP},
+                    "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+                },
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+
+    def _model_cache(
+        self, ns: pulumi.Input[str], cache: ModelCacheSettings
+    ) -> k8s.core.v1.PersistentVolumeClaim:
+        return k8s.core.v1.PersistentVolumeClaim(
+            "model-cache",
+            metadata=kube.meta("model-cache", ns, APP),
+            spec={
+                # Every inference pod, on any node, reads the same weights at once.
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": cache.size}},
+                **({"storageClassName": cache.storage_class} if cache.storage_class else {}),
+            },
+            opts=pulumi.ResourceOptions(parent=self),
+        )
 
     def _container(self, args: RolloutsArgs, secret_name: pulumi.Input[str]) -> dict[str, object]:
         inference = args.inference
