@@ -15,9 +15,10 @@ locally ``mlcicd canary golden`` runs it against the canary process
 
 Errors: as in Argo, where a web measurement that gets no 2xx answer is an Error, not
 a Failure, and fails only after ``consecutiveErrorLimit`` in a row, a case whose request
-errors (refused, timed out, 429 while the server is saturated) is retried up to
-``canary.consecutive_error_limit`` times before it counts as failed. How the canary
-serves under load is Prometheus' metrics' business (error rate, latency).
+errors (refused, timed out, 429 while the server is saturated) is retried; one check
+retries at most ``canary.consecutive_error_limit`` times in all, so a saturated server
+cannot stretch it past its step. How the canary serves under load is Prometheus'
+metrics' business (error rate, latency).
 
 Left out: sampling (requests are greedy, temperature 0, as in the quality gate).
 """
@@ -93,10 +94,11 @@ def served_revision(endpoint: str, timeout_s: float = 10.0) -> str:
     return str(response.json()["data"][0]["revision"])
 
 
-def _answer(definition: PipelineDefinition, endpoint: str, case: Case) -> tuple[str, float]:
-    """(text, TTFT) of one case; request errors are retried like Argo measurement errors."""
-    retries = definition.canary.consecutive_error_limit
-    for attempt in range(retries + 1):
+def _answer(
+    definition: PipelineDefinition, endpoint: str, case: Case, retries: list[int]
+) -> tuple[str, float]:
+    """(text, TTFT) of one case; request errors use up the check's shared ``retries``."""
+    while True:
         try:
             response = httpx.post(
                 f"{endpoint.rstrip('/')}/v1/generate",
@@ -107,10 +109,10 @@ def _answer(definition: PipelineDefinition, endpoint: str, case: Case) -> tuple[
             body = response.json()
             return str(body["text"]), float(body["timings"]["ttft_s"])
         except httpx.HTTPError:
-            if attempt == retries:
+            if retries[0] <= 0:
                 raise
-            time.sleep(1.0 + attempt)
-    raise AssertionError("unreachable")
+            retries[0] -= 1
+            time.sleep(1.0)
 
 
 def run_golden(
@@ -126,10 +128,11 @@ def run_golden(
         return result
     if expected_revision and result.revision != expected_revision:
         result.failures.append(f"serves revision {result.revision}, expected {expected_revision}")
+    retries = [definition.canary.consecutive_error_limit]
     for case in golden_cases(definition):
         result.cases += 1
         try:
-            text, ttft = _answer(definition, endpoint, case)
+            text, ttft = _answer(definition, endpoint, case, retries)
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else ""
             result.failures.append(f"{case.id}: {type(exc).__name__}: {first}")
