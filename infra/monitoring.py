@@ -24,15 +24,17 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import charts, kube
-from infra.analysis import SCRAPE_JOB
-from pipeline.canary.analysis import checks_from_gate
-from pipeline.canary.promql import (
+from inference.metrics import (
+    GENERATED_TOKENS_TOTAL,
+    QUEUE_DEPTH,
     REQUEST_DURATION,
     REQUESTS_TOTAL,
     TIME_TO_FIRST_TOKEN,
-    CanaryQueries,
 )
+from infra import charts, kube
+from infra.analysis import SCRAPE_JOB
+from pipeline.canary.analysis import checks_from_gate
+from pipeline.canary.promql import CanaryQueries
 from pipeline.definition import PipelineDefinition
 
 NAMESPACE = "monitoring"
@@ -147,10 +149,10 @@ def dashboard(app: str) -> dict[str, Any]:
             panel(
                 4,
                 "Generated tokens/s",
-                f"sum by (version) (rate(inference_generated_tokens_total{{{sel}}}[5m]))",
+                f"sum by (version) (rate({GENERATED_TOKENS_TOTAL}{{{sel}}}[5m]))",
                 "short",
             ),
-            panel(5, "Queue depth", f"sum by (version) (inference_queue_depth{{{sel}}})", "short"),
+            panel(5, "Queue depth", f"sum by (version) ({QUEUE_DEPTH}{{{sel}}})", "short"),
         ],
     }
 
