@@ -89,6 +89,15 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _timeouts(request: Any) -> dict[str, str]:
+    """The resource's ``customTimeouts`` (only the operations that have one)."""
+    if not request.HasField("customTimeouts"):
+        return {}
+    timeouts = request.customTimeouts
+    found = {op: getattr(timeouts, op) for op in ("create", "update", "delete")}
+    return {op: value for op, value in found.items() if value}
+
+
 def _run(request: dict[str, Any]) -> dict[str, Any]:
     import pulumi
     from pulumi.runtime import config as runtime_config
@@ -121,6 +130,8 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
                     "provider": request.provider or None,
                     "importId": request.importId or None,
                     "protect": bool(request.protect),
+                    "ignoreChanges": sorted(request.ignoreChanges),
+                    "customTimeouts": _timeouts(request),
                     "inputs": _plain(rpc.deserialize_properties(request.object)),
                 }
             )

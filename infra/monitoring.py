@@ -26,6 +26,7 @@ import pulumi_kubernetes as k8s
 
 from infra import charts, kube
 from infra.analysis import SCRAPE_JOB
+from infra.cluster_secrets import SecretSource
 from pipeline.canary.analysis import checks_from_gate
 from pipeline.canary.promql import (
     REQUEST_DURATION,
@@ -56,6 +57,7 @@ class MonitoringArgs:
     retention: str
     grafana: bool
     grafana_admin_password: pulumi.Output[str] | None
+    secret_source: SecretSource
 
 
 def recording_and_alert_rules(definition: PipelineDefinition, app: str) -> list[dict[str, Any]]:
@@ -176,16 +178,15 @@ class Monitoring(pulumi.ComponentResource):
         }
         grafana: dict[str, Any] = {"enabled": args.grafana}
         if args.grafana:
-            secret = k8s.core.v1.Secret(
+            secret = args.secret_source.secret(
+                f"{name}-grafana-admin",
                 "grafana-admin",
-                metadata={"name": "grafana-admin", "namespace": ns},
-                string_data={
-                    "admin-user": "admin",
-                    "admin-password": args.grafana_admin_password or "",
-                },
-                opts=child,
+                ns,
+                {"admin-user": "admin", "admin-password": args.grafana_admin_password},
+                pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(name="grafana-admin")]),
+                kube.PART_OF,
             )
-            grafana["admin"] = {"existingSecret": secret.metadata["name"]}
+            grafana["admin"] = {"existingSecret": secret}
             grafana["sidecar"] = {"dashboards": {"enabled": True, "searchNamespace": "ALL"}}
         self.release = charts.release(
             RELEASE,
@@ -238,14 +239,16 @@ class Monitoring(pulumi.ComponentResource):
         )
         if args.grafana:
             k8s.core.v1.ConfigMap(
-                "inference-dashboard",
+                f"{name}-dashboard",
                 metadata={
                     "name": "inference-dashboard",
                     "namespace": ns,
                     "labels": {"grafana_dashboard": "1", **kube.PART_OF},
                 },
                 data={"inference.json": json.dumps(dashboard(args.app), indent=2)},
-                opts=child,
+                opts=pulumi.ResourceOptions(
+                    parent=self, aliases=[pulumi.Alias(name="inference-dashboard")]
+                ),
             )
         self.prometheus_url = PROMETHEUS_URL
         self.register_outputs({"prometheusUrl": self.prometheus_url})
