@@ -7,7 +7,7 @@ Layout of a render directory:
 - ``kubernetes/<kind>-<pulumi name>.yaml``: each Kubernetes object as a manifest;
 - ``helm/<release>.yaml``: chart, repository, version, namespace and values;
 - ``github/settings.yaml``: repository, environments, secrets (masked), variables,
-  branch protection; ``github/workflows/ml-cicd.yml`` and ``github/actionlint.yaml``;
+  the branch ruleset; ``github/workflows/ml-cicd.yml`` and ``github/actionlint.yaml``;
 - ``docker/images.yaml``, ``providers.yaml``, ``outputs.yaml``.
 
 Every secret is masked as ``***``: values wrapped as secrets by the Pulumi runtime, and

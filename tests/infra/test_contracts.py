@@ -67,10 +67,13 @@ def test_every_workflow_value_is_provisioned_where_its_job_runs(
                 provided[None].add(f"{prefix}.{name}")
             elif kind in ("ActionsEnvironmentVariable", "ActionsEnvironmentSecret"):
                 provided.setdefault(inputs["environment"], set()).add(f"{prefix}.{name}")
+    read: set[str] = set()
     for job_id, job in _jobs(recordings).items():
         available = provided[None] | provided.get(job.get("environment"), set())
         used = set(re.findall(r"\b((?:vars|secrets)\.[A-Z_]+)", yaml.safe_dump(job)))
         assert used <= available, f"{job_id} reads {sorted(used - available)}"
+        read |= used
+    assert {"secrets.HF_TOKEN", "vars.MODEL_REF", "vars.REGISTRY"} <= read
 
 
 def test_every_runs_on_is_a_scale_set_a_stack_creates(recordings: dict[str, Any]) -> None:
@@ -128,6 +131,7 @@ def test_every_runner_env_var_is_read_by_something(recordings: dict[str, Any]) -
             names = {e["name"] for e in runner["env"]}
             for source in runner["envFrom"]:
                 names |= secrets[values["namespace"], source["secretRef"]["name"]].keys
+            assert "MLCICD_NAMESPACE" in names and "MLFLOW_TRACKING_PASSWORD" in names
             for name in sorted(names - LIBRARY_ENV):
                 used = re.search(rf"\$\{{?{name}\b", workflow) or f'"{name}"' in sources
                 assert used, f"{values['name']}: runner env {name} is read by nothing; drop it"
