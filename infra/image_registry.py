@@ -157,47 +157,7 @@ class ImageRegistry(pulumi.ComponentResource):
         deployment = k8s.apps.v1.Deployment(
             name,
             metadata=kube.meta(name, args.namespace, app),
-            spec={
-                "replicas": 1,
-                "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": {"app": app}},
-                "template": {
-                    "metadata": {"labels": kube.labels(app)},
-                    "spec": {
-                        "securityContext": {"runAsUser": 1000, "fsGroup": 1000},
-                        "containers": [
-                            {
-                                "name": "registry",
-                                "image": REGISTRY_IMAGE,
-                                "ports": [{"name": "http", "containerPort": 5000}],
-                                "env": [
-                                    {"name": "REGISTRY_AUTH", "value": "htpasswd"},
-                                    {"name": "REGISTRY_AUTH_HTPASSWD_REALM", "value": "mlcicd"},
-                                    {
-                                        "name": "REGISTRY_AUTH_HTPASSWD_PATH",
-                                        "value": "/auth/htpasswd",
-                                    },
-                                ],
-                                "volumeMounts": [
-                                    {"name": "data", "mountPath": "/var/lib/registry"},
-                                    {"name": "auth", "mountPath": "/auth", "readOnly": True},
-                                ],
-                                "readinessProbe": kube.http_probe("/", "http"),
-                                "livenessProbe": kube.http_probe("/", "http", period_s=30),
-                                "resources": kube.resources("250m", "512Mi"),
-                                "securityContext": kube.RESTRICTED_CONTAINER,
-                            }
-                        ],
-                        "volumes": [
-                            {
-                                "name": "data",
-                                "persistentVolumeClaim": {"claimName": volume.metadata["name"]},
-                            },
-                            {"name": "auth", "secret": {"secretName": auth}},
-                        ],
-                    },
-                },
-            },
+            spec=_registry_spec(app, volume.metadata["name"], auth),
             opts=pulumi.ResourceOptions(parent=self, custom_timeouts=WORKLOAD_TIMEOUTS),
         )
         k8s.core.v1.Service(
@@ -209,3 +169,44 @@ class ImageRegistry(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment]),
         )
+
+
+def _registry_spec(
+    app: str, claim: pulumi.Input[str], auth_secret: pulumi.Input[str]
+) -> dict[str, object]:
+    """One ``distribution`` registry pod: htpasswd auth, data on the PVC."""
+    env = {
+        "REGISTRY_AUTH": "htpasswd",
+        "REGISTRY_AUTH_HTPASSWD_REALM": "mlcicd",
+        "REGISTRY_AUTH_HTPASSWD_PATH": "/auth/htpasswd",
+    }
+    container = {
+        "name": "registry",
+        "image": REGISTRY_IMAGE,
+        "ports": [{"name": "http", "containerPort": 5000}],
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/var/lib/registry"},
+            {"name": "auth", "mountPath": "/auth", "readOnly": True},
+        ],
+        "readinessProbe": kube.http_probe("/", "http"),
+        "livenessProbe": kube.http_probe("/", "http", period_s=30),
+        "resources": kube.resources("250m", "512Mi"),
+        "securityContext": kube.RESTRICTED_CONTAINER,
+    }
+    return {
+        "replicas": 1,
+        "strategy": {"type": "Recreate"},
+        "selector": {"matchLabels": {"app": app}},
+        "template": {
+            "metadata": {"labels": kube.labels(app)},
+            "spec": {
+                "securityContext": {"runAsUser": 1000, "fsGroup": 1000},
+                "containers": [container],
+                "volumes": [
+                    {"name": "data", "persistentVolumeClaim": {"claimName": claim}},
+                    {"name": "auth", "secret": {"secretName": auth_secret}},
+                ],
+            },
+        },
+    }

@@ -131,64 +131,13 @@ class InferenceRollout(pulumi.ComponentResource):
         self.register_outputs({"endpoint": self.endpoint, "canaryEndpoint": self.canary_endpoint})
 
     def _spec(self, args: RolloutsArgs, secret_name: pulumi.Input[str]) -> dict[str, object]:
-        inference = args.inference
-        env = {
-            "MLCICD_MODEL": inference.model,
-            "MLCICD_HOST": "0.0.0.0",
-            "MLCICD_PORT": str(PORT),
-            "MLCICD_ENVIRONMENT": args.environment,
-            # The image carries the server alone; the definition's limits come in as env.
-            **serving_env(args.definition.serving),
-            "MLCICD_DEVICE": "cuda" if inference.gpus else "cpu",
-            "HF_HUB_OFFLINE": "0",
-            # Shown as inference_build_info{git_sha}; the image is tagged with it too.
-            "MLCICD_GIT_SHA": args.git_sha,
-        }
         return {
-            "replicas": inference.replicas,
+            "replicas": args.inference.replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": {"app": APP}},
             "template": {
                 "metadata": {"labels": kube.labels(APP)},
-                "spec": {
-                    "terminationGracePeriodSeconds": termination_grace_seconds(args.definition),
-                    "imagePullSecrets": [{"name": args.pull_secret}],
-                    "nodeSelector": dict(inference.node_selector),
-                    "tolerations": [t.to_k8s() for t in inference.tolerations],
-                    "affinity": {
-                        "podAntiAffinity": {
-                            "preferredDuringSchedulingIgnoredDuringExecution": [
-                                {
-                                    "weight": 100,
-                                    "podAffinityTerm": {
-                                        "topologyKey": "kubernetes.io/hostname",
-                                        "labelSelector": {"matchLabels": {"app": APP}},
-                                    },
-                                }
-                            ]
-                        }
-                    },
-                    "containers": [
-                        {
-                            "name": "inference",
-                            "image": args.image,
-                            "command": ["mlcicd", "serve"],
-                            "ports": [{"name": "http", "containerPort": PORT}],
-                            "env": [{"name": k, "value": v} for k, v in env.items()],
-                            "envFrom": [{"secretRef": {"name": secret_name}}],
-                            "resources": kube.resources(
-                                inference.cpu, inference.memory, inference.gpus
-                            ),
-                            "startupProbe": kube.http_probe("/health", "http", 10, 60),
-                            "livenessProbe": kube.http_probe("/health", "http", 15, 3),
-                            "readinessProbe": kube.http_probe("/ready", "http", 5, 2),
-                            "lifecycle": {
-                                "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}
-                            },
-                            "securityContext": kube.RESTRICTED_CONTAINER,
-                        }
-                    ],
-                },
+                "spec": _pod_spec(args, secret_name),
             },
             "strategy": {
                 "canary": {
@@ -200,6 +149,57 @@ class InferenceRollout(pulumi.ComponentResource):
                 }
             },
         }
+
+
+def _server_env(args: RolloutsArgs) -> dict[str, str]:
+    inference = args.inference
+    return {
+        "MLCICD_MODEL": inference.model,
+        "MLCICD_HOST": "0.0.0.0",
+        "MLCICD_PORT": str(PORT),
+        "MLCICD_ENVIRONMENT": args.environment,
+        # The image carries the server alone; the definition's limits come in as env.
+        **serving_env(args.definition.serving),
+        "MLCICD_DEVICE": "cuda" if inference.gpus else "cpu",
+        "HF_HUB_OFFLINE": "0",
+        # Shown as inference_build_info{git_sha}; the image is tagged with it too.
+        "MLCICD_GIT_SHA": args.git_sha,
+    }
+
+
+def _pod_spec(args: RolloutsArgs, secret_name: pulumi.Input[str]) -> dict[str, object]:
+    inference = args.inference
+    spread = {
+        "weight": 100,
+        "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {"app": APP}},
+        },
+    }
+    server = {
+        "name": "inference",
+        "image": args.image,
+        "command": ["mlcicd", "serve"],
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "env": [{"name": k, "value": v} for k, v in _server_env(args).items()],
+        "envFrom": [{"secretRef": {"name": secret_name}}],
+        "resources": kube.resources(inference.cpu, inference.memory, inference.gpus),
+        "startupProbe": kube.http_probe("/health", "http", 10, 60),
+        "livenessProbe": kube.http_probe("/health", "http", 15, 3),
+        "readinessProbe": kube.http_probe("/ready", "http", 5, 2),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}},
+        "securityContext": kube.RESTRICTED_CONTAINER,
+    }
+    return {
+        "terminationGracePeriodSeconds": termination_grace_seconds(args.definition),
+        "imagePullSecrets": [{"name": args.pull_secret}],
+        "nodeSelector": dict(inference.node_selector),
+        "tolerations": [t.to_k8s() for t in inference.tolerations],
+        "affinity": {
+            "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [spread]}
+        },
+        "containers": [server],
+    }
 
 
 def _split(manifest: dict[str, object]) -> dict[str, object]:
