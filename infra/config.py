@@ -231,6 +231,8 @@ def _github(read: Reader) -> GitHubSettings:
     )
     if github.auth == "app" and not (github.app_id and github.app_installation_id):
         read.fail("github.appId", "github.auth = app needs github.appId and appInstallationId")
+    if github.app_id and not github.app_id.isdigit():
+        read.fail("github.appId", f"expected the App's numeric id, got {github.app_id!r}")
     return github
 
 
