@@ -44,14 +44,32 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
+# The stable names, declared once: the canary's PromQL and the dashboards import them.
+# A counter's exposed name carries ``_total`` (prometheus_client adds it to the base name).
+REQUESTS_TOTAL = "inference_requests_total"
+REQUEST_DURATION = "inference_request_duration_seconds"
+TIME_TO_FIRST_TOKEN = "inference_time_to_first_token_seconds"
+GENERATED_TOKENS_TOTAL = "inference_generated_tokens_total"
+PROMPT_TOKENS_TOTAL = "inference_prompt_tokens_total"
+QUEUE_DEPTH = "inference_queue_depth"
+REQUESTS_IN_FLIGHT = "inference_requests_in_flight"
+BATCH_SIZE = "inference_batch_size"
+MODEL_INFO = "inference_model_info"
+BUILD_INFO = "inference_build_info"
+
+# Values of the ``status`` label of REQUESTS_TOTAL.
+SUCCESS = "success"
+CLIENT_ERROR = "client_error"
+ERROR = "error"
+
 
 def status_label(code: int) -> str:
     """success (2xx), client_error (4xx except 429), error (5xx, 429)."""
     if 200 <= code < 300:
-        return "success"
+        return SUCCESS
     if 400 <= code < 500 and code != 429:
-        return "client_error"
-    return "error"
+        return CLIENT_ERROR
+    return ERROR
 
 
 class ServerMetrics:
@@ -61,51 +79,51 @@ class ServerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "inference_requests_total",
+            REQUESTS_TOTAL,
             "Finished generation requests by outcome (status) and HTTP code.",
             ["status", "code"],
             registry=r,
         )
         self.duration = Histogram(
-            "inference_request_duration_seconds",
+            REQUEST_DURATION,
             "Arrival to last byte of generation requests that reached the engine.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.ttft = Histogram(
-            "inference_time_to_first_token_seconds",
+            TIME_TO_FIRST_TOKEN,
             "Arrival to the first generated token.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.generated_tokens = Counter(
-            "inference_generated_tokens", "Tokens generated.", registry=r
+            GENERATED_TOKENS_TOTAL.removesuffix("_total"), "Tokens generated.", registry=r
         )
         self.prompt_tokens = Counter(
-            "inference_prompt_tokens", "Prompt tokens submitted to the engine.", registry=r
+            PROMPT_TOKENS_TOTAL.removesuffix("_total"),
+            "Prompt tokens submitted to the engine.",
+            registry=r,
         )
-        self.queue_depth = Gauge(
-            "inference_queue_depth", "Requests waiting in the engine queue.", registry=r
-        )
+        self.queue_depth = Gauge(QUEUE_DEPTH, "Requests waiting in the engine queue.", registry=r)
         self.in_flight = Gauge(
-            "inference_requests_in_flight",
+            REQUESTS_IN_FLIGHT,
             "Generation requests admitted and not yet answered.",
             registry=r,
         )
         self.batch_size = Histogram(
-            "inference_batch_size",
+            BATCH_SIZE,
             "Requests per forward pass.",
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.model_info = Gauge(
-            "inference_model_info",
+            MODEL_INFO,
             "The model served (always 1).",
             ["model", "revision"],
             registry=r,
         )
         self.build_info = Gauge(
-            "inference_build_info",
+            BUILD_INFO,
             "The server build (always 1).",
             ["git_sha", "version"],
             registry=r,

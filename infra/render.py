@@ -2,11 +2,12 @@
 
 Layout of a render directory:
 
-- ``index.yaml``: every resource (type, name, parent, dependsOn, provider, import id);
+- ``index.yaml``: every resource (type, name, parent, dependsOn, provider, import id,
+  protect, ignoreChanges, customTimeouts);
 - ``kubernetes/<kind>-<pulumi name>.yaml``: each Kubernetes object as a manifest;
 - ``helm/<release>.yaml``: chart, repository, version, namespace and values;
 - ``github/settings.yaml``: repository, environments, secrets (masked), variables,
-  branch protection; ``github/workflows/ml-cicd.yml`` and ``github/actionlint.yaml``;
+  the branch ruleset; ``github/workflows/ml-cicd.yml`` and ``github/actionlint.yaml``;
 - ``docker/images.yaml``, ``providers.yaml``, ``outputs.yaml``.
 
 Every secret is masked as ``***``: values wrapped as secrets by the Pulumi runtime, and
@@ -86,8 +87,8 @@ def write_render(recording: Mapping[str, Any], out: Path) -> list[Path]:
                 "provider": _short(res["provider"].rsplit("::", 1)[0]) if res["provider"] else None,
                 "import": res["importId"],
                 "protect": res["protect"],
-                # What `pulumi up` leaves alone because CI owns it (the release).
-                **({"ignoreChanges": res["ignoreChanges"]} if res["ignoreChanges"] else {}),
+                "ignoreChanges": res.get("ignoreChanges", []),
+                "customTimeouts": res.get("customTimeouts", {}),
             }
         )
         kind = res["type"]

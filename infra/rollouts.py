@@ -5,6 +5,19 @@ whose CRDs the argo-rollouts chart installs. Pulumi cannot infer that ordering (
 pulumi-kubernetes pitfall: the first ``up`` fails with "no matches for kind Rollout"),
 so both depend on the Helm release, and the Rollout on the template it references.
 
+Awaits: ``pulumi up`` does not wait for inference pods. Their readiness belongs to the
+Rollout (Argo Rollouts' controller, then ``mlcicd deploy wait`` in the workflow): the
+pods need two Helm releases, a CUDA image pull and up to a 600 s startup probe, more
+than Pulumi's 10-minute Service await. So the two Services and the Rollout carry
+``pulumi.com/skipAwait: "true"`` (the Rollout too, in case the provider's generic
+await for custom resources is switched on), and a first ``up`` on an empty cluster
+finishes once the objects are accepted.
+
+Child names derive from the component's ``name`` (``f"{name}-secrets"``); the old
+Pulumi names are kept as aliases so existing stacks are not replaced. The Kubernetes
+names of the Rollout and its Services stay ``inference-server``: the workflow and
+``mlcicd deploy`` address them by that name.
+
 Shutdown: Kubernetes sends SIGTERM after ``preStop`` (a short sleep, so endpoints are
 removed before the server stops accepting), then the server drains for up to the
 definition's ``serving.drain_timeout_s``; ``terminationGracePeriodSeconds`` covers
@@ -41,6 +54,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import analysis, charts, kube
+from infra.cluster_secrets import SecretSource
 from infra.config import InferenceSettings, ModelCacheSettings
 from pipeline.definition import PipelineDefinition
 from pipeline.serving import serving_env
@@ -88,7 +102,8 @@ class RolloutsArgs:
     image: pulumi.Input[str]
     pull_secret: pulumi.Input[str]
     prometheus_url: str
-    hf_token: pulumi.Output[str]
+    secret_source: SecretSource
+    hf_token: pulumi.Output[str] | None
     git_sha: str = "unknown"
     depends_on: tuple[pulumi.Resource, ...] = ()
 
@@ -115,30 +130,40 @@ class InferenceRollout(pulumi.ComponentResource):
             {"installCRDs": True, "dashboard": {"enabled": False}},
             child,
         )
-        self._services(ns)
-        secret = k8s.core.v1.Secret(
-            "inference-secrets",
-            metadata=kube.meta("inference-secrets", ns, APP),
-            string_data={"HF_TOKEN": args.hf_token},
-            opts=child,
+        self._services(name, ns)
+        secret = args.secret_source.secret(
+            f"{name}-secrets",
+            f"{name}-secrets",
+            ns,
+            {"HF_TOKEN": args.hf_token},
+            child,
+            kube.labels(APP),
         )
         template = k8s.apiextensions.CustomResource(
-            "analysis-template",
+            f"{name}-analysis-template",
             **_split(analysis.analysis_template(args.definition, args.prometheus_url, ns)),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.controller]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.controller],
+                aliases=[pulumi.Alias(name="analysis-template")],
+            ),
         )
-        claim = self._model_cache(ns, inference.model_cache)
-        metadata = kube.meta(APP, ns, APP)
-        metadata["annotations"] = {analysis.MODEL_REVISION_ANNOTATION: inference.model_revision}
+        claim = self._model_cache(name, ns, inference.model_cache)
+        metadata = kube.skip_await(kube.meta(APP, ns, APP))
+        metadata["annotations"] = {
+            **metadata.get("annotations", {}),
+            analysis.MODEL_REVISION_ANNOTATION: inference.model_revision,
+        }
         k8s.apiextensions.CustomResource(
-            "rollout",
+            f"{name}-rollout",
             api_version=analysis.ARGO_API_VERSION,
             kind="Rollout",
             metadata=metadata,
-            spec=self._spec(args, secret.metadata["name"], claim.metadata["name"]),
+            spec=self._spec(args, secret, claim),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[self.controller, template, *args.depends_on],
+                aliases=[pulumi.Alias(name="rollout")],
                 ignore_changes=list(CI_OWNED_FIELDS),
             ),
         )
@@ -148,24 +173,28 @@ class InferenceRollout(pulumi.ComponentResource):
         )
         self.register_outputs({"endpoint": self.endpoint, "canaryEndpoint": self.canary_endpoint})
 
-    def _services(self, ns: pulumi.Input[str]) -> None:
+    def _services(self, name: str, ns: pulumi.Input[str]) -> None:
         """The user-facing Service and the two Argo pins; all select every app pod at first."""
-        for service in (USER_SERVICE, CANARY_SERVICE, STABLE_SERVICE):
+        for suffix, service in (
+            ("service", USER_SERVICE),
+            ("canary-service", CANARY_SERVICE),
+            ("stable-service", STABLE_SERVICE),
+        ):
             k8s.core.v1.Service(
-                service,
-                metadata=kube.meta(service, ns, APP),
+                f"{name}-{suffix}",
+                metadata=kube.skip_await(kube.meta(service, ns, APP)),
                 spec={
                     "selector": {"app": APP},
                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
                 },
-                opts=pulumi.ResourceOptions(parent=self),
+                opts=pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(name=service)]),
             )
 
     def _model_cache(
-        self, ns: pulumi.Input[str], cache: ModelCacheSettings
-    ) -> k8s.core.v1.PersistentVolumeClaim:
-        return k8s.core.v1.PersistentVolumeClaim(
-            "model-cache",
+        self, name: str, ns: pulumi.Input[str], cache: ModelCacheSettings
+    ) -> pulumi.Output[str]:
+        claim = k8s.core.v1.PersistentVolumeClaim(
+            f"{name}-model-cache",
             metadata=kube.meta("model-cache", ns, APP),
             spec={
                 # Every inference pod, on any node, reads the same weights at once.
@@ -175,78 +204,19 @@ class InferenceRollout(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions(parent=self),
         )
-
-    def _container(self, args: RolloutsArgs, secret_name: pulumi.Input[str]) -> dict[str, object]:
-        inference = args.inference
-        env = {
-            MODEL_ENV[0]: inference.model,
-            MODEL_ENV[1]: inference.model_revision,
-            "MLCICD_HOST": "0.0.0.0",
-            "MLCICD_PORT": str(PORT),
-            "MLCICD_ENVIRONMENT": args.environment,
-            # The image carries the server alone; the definition's limits come in as env.
-            **serving_env(args.definition.serving),
-            "MLCICD_DEVICE": "cuda" if inference.gpus else "cpu",
-            # Weights come from the shared cache once it is filled (README "Model cache").
-            "HF_HOME": inference.model_cache.mount_path,
-            "HF_HUB_OFFLINE": "1" if inference.model_cache.offline else "0",
-            # Shown as inference_build_info{git_sha}; the image is tagged with it too.
-            "MLCICD_GIT_SHA": args.git_sha,
-        }
-        return {
-            "name": CONTAINER,
-            "image": args.image,
-            "command": ["mlcicd", "serve"],
-            "ports": [{"name": "http", "containerPort": PORT}],
-            "env": [{"name": k, "value": v} for k, v in env.items()],
-            "envFrom": [{"secretRef": {"name": secret_name}}],
-            "resources": kube.resources(inference.cpu, inference.memory, inference.gpus),
-            "startupProbe": kube.http_probe("/health", "http", 10, 60),
-            "livenessProbe": kube.http_probe("/health", "http", 15, 3),
-            "readinessProbe": kube.http_probe("/ready", "http", 5, 2),
-            "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}},
-            "securityContext": kube.RESTRICTED_CONTAINER,
-            "volumeMounts": [
-                {"name": "model-cache", "mountPath": inference.model_cache.mount_path}
-            ],
-        }
+        name_out: pulumi.Output[str] = claim.metadata["name"]
+        return name_out
 
     def _spec(
         self, args: RolloutsArgs, secret_name: pulumi.Input[str], claim: pulumi.Input[str]
     ) -> dict[str, object]:
-        inference = args.inference
         return {
-            "replicas": inference.replicas,
+            "replicas": args.inference.replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": {"app": APP}},
             "template": {
                 "metadata": {"labels": kube.labels(APP)},
-                "spec": {
-                    "terminationGracePeriodSeconds": termination_grace_seconds(args.definition),
-                    "imagePullSecrets": [{"name": args.pull_secret}],
-                    "nodeSelector": dict(inference.node_selector),
-                    "tolerations": [t.to_k8s() for t in inference.tolerations],
-                    "affinity": {
-                        "podAntiAffinity": {
-                            "preferredDuringSchedulingIgnoredDuringExecution": [
-                                {
-                                    "weight": 100,
-                                    "podAffinityTerm": {
-                                        "topologyKey": "kubernetes.io/hostname",
-                                        "labelSelector": {"matchLabels": {"app": APP}},
-                                    },
-                                }
-                            ]
-                        }
-                    },
-                    "containers": [self._container(args, secret_name)],
-                    "volumes": [
-                        {
-                            "name": "model-cache",
-                            "persistentVolumeClaim": {"claimName": claim},
-                        }
-                    ],
-                },
+                "spec": _pod_spec(args, secret_name, claim),
             },
             "strategy": {
                 "canary": {
@@ -259,6 +229,64 @@ class InferenceRollout(pulumi.ComponentResource):
                 }
             },
         }
+
+
+def _server_env(args: RolloutsArgs) -> dict[str, str]:
+    inference = args.inference
+    return {
+        MODEL_ENV[0]: inference.model,
+        MODEL_ENV[1]: inference.model_revision,
+        "MLCICD_HOST": "0.0.0.0",
+        "MLCICD_PORT": str(PORT),
+        "MLCICD_ENVIRONMENT": args.environment,
+        # The image carries the server alone; the definition's limits come in as env.
+        **serving_env(args.definition.serving),
+        "MLCICD_DEVICE": "cuda" if inference.gpus else "cpu",
+        # Weights come from the shared cache; offline once it holds the pinned revisions.
+        "HF_HOME": inference.model_cache.mount_path,
+        "HF_HUB_OFFLINE": "1" if inference.model_cache.offline else "0",
+        # Shown as inference_build_info{git_sha}; the image is tagged with it too.
+        "MLCICD_GIT_SHA": args.git_sha,
+    }
+
+
+def _pod_spec(
+    args: RolloutsArgs, secret_name: pulumi.Input[str], claim: pulumi.Input[str]
+) -> dict[str, object]:
+    inference = args.inference
+    spread = {
+        "weight": 100,
+        "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {"app": APP}},
+        },
+    }
+    server = {
+        "name": CONTAINER,
+        "image": args.image,
+        "command": ["mlcicd", "serve"],
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "env": [{"name": k, "value": v} for k, v in _server_env(args).items()],
+        "envFrom": [{"secretRef": {"name": secret_name}}],
+        "resources": kube.resources(inference.cpu, inference.memory, inference.gpus),
+        "startupProbe": kube.http_probe("/health", "http", 10, 60),
+        "livenessProbe": kube.http_probe("/health", "http", 15, 3),
+        "readinessProbe": kube.http_probe("/ready", "http", 5, 2),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}},
+        "securityContext": kube.RESTRICTED_CONTAINER,
+        "volumeMounts": [{"name": "model-cache", "mountPath": inference.model_cache.mount_path}],
+    }
+    return {
+        "terminationGracePeriodSeconds": termination_grace_seconds(args.definition),
+        "imagePullSecrets": [{"name": args.pull_secret}],
+        "nodeSelector": dict(inference.node_selector),
+        "tolerations": [t.to_k8s() for t in inference.tolerations],
+        "affinity": {
+            "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [spread]}
+        },
+        "containers": [server],
+        "volumes": [{"name": "model-cache", "persistentVolumeClaim": {"claimName": claim}}],
+    }
 
 
 def _split(manifest: dict[str, object]) -> dict[str, object]:

@@ -10,7 +10,12 @@ action pinned to a commit SHA; no ``${{ github.event.* }}`` or ``${{ ... }}`` va
 inside ``run:`` (values reach scripts through ``env:`` only); production only from
 ``main`` in the ``production`` environment, whose reviewers GitHub enforces.
 
-Runners: ``runs-on`` is ``[self-hosted, <scale set>]`` of the stage's runner class.
+Runners: ``runs-on`` is the name of the stage's runner scale set, alone. ARC 0.9.3
+registers a scale set with exactly one label, its name
+(actions/actions-runner-controller@gha-runner-scale-set-0.9.3:
+controllers/actions.github.com/autoscalingrunnerset_controller.go L441-444), and GitHub's
+docs say "You cannot use additional labels to target runners created by ARC", so
+``[self-hosted, <name>]`` may never match.
 The scale sets run in the cluster of the environment they serve, and their pods carry
 the in-cluster endpoints (MLflow, Prometheus, the inference service) as environment
 variables, so the workflow holds no kubeconfig and no cluster URL.
@@ -56,8 +61,9 @@ class RunnerSpec:
     runner_class: str
     timeout_minutes: int
 
-    def labels(self, environment: str) -> list[str]:
-        return ["self-hosted", scale_set_name(environment, self.runner_class)]
+    def runs_on(self, environment: str) -> str:
+        """The scale set's name: the one label ARC registers (see the module docstring)."""
+        return scale_set_name(environment, self.runner_class)
 
 
 def _checkout(fetch_depth: int = 1) -> dict[str, Any]:
@@ -210,7 +216,7 @@ def _build_steps(definition: PipelineDefinition) -> list[dict[str, Any]]:
 def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> dict[str, Any]:
     needs = list(stage.needs)
     job: dict[str, Any] = {
-        "runs-on": runner.labels(runner_environment(stage)),
+        "runs-on": runner.runs_on(runner_environment(stage)),
         "timeout-minutes": runner.timeout_minutes,
         "permissions": {"contents": "read"},
     }
@@ -265,7 +271,7 @@ def _changes_job(runner: RunnerSpec) -> dict[str, Any]:
         "fi\n"
     )
     return {
-        "runs-on": runner.labels("staging"),
+        "runs-on": runner.runs_on("staging"),
         "timeout-minutes": runner.timeout_minutes,
         "permissions": {"contents": "read"},
         "outputs": {"model": "${{ steps.filter.outputs.model }}"},
@@ -336,9 +342,9 @@ def render_workflow(definition: PipelineDefinition, runners: Mapping[str, Runner
 
 def runner_labels(definition: PipelineDefinition, runners: Mapping[str, RunnerSpec]) -> list[str]:
     """Every custom label the workflow uses (for actionlint's ``self-hosted-runner``)."""
-    labels = {runners["cpu" if "cpu" in runners else "gpu"].labels("staging")[1]}
+    labels = {runners["cpu" if "cpu" in runners else "gpu"].runs_on("staging")}
     for stage in definition.stages:
-        labels.add(runners[stage.runner].labels(runner_environment(stage))[1])
+        labels.add(runners[stage.runner].runs_on(runner_environment(stage)))
     return sorted(labels)
 
 

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from infra.config import SECRET_KEYS
 from infra.mock_runtime import record
 from infra.render import write_render
 
+REPO = Path(__file__).resolve().parents[2]
 STACKS = ("staging", "prod")
 MARKERS = {key: f"PLANTED-{key}-c0ffee" for key in SECRET_KEYS}
 
@@ -26,6 +28,17 @@ def recordings() -> dict[str, dict[str, Any]]:
     with ThreadPoolExecutor(max_workers=len(STACKS)) as pool:
         futures = {stack: pool.submit(record, stack, secrets=MARKERS) for stack in STACKS}
         return {stack: future.result() for stack, future in futures.items()}
+
+
+@pytest.fixture(scope="session")
+def external_secrets_recording(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Staging with ``secrets.provider = external-secrets`` (same planted secrets)."""
+    stack = yaml.safe_load((REPO / "Pulumi.staging.yaml").read_text())
+    stack["config"]["mlcicd:secrets.provider"] = "external-secrets"
+    stack["config"]["mlcicd:externalSecrets.vaultServer"] = "https://vault.example:8200"
+    path = tmp_path_factory.mktemp("eso") / "Pulumi.staging.yaml"
+    path.write_text(yaml.safe_dump(stack))
+    return record("staging", stack_file=path, secrets=MARKERS)
 
 
 @pytest.fixture(scope="session")

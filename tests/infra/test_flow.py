@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 
 def _rollout(recording: dict[str, Any]) -> dict[str, Any]:
-    return one(recording, ROLLOUT, "rollout")["inputs"]
+    return one(recording, ROLLOUT, "inference-rollout")["inputs"]
 
 
 def _workflow(recordings: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def test_users_reach_canary_pods_through_a_service_argo_does_not_pin(
     assert "trafficRouting" not in canary  # the basic canary: weights are pod ratios
     pinned = {canary["stableService"], canary["canaryService"]}
     assert USER_SERVICE not in pinned
-    services = {s["name"]: s["inputs"] for s in resources(recording, SERVICE)}
+    services = {s["inputs"]["metadata"]["name"]: s["inputs"] for s in resources(recording, SERVICE)}
     assert pinned <= set(services)
     selector = services[USER_SERVICE]["spec"]["selector"]
     assert "rollouts-pod-template-hash" not in selector
@@ -88,7 +88,9 @@ def test_staging_analysis_has_golden_prompts_to_judge_without_users(
 ) -> None:
     """Production's analysis sends the golden prompts to the canary Service beside real
     traffic; staging rolls straight to 100% (one replica, no users) and smoke-tests."""
-    metrics = one(recordings["prod"], TEMPLATE, "analysis-template")["inputs"]["spec"]["metrics"]
+    metrics = one(recordings["prod"], TEMPLATE, "inference-analysis-template")["inputs"]["spec"][
+        "metrics"
+    ]
     web = [m for m in metrics if "web" in m["provider"]]
     assert {m["name"] for m in web} >= {"model-revision", "golden-capital-france"}
     assert all("-canary." in m["provider"]["web"]["url"] for m in web)
@@ -119,7 +121,7 @@ def test_deploy_wait_and_the_job_timeout_cover_the_rendered_canary(
 ) -> None:
     recording = recordings[stack]
     canary_s = _canary_seconds(
-        _rollout(recording), one(recording, TEMPLATE, "analysis-template")["inputs"]
+        _rollout(recording), one(recording, TEMPLATE, "inference-analysis-template")["inputs"]
     )
     deploy = load_definition(PROFILE, stack).deploy
     expected_wait = canary_s + duration_seconds(deploy.startup_margin)
@@ -222,7 +224,7 @@ def _field(manifest: dict[str, Any], path: str) -> Any:
 def test_pulumi_up_leaves_the_release_ci_deployed_alone(
     recordings: dict[str, Any], renders: dict[str, Path], stack: str
 ) -> None:
-    resource = one(recordings[stack], ROLLOUT, "rollout")
+    resource = one(recordings[stack], ROLLOUT, "inference-rollout")
     ignored = resource["ignoreChanges"]
     rollout = resource["inputs"]
     container = rollout["spec"]["template"]["spec"]["containers"][0]
@@ -238,7 +240,7 @@ def test_pulumi_up_leaves_the_release_ci_deployed_alone(
         "spec.template.spec.containers[0].env[1].value",
     } <= set(ignored)
     index = yaml.safe_load((renders[stack] / "index.yaml").read_text())
-    shown = next(r for r in index if r["type"] == ROLLOUT and r["name"] == "rollout")
+    shown = next(r for r in index if r["type"] == ROLLOUT and r["name"] == "inference-rollout")
     assert shown["ignoreChanges"] == ignored
 
 
@@ -259,7 +261,9 @@ def test_the_deploy_sets_image_and_model_together_and_checks_the_pods(
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_inference_pods_share_a_model_cache(recordings: dict[str, Any], stack: str) -> None:
-    claim = one(recordings[stack], "kubernetes:core/v1:PersistentVolumeClaim", "model-cache")
+    claim = one(
+        recordings[stack], "kubernetes:core/v1:PersistentVolumeClaim", "inference-model-cache"
+    )
     assert claim["inputs"]["spec"]["accessModes"] == ["ReadWriteMany"]
     pod = _rollout(recordings[stack])["spec"]["template"]["spec"]
     env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
@@ -271,7 +275,7 @@ def test_inference_pods_share_a_model_cache(recordings: dict[str, Any], stack: s
 @pytest.mark.parametrize("stack", STACKS)
 def test_gpu_runners_share_a_model_cache(recordings: dict[str, Any], stack: str) -> None:
     recording = recordings[stack]
-    claim = one(recording, "kubernetes:core/v1:PersistentVolumeClaim", "runner-model-cache")
+    claim = one(recording, "kubernetes:core/v1:PersistentVolumeClaim", "runners-model-cache")
     assert claim["inputs"]["spec"]["accessModes"] == ["ReadWriteMany"]
     gpu = one(recording, "kubernetes:helm.sh/v3:Release", f"mlcicd-{stack}-gpu")
     spec = gpu["inputs"]["values"]["template"]["spec"]

@@ -157,7 +157,7 @@ def test_render_layout(renders: dict[str, Path], stack: str) -> None:
     assert "kubernetes:helm.sh/v3:Release::argo-rollouts" in rollout["dependsOn"]
     helm = yaml.safe_load((root / "helm" / "argo-rollouts.yaml").read_text())
     assert helm["values"]["installCRDs"] is True and helm["version"]
-    secret = yaml.safe_load((root / "kubernetes" / "Secret-github-config.yaml").read_text())
+    secret = yaml.safe_load((root / "kubernetes" / "Secret-runners-github-config.yaml").read_text())
     assert secret["stringData"] == {"github_token": "***"}
     assert (root / "github" / "workflows" / "ml-cicd.yml").read_text().startswith("# Generated")
 

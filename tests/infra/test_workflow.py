@@ -53,7 +53,7 @@ def test_one_job_per_stage_with_its_needs_and_runner() -> None:
         job = jobs[stage.id]
         assert set(stage.needs) <= set(job.get("needs", []))
         environment = stage.environment or "staging"
-        assert job["runs-on"] == ["self-hosted", scale_set_name(environment, stage.runner)]
+        assert job["runs-on"] == scale_set_name(environment, stage.runner)
         if stage.action not in ("deploy", "canary-rollout"):  # deploys: tests/infra/test_flow.py
             assert job["timeout-minutes"] == RUNNERS[stage.runner].timeout_minutes
         names = [s["name"] for s in job["steps"]]

@@ -100,7 +100,9 @@ def test_bundle_image_round_trips_through_a_real_registry(tmp_path: Path) -> Non
         labels = pull_and_unpack(image, tmp_path / "deploy", tmp_path / "pull")
         assert labels["io.mlcicd.model.hash"] == "h1"
         assert (tmp_path / "deploy" / "model" / "weights.bin").read_bytes() == b"\x00\x01weights"
-        assert (tmp_path / "deploy" / "app" / "pipeline.toml").exists()
+        # The server alone: inference/ and its pins, not the pipeline.
+        app = tmp_path / "deploy" / "app"
+        assert sorted(path.name for path in app.iterdir()) == ["inference", "requirements.lock"]
         assert not list((tmp_path / "deploy" / "app").rglob("__pycache__"))
         wrong = PushedImage(image.reference, "sha256:" + "0" * 64)
         with pytest.raises(ImageError):
