@@ -18,7 +18,7 @@ import yaml
 
 from infra.analysis import MODEL_REVISION_ANNOTATION
 from infra.config import project_defaults
-from infra.rollouts import MODEL_ENV, USER_SERVICE, weight_errors
+from infra.rollouts import CI_OWNED_FIELDS, MODEL_ENV, USER_SERVICE, weight_errors
 from infra.workflow import runner_environment
 from pipeline.definition import duration_seconds, load_definition
 
@@ -226,6 +226,8 @@ def test_pulumi_up_leaves_the_release_ci_deployed_alone(
 ) -> None:
     resource = one(recordings[stack], ROLLOUT, "inference-rollout")
     ignored = resource["ignoreChanges"]
+    missing = set(CI_OWNED_FIELDS) - set(ignored)
+    assert not missing, f"the next `pulumi up` would revert CI's release: {sorted(missing)}"
     rollout = resource["inputs"]
     container = rollout["spec"]["template"]["spec"]["containers"][0]
     assert container["name"] == "inference"
