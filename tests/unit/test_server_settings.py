@@ -23,10 +23,10 @@ def test_the_server_has_its_own_defaults_without_the_pipeline() -> None:
 
 
 def test_caller_defaults_sit_under_env_and_flags() -> None:
-    defaults = {"drain_timeout_s": 11.0, "max_batch_size": 3, "queue_cap": 5}
+    defaults = {"drain_timeout_s": 61.0, "max_batch_size": 3, "queue_cap": 5}
     env = {**ENV, "MLCICD_MAX_BATCH_SIZE": "4"}
     settings = load_settings({"queue_cap": 6}, env=env, defaults=defaults)
-    assert (settings.drain_timeout_s, settings.max_batch_size, settings.queue_cap) == (11.0, 4, 6)
+    assert (settings.drain_timeout_s, settings.max_batch_size, settings.queue_cap) == (61.0, 4, 6)
     with pytest.raises(SettingsError, match="unknown setting `profile`"):
         load_settings(env=ENV, defaults={"profile": "builtin"})
 

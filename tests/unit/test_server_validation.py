@@ -93,8 +93,14 @@ def test_client_mistake_is_json_4xx_naming_field_and_limit(
     response = _post(path, body)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"error": response.json()["error"], "type": kind}
-    assert says in response.json()["error"]
+    if path == "/v1/generate":
+        assert response.json() == {"error": response.json()["error"], "type": kind}
+        assert says in response.json()["error"]
+    else:  # the OpenAI-compatible shape
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert (error["code"], error["type"]) == (kind, "invalid_request_error")
+        assert says in error["message"]
 
 
 def test_context_cap_setting_lowers_the_models_context() -> None:
