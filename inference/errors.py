@@ -145,6 +145,8 @@ def _describe(item: Any, field: str) -> str:
         return f"`{field}` {words} {_number(ctx.get(key))}, got {got!r}"
     if kind == "string_too_short" and ctx.get("min_length") == 1:
         return f"`{field}` must not be empty, got {got!r}"
+    if kind == "string_unicode":
+        return f"`{field}` must be valid Unicode (it contains a lone surrogate)"
     if kind in _TYPE_NAMES:
         return f"`{field}` must be {_TYPE_NAMES[kind]}, got {_json_type(got)}"
     message = str(item["msg"]).removeprefix("Value error, ")

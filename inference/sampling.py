@@ -12,7 +12,8 @@ How it stays safe, in float32:
   scaled logit is <= 0, the best token's weight is exactly 1 and the sum can
   neither overflow nor underflow to 0;
 - top-p always keeps the most likely token, however small ``top_p`` is
-  (one that rounds to 0 in float32 would otherwise keep nothing);
+  (one that rounds to 0 in float32 would otherwise keep nothing, and
+  ``multinomial`` raises on all-zero weights);
 - ``-inf`` logits (tokens masked out, such as a suppressed EOS) keep weight 0
   and are never chosen unless nothing else is left.
 
@@ -40,10 +41,10 @@ def sample_token(
     shifted = torch.nan_to_num(logits - logits[best], nan=float("-inf"))
     weights = torch.exp(shifted / temperature)  # in [0, 1]; weights[best] == 1
     if top_p < 1.0:
-        sorted_weights, order = torch.sort(weights, descending=True)
+        sorted_weights, order = torch.sort(weights, descending=True, stable=True)
         mass = torch.cumsum(sorted_weights, dim=-1)
         before = (mass - sorted_weights) / mass[-1]
-        keep = before < top_p
-        keep[0] = True
-        weights = torch.zeros_like(weights).scatter(0, order, sorted_weights * keep)
+        kept = torch.zeros_like(weights).scatter(0, order, sorted_weights * (before < top_p))
+        kept[best] = 1.0  # however small top_p is (it may round to 0 in float32)
+        weights = kept
     return int(torch.multinomial(weights, 1, generator=generator).item())

@@ -64,6 +64,11 @@ CASES: list[tuple[str, Any, int, str, str]] = [
         f"`max_tokens` must be <= {CAP}, got {CAP + 1}",
     ),
     ("/v1/completions", {"prompt": "a", "model": "other"}, 404, "model_not_found", "`other`"),
+    # A lone surrogate is a valid JSON escape that no tokenizer can encode.
+    ("/v1/generate", b'{"prompt": "\\ud800 abc"}', 422, "validation", "`prompt` must be valid"),
+    ("/v1/completions", b'{"prompt": "\\udfff"}', 422, "validation", "lone surrogate"),
+    ("/v1/generate", b'{"prompt": "a", "stop": ["\\ud800"]}', 422, "validation", "`stop`"),
+    ("/v1/completions", b'{"prompt": "a", "model": "\\ud800"}', 422, "validation", "`model`"),
 ]
 
 
@@ -101,6 +106,16 @@ def test_client_mistake_is_json_4xx_naming_field_and_limit(
         assert set(error) == {"message", "type", "param", "code"}
         assert (error["code"], error["type"]) == (kind, "invalid_request_error")
         assert says in error["message"]
+        if kind == "validation" and says.startswith("`"):
+            assert error["param"] == says.split("`")[1]
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 50_000])
+def test_deeply_nested_json_is_400_invalid_json(body: bytes) -> None:
+    for path in ("/v1/generate", "/v1/completions"):
+        response = _post(path, body, max_body_bytes=300_000)
+        assert response.status_code == 400, response.text
+        assert "nested too deeply" in response.text and "invalid_json" in response.text
 
 
 def test_context_cap_setting_lowers_the_models_context() -> None:
