@@ -49,6 +49,7 @@ from inference.metrics import ServerMetrics
 from inference.runtime import ServerRuntime
 from inference.server import create_app
 from inference.settings import (
+    GRACE_AFTER_DRAIN_S,
     Device,
     DType,
     Environment,
@@ -62,8 +63,6 @@ log = logging.getLogger("mlcicd.serve")
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # argparse's own status for a usage error
-# After the drain, how long uvicorn may still wait for responses being written.
-GRACE_AFTER_DRAIN_S = 5.0
 
 _FLAGS: dict[str, dict[str, Any]] = {
     "model": {"help": "HF id, local directory, `builtin` or `builtin-weak` (default builtin)"},

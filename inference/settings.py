@@ -37,6 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from inference.faults import FaultConfigError, check_faults_allowed
 
 ENV_PREFIX = "MLCICD_"
+# After a drain, how long uvicorn may still spend writing responses before it
+# exits; whoever gives the process a shutdown budget adds this to the drain.
+GRACE_AFTER_DRAIN_S = 5.0
 BUILTIN_MODELS = ("builtin", "builtin-weak")
 
 

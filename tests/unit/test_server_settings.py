@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from inference.settings import Device, DType, Environment, SettingsError, load_settings
+from inference.settings import (
+    Device,
+    DType,
+    Environment,
+    ServerSettings,
+    SettingsError,
+    load_settings,
+)
 from mlcicd.cli import main
 
 ENV = {"MLCICD_GIT_SHA": "abc123"}
@@ -76,3 +83,10 @@ def test_serve_cli_exits_2_when_the_model_cannot_load(
     assert main(["serve", "--model", f"{tmp_path}/no-such-model"]) == 2
     err = capsys.readouterr().err
     assert "cannot load model" in err and "no-such-model" in err and "Traceback" not in err
+
+
+def test_a_drain_shorter_than_the_request_deadline_is_refused_at_load() -> None:
+    with pytest.raises(SettingsError, match=r"`drain_timeout_s` \(10\) must be >= `request_dead"):
+        load_settings({"drain_timeout_s": 10.0, "request_deadline_s": 30.0}, env=ENV)
+    defaults = ServerSettings.model_fields
+    assert defaults["drain_timeout_s"].default >= defaults["request_deadline_s"].default
