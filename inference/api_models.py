@@ -3,7 +3,9 @@
 Why strict: a client that sends ``"5"`` for an integer, or a field we do not
 support, should learn so at once rather than get a silently different result.
 Both request models forbid unknown fields and use strict types (an integer
-is accepted where a float is expected, nothing else is coerced).
+is accepted where a float is expected, and a number with no fraction such as
+``16.0`` where an integer is, as JSON Schema reads them; nothing else is
+coerced).
 
 Accepted ranges (checked here; the server adds the limits that depend on its
 settings and model, ``max_new_tokens <= cap`` and prompt + new tokens <= context):
@@ -15,7 +17,7 @@ settings and model, ``max_new_tokens <= cap`` and prompt + new tokens <= context
   1 for ``/v1/completions`` (OpenAI's default).
 - ``top_p``: (0, 1], default 1.
 - ``stop``: a string or up to 4 non-empty strings.
-- ``seed``: an integer in [0, 2**63 - 1].
+- ``seed``: an integer in [0, 2**53 - 1].
 
 ``/v1/completions`` accepts OpenAI's ``model`` (the served model's name or
 reference, or omitted), ``prompt`` (one string; token arrays and batches are
@@ -40,18 +42,35 @@ import asyncio
 import json
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.requests import ClientDisconnect, Request
 
 from inference.errors import ApiError, validation_error
 
 DEFAULT_MAX_NEW_TOKENS = 16
 MAX_STOP_SEQUENCES = 4
-MAX_SEED = 2**63 - 1
+# JSON's safe integer range: every client (and JSON Schema validator) reads it exactly.
+MAX_SEED = 2**53 - 1
+
+
+# JSON has one number type: 16.0 is the integer 16 (as JSON Schema reads it), 16.5 is not.
+_INTEGER_FIELDS = ("max_new_tokens", "max_tokens", "min_tokens", "n", "seed")
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_numbers(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        whole = {
+            key: int(value)
+            for key, value in data.items()
+            if key in _INTEGER_FIELDS and isinstance(value, float) and value.is_integer()
+        }
+        return {**data, **whole} if whole else data
 
     prompt: str = Field(min_length=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)

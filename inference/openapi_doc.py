@@ -37,6 +37,15 @@ _STOP = {
 }
 
 
+# Each server-sent event (OpenAPI < 3.2: ``schema`` describes one event): its
+# ``data`` is a JSON chunk, an error ``{"error": {...}}``, or ``[DONE]``.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+}
+
+
 def error_responses(openai: bool) -> dict[int | str, dict[str, Any]]:
     model = OpenAIErrorBody if openai else ErrorBody
     return {code: {"model": model} for code in ERROR_CODES}
@@ -72,7 +81,7 @@ def completion_responses() -> dict[int | str, dict[str, Any]]:
     responses[200] = {
         "description": "The completion (JSON), or with `stream: true` a text/event-stream "
         "of `data: {chunk}` lines ending with `data: [DONE]`.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
     }
     return responses
 
