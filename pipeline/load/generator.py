@@ -217,9 +217,10 @@ async def _one_request(
                     return record(False, status_code=200, error_kind="protocol", error=payload)
                 if "error" in chunk:
                     # A mid-stream failure event, OpenAI's {"error": {"message", "code", ...}}.
-                    detail = chunk["error"] if isinstance(chunk["error"], dict) else {}
-                    kind = f"stream_{detail.get('code') or chunk.get('type') or 'error'}"
-                    error = str(detail.get("message") or chunk["error"])[:300]
+                    found = chunk["error"]
+                    error_of: dict[str, Any] = found if isinstance(found, dict) else {}
+                    kind = f"stream_{error_of.get('code') or chunk.get('type') or 'error'}"
+                    error = str(error_of.get("message") or found)[:300]
                     return record(False, status_code=200, error_kind=kind, error=error)
                 usage = chunk.get("usage")
                 if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
