@@ -124,8 +124,9 @@ class GenerationCall:
 
     def close(self) -> None:
         """Cancel the engine's work unless it already finished; its tokens are still counted."""
-        if not self.done and not self.handle.finished:
-            self.handle.cancel()
+        if not self.done:  # its final event is unread (or yet to come)
+            if not self.handle.finished:
+                self.handle.cancel()
             task = asyncio.get_running_loop().create_task(self._count_abandoned())
             _counting.add(task)
             task.add_done_callback(_counting.discard)

@@ -159,6 +159,20 @@ def test_unknown_route_and_wrong_method_answer_json() -> None:
     assert (wrong.status_code, wrong.json()["type"]) == (405, "method_not_allowed")
 
 
+def test_openai_routes_answer_openai_shaped_errors_everywhere() -> None:
+    async def go() -> tuple[httpx.Response, httpx.Response]:
+        async with serving() as (client, _):
+            chat = await client.post("/v1/chat/completions", json={"messages": []})
+            return chat, await client.delete("/v1/models")
+
+    chat, wrong_method = asyncio.run(go())
+    assert chat.status_code == 404
+    assert chat.json()["error"]["code"] == "not_found"
+    assert "only /v1/completions is" in chat.json()["error"]["message"]
+    assert wrong_method.status_code == 405 and "allow" in wrong_method.headers
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+
 def test_a_whole_number_written_with_a_fraction_is_an_integer() -> None:
     """JSON has one number type; the OpenAPI document's `integer` accepts 4.0, so do we."""
 
