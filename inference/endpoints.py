@@ -9,9 +9,11 @@ stream (deadline) -> respond. :meth:`serve` is the single path both routes
 take; it counts every outcome once.
 
 Tokenising a large prompt takes milliseconds of CPU, so prompts longer than
-:data:`INLINE_TOKENIZE_CHARS` are tokenised on a thread of their own (one, so
-the tokenizer is never used by two requests at once) and the event loop stays
-free for ``/health`` and the streams.
+:data:`INLINE_TOKENIZE_CHARS` are tokenised on a thread of their own (one:
+large prompts queue behind each other rather than compete with the engine's
+worker for the cores) and the event loop stays free for ``/health`` and the
+streams. Short prompts are tokenised inline, where a thread hop would cost
+more than the work.
 
 Error shapes: ``/v1/generate`` answers ``{"error", "type"}``; the
 OpenAI-compatible routes answer OpenAI's shape (see :mod:`inference.errors`).
