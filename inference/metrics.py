@@ -4,21 +4,25 @@ Every app gets its own ``CollectorRegistry`` so tests can build many apps in
 one process; ``GET /metrics`` exposes that registry in the text format.
 
 Metrics (only generation endpoints, ``/v1/generate`` and ``/v1/completions``,
-are counted; health, readiness, metrics and docs requests are not):
+are counted; health, readiness, metrics and docs requests are not, except that
+a connection whose request head timed out halfway counts as a ``408``, since
+its route is not known yet):
 
 - ``inference_requests_total{status, code}`` (counter): finished generation
   requests. ``code`` is the HTTP status answered (``"200"``, ``"422"``, ...;
   a stream that fails after its 200 header counts with the code it would have
-  had, e.g. ``"500"`` or ``"504"``). ``status`` is ``success`` for 2xx,
-  ``client_error`` for 4xx other than 429 (the client's mistake, not the
-  release's), and ``error`` for 5xx, 429 (overload) and 504 (deadline).
+  had, e.g. ``"500"``, ``"504"``, or ``"503"`` for one cut by a drain).
+  ``status`` is ``success`` for 2xx, ``client_error`` for 4xx other than 429
+  (the client's mistake, not the release's: 408 timeouts, 499 hang-ups,
+  validation), and ``error`` for 5xx, 429 (overload) and 504 (deadline).
 - ``inference_request_duration_seconds`` (histogram): arrival to last byte
   of requests that reached the engine (succeeded, failed or timed out).
   Instant rejections (validation, 413, 429, 503) are left out so that they
   cannot pull the latency quantiles down.
 - ``inference_time_to_first_token_seconds`` (histogram): arrival to the first
   generated token (includes queueing and any injected latency).
-- ``inference_generated_tokens_total`` (counter): tokens generated.
+- ``inference_generated_tokens_total`` (counter): tokens generated, including
+  those generated for requests the client left or whose deadline passed.
 - ``inference_prompt_tokens_total`` (counter): prompt tokens submitted.
 - ``inference_queue_depth`` (gauge): requests waiting in the engine's queue,
   read from the engine at scrape time.

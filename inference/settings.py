@@ -15,6 +15,11 @@ so the serving image carries ``inference/`` alone.
 Precedence: flags (``overrides``) over env over the caller's ``defaults`` over
 the field defaults below.
 
+Invariants checked at load: ``drain_timeout_s >= request_deadline_s`` (the
+deadline counts from a request's arrival, so every request admitted before a
+drain began ends, by finishing or by its deadline, before the drain times
+out). The body is read within ``min(body_timeout_s, request_deadline_s)``.
+
 Left out on purpose: config files (env and flags are what containers use) and
 hot reload (a changed setting is a new rollout).
 """
@@ -32,6 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from inference.faults import FaultConfigError, check_faults_allowed
 
 ENV_PREFIX = "MLCICD_"
+# After a drain, how long uvicorn may still spend writing responses before it
+# exits; whoever gives the process a shutdown budget adds this to the drain.
+GRACE_AFTER_DRAIN_S = 5.0
 BUILTIN_MODELS = ("builtin", "builtin-weak")
 
 
@@ -72,8 +80,11 @@ class ServerSettings(BaseModel):
     max_new_tokens_cap: int = Field(default=512, ge=1)
     context_cap: int | None = Field(default=None, ge=1)
     request_deadline_s: float = Field(default=60.0, gt=0)
-    drain_timeout_s: float = Field(default=30.0, gt=0)
+    drain_timeout_s: float = Field(default=60.0, gt=0)
     max_body_bytes: int = Field(default=262_144, ge=64)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=1024, ge=1)
     port: int = Field(default=8000, ge=0, le=65535)
     host: str = Field(default="127.0.0.1", min_length=1)
     environment: Environment = Environment.dev
@@ -92,6 +103,16 @@ class ServerSettings(BaseModel):
             )
         except FaultConfigError as exc:
             raise ValueError(str(exc)) from exc
+        return self
+
+    @model_validator(mode="after")
+    def _drain_covers_deadline(self) -> ServerSettings:
+        """A drain shorter than the deadline would cut requests it admitted."""
+        if self.drain_timeout_s < self.request_deadline_s:
+            raise ValueError(
+                f"`drain_timeout_s` ({self.drain_timeout_s:g}) must be >= `request_deadline_s` "
+                f"({self.request_deadline_s:g}), so that a drain lets every admitted request end"
+            )
         return self
 
 

@@ -20,8 +20,11 @@ names of the Rollout and its Services stay ``inference-server``: the workflow an
 
 Shutdown: Kubernetes sends SIGTERM after ``preStop`` (a short sleep, so endpoints are
 removed before the server stops accepting), then the server drains for up to the
-definition's ``serving.drain_timeout_s``; ``terminationGracePeriodSeconds`` covers
-both with a margin, so in-flight generations finish instead of being killed.
+definition's ``serving.drain_timeout_s`` (which the definition keeps >= the request
+deadline, so every admitted request can end), then uvicorn has
+``GRACE_AFTER_DRAIN_S`` to write what is left. ``terminationGracePeriodSeconds``
+covers all three with a margin, so in-flight generations finish instead of being
+killed; tests/infra checks this on the rendered Rollout.
 
 Left out: traffic routing through a mesh or ingress (weights are approximated by pod
 counts), HPA, and a PodDisruptionBudget (add one with more than two replicas).
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from inference.settings import GRACE_AFTER_DRAIN_S
 from infra import analysis, charts, kube
 from infra.cluster_secrets import SecretSource
 from infra.config import InferenceSettings
@@ -45,11 +49,12 @@ NAMESPACE = "argo-rollouts"
 APP = analysis.ROLLOUT_NAME
 PORT = 8000
 PRESTOP_SLEEP_S = 5
-GRACE_MARGIN_S = 10
+GRACE_MARGIN_S = 5
 
 
 def termination_grace_seconds(definition: PipelineDefinition) -> int:
-    return math.ceil(definition.serving.drain_timeout_s) + PRESTOP_SLEEP_S + GRACE_MARGIN_S
+    drain = math.ceil(definition.serving.drain_timeout_s)
+    return PRESTOP_SLEEP_S + drain + math.ceil(GRACE_AFTER_DRAIN_S) + GRACE_MARGIN_S
 
 
 @dataclass(frozen=True)

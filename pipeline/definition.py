@@ -29,6 +29,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from inference.settings import ServerSettings
@@ -141,6 +142,16 @@ class Serving(_Strict):
     max_new_tokens_cap: int = Field(default=_server_default("max_new_tokens_cap"), ge=1)
     drain_timeout_s: float = Field(default=_server_default("drain_timeout_s"), gt=0)
     request_deadline_s: float = Field(default=_server_default("request_deadline_s"), gt=0)
+
+    @model_validator(mode="after")
+    def _drain_covers_deadline(self) -> Serving:
+        if self.drain_timeout_s < self.request_deadline_s:
+            raise ValueError(
+                f"serving.drain_timeout_s ({self.drain_timeout_s:g}) must be >= "
+                f"serving.request_deadline_s ({self.request_deadline_s:g}): a shorter drain "
+                "cuts requests the server admitted"
+            )
+        return self
 
 
 BenchMetric = Literal[
