@@ -124,6 +124,15 @@ def _resolve_ref(model_ref: str) -> tuple[str, Path | None]:
     return model_ref, None
 
 
+def model_directory(model_ref: str) -> tuple[str, Path | None]:
+    """(display name, local directory, or None for a hub id) of ``model_ref``.
+
+    Public so that tools which read the same weights another way (the benchmark's
+    CTranslate2 conversion) resolve a reference exactly as :func:`load_model` does.
+    """
+    return _resolve_ref(model_ref)
+
+
 def _hub_kwargs() -> dict[str, Any]:
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
     if offline:
