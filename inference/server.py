@@ -124,6 +124,7 @@ def create_app(
     metrics.queue_depth.set_function(lambda: float(engine.queue_depth))
     metrics.in_flight.set_function(lambda: float(runtime.in_flight))
     engine.observe_batches(metrics.batch_size.observe)
+    metrics.watch_engine(engine)
     context = min(engine.context_length, settings.context_cap or engine.context_length)
     served_names = {engine.model_name, settings.model}
 
