@@ -92,6 +92,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         dest="torch_threads",
         help="OMP/MKL threads for both servers (default: torch's own choice)",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="also run each model's int8 candidate (inference/quantize.py) through our server "
+        "and the baseline, as a model of its own (the peer has its own int8 column)",
+    )
     parser.add_argument("--fail-on-miss", action="store_true", help="exit 1 when a target misses")
     parser.set_defaults(handler=handle)
 
@@ -114,6 +120,9 @@ def _resolve(args: argparse.Namespace) -> tuple[Bench, tuple[ServerKind, ...], b
     for key in ("models", "concurrency"):
         if getattr(args, key) is not None:
             update[key] = getattr(args, key)
+    if args.quantize is not None:
+        models = update.get("models", definition.bench.models)
+        update["models"] = (*models, *(_int8_candidate(m) for m in models))
     for key in ("requests_per_client", "min_requests", "warmup_requests", "max_new_tokens"):
         value = getattr(args, key)
         if value is not None:
@@ -131,6 +140,18 @@ def _resolve(args: argparse.Namespace) -> tuple[Bench, tuple[ServerKind, ...], b
         raise ValueError(f"--servers: unknown server(s) {unknown}; expected ours, baseline, peer")
     servers: tuple[ServerKind, ...] = tuple(s for s in SERVERS if s in args.servers)
     return definition.bench.model_copy(update=update), servers, "peer" in args.servers
+
+
+def _int8_candidate(model: str) -> str:
+    """The int8 candidate directory of ``model`` (made once, under the model cache)."""
+    from inference.builtin_model import cache_root
+    from inference.loader import model_directory
+    from inference.quantize import quantized_model_dir
+
+    _, directory = model_directory(model)
+    if directory is None:
+        raise ValueError(f"--quantize: model {model!r} is not a local directory")
+    return str(quantized_model_dir(directory, "int8", cache_root() / "candidates"))
 
 
 class _Terminated(Exception):

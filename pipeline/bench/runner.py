@@ -329,6 +329,13 @@ def measure_peer(
     return cells
 
 
+def _is_quantized_candidate(model: str) -> bool:
+    from inference.quantize import read_marker
+
+    directory = Path(model)
+    return directory.is_dir() and read_marker(directory) is not None
+
+
 def run_bench(
     bench: Bench,
     models: Sequence[str],
@@ -358,7 +365,7 @@ def run_bench(
         progress(f"[{model}] loading once: weights size, bare decode step, compute ceiling")
         floors[model] = model_floor(model)
         progress(f"[{model}] {floors[model]}")
-        if peer:
+        if peer and not _is_quantized_candidate(model):  # the peer times its own int8
             threads = torch.get_num_threads()
             peers.extend(measure_peer(bench, model, concurrency, threads, progress))
         for kind in servers:

@@ -349,3 +349,21 @@ def test_bench_cli_rejects_a_bad_concurrency_list() -> None:
     with pytest.raises(SystemExit) as exited:
         main(["bench", "--concurrency", "1,zero"])
     assert exited.value.code == 2
+
+
+def test_bench_quantize_adds_each_models_int8_candidate_without_a_peer(tmp_path: Path) -> None:
+    import argparse
+
+    from pipeline.bench.cli import _resolve
+    from pipeline.bench.runner import _is_quantized_candidate
+
+    args = argparse.Namespace(
+        profile="cpu", definition=None, quick=True, models=None, concurrency=None,
+        requests_per_client=None, min_requests=None, warmup_requests=None,
+        max_new_tokens=None, cell_budget_s=None, torch_threads=None,
+        servers=("ours", "baseline", "peer"), quantize="int8",
+    )  # fmt: skip
+    bench, _, peer = _resolve(args)
+    assert bench.models[0] == "builtin" and len(bench.models) == 2
+    assert _is_quantized_candidate(bench.models[1]) and not _is_quantized_candidate("builtin")
+    assert peer
