@@ -103,3 +103,12 @@ def test_metrics_show_the_engines_layer_choices_at_scrape_time() -> None:
     text = metrics.render().decode()
     assert 'inference_engine_layers{layout="packed",shape="768x2304",threads="2"} 12.0' in text
     ServerMetrics().watch_engine(object())  # an engine that chooses nothing: no error
+
+
+def test_the_layer_policy_is_a_server_setting() -> None:
+    from inference.settings import LayerPolicy, SettingsError, load_settings
+
+    assert load_settings(env={}).layer_policy is LayerPolicy.measure
+    assert load_settings(env={"MLCICD_LAYER_POLICY": "packed"}).layer_policy is LayerPolicy.packed
+    with pytest.raises(SettingsError, match="layer_policy"):
+        load_settings(env={"MLCICD_LAYER_POLICY": "fastest"})
