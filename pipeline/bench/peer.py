@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -244,9 +243,11 @@ def run_peer(
     repeats: int,
     threads: int,
     budget_s: float,
-    env: dict[str, str] | None = None,
 ) -> list[PeerCell]:
-    """:func:`measure_batches` in a fresh interpreter; every failure becomes skipped cells."""
+    """:func:`measure_batches` in a fresh interpreter; every failure becomes skipped cells.
+
+    The child inherits this process's environment, ``--isa``'s caps included.
+    """
 
     def skipped(why: str) -> list[PeerCell]:
         return [PeerCell(model_ref, quantization, b, threads=threads, skipped=why)
@@ -260,16 +261,16 @@ def run_peer(
             "--threads", str(threads), "--budget-s", str(budget_s)]  # fmt: skip
     timeout = 3 * budget_s * max(len(set(batches)), 1) + 120
     try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, check=False,
-            env={**os.environ, **(env or {})},
-        )  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return skipped(f"aborted: the peer did not finish within {timeout:.0f} s")
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
         return skipped(f"failed (exit {done.returncode}): {tail[0]}")
-    return [PeerCell(**item) for item in json.loads(done.stdout.strip().splitlines()[-1])]
+    try:
+        return [PeerCell(**item) for item in json.loads(done.stdout.strip().splitlines()[-1])]
+    except (IndexError, ValueError, TypeError) as error:
+        return skipped(f"failed: unreadable result ({type(error).__name__}: {error})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,9 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quantization", choices=QUANTIZATIONS, required=True)
     parser.add_argument("--batches", required=True, help="comma-separated batch sizes")
     parser.add_argument("--max-new-tokens", type=int, required=True)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--budget-s", type=float, default=150.0)
+    # No defaults: the bench table (pipeline.toml) is where these numbers live.
+    parser.add_argument("--repeats", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--budget-s", type=float, required=True)
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     cells = measure_batches(
