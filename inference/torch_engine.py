@@ -196,12 +196,8 @@ class TorchEngine:
             raise RuntimeError(message) from failure[0]
 
     def _prepare(self) -> None:
-        """Choose each layer shape's layout and threads, then serve one short request.
-
-        The choice is timed at one row and at the decode batch's rows (capped at
-        ``PACK_ROWS``, the rows packed weights are laid out for): the two ends of
-        what a decode step feeds a layer (inference/layer_tuning.py).
-        """
+        """Choose each layer shape's layout and threads (timed at 1 row and the decode
+        batch's, capped at ``PACK_ROWS``), then serve one short request on this thread."""
         rows = sorted({1, min(self._max_batch, PACK_ROWS)})
         self._layer_choices = tuple(tune_linear_layers(self._model, rows, self._layer_policy))
         warm_ids = self.count_tokens(_WARMUP_PROMPT)

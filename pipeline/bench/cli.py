@@ -32,7 +32,7 @@ from typing import Any
 from pipeline.bench.machine import ISA_ENV, machine_info
 from pipeline.bench.report import build_document, render_markdown, render_plot, write_json
 from pipeline.bench.runner import run_bench, server_argv
-from pipeline.bench.targets import SERVERS, ServerKind, evaluate_targets
+from pipeline.bench.targets import SERVERS, ServerKind, TargetOutcome, evaluate_targets
 from pipeline.definition import Bench, DefinitionError, load_definition
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.processes import ServiceError
@@ -246,9 +246,14 @@ def _run(
     (out / "bench.md").write_text(render_markdown(document))
     render_plot(document, out / "bench.png")
     progress(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+    return _verdicts(outcomes, args.fail_on_miss)
+
+
+def _verdicts(outcomes: list[TargetOutcome], fail_on_miss: bool) -> int:
+    """Print one line per target; the exit code (a miss fails only with --fail-on-miss)."""
     for outcome in outcomes:
         shown = "n/a" if outcome.measured is None else f"{outcome.measured:.2f}"
         print(f"{outcome.status:12} {outcome.id}: {shown} ({outcome.detail})")
-    if args.fail_on_miss and any(o.status == "MISS" for o in outcomes):
+    if fail_on_miss and any(o.status == "MISS" for o in outcomes):
         return EXIT_FAILED
     return EXIT_OK

@@ -81,20 +81,26 @@ def _value(value: float | None, bound: str) -> str:
     return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
 
 
-def render_markdown(document: dict[str, Any]) -> str:
-    """The figures table and the targets table, as markdown."""
-    machine = document["machine"]
+def _machine_line(machine: dict[str, Any]) -> str:
+    """CPU, ISA (and any cap), memory, torch and its kernels, oneDNN, the peer, GPU."""
     forced = machine.get("isa_forced")
-    lines = [
-        f"Command: `{document['command']}`  ",
-        f"Started {document['started_at']}, took {document['duration_s']:.0f} s.  ",
+    return (
         f"Machine: {machine['nproc']} CPUs ({machine['cpu_model']}), ISA {machine['isa']} "
         f"({', '.join(machine['cpu_flags'])})"
         f"{'; every library capped to ' + forced + ' for this run' if forced else ''}, "
         f"{machine['memory_gib']} GiB RAM, torch {machine['torch']} "
         f"({machine['torch_threads']} threads, kernels {machine['torch_cpu_capability']}), "
         f"oneDNN {machine['onednn']}, CTranslate2 {machine['ctranslate2'] or 'not installed'}, "
-        f"GPU: {machine['cuda'] or 'none'}.  ",
+        f"GPU: {machine['cuda'] or 'none'}.  "
+    )
+
+
+def render_markdown(document: dict[str, Any]) -> str:
+    """The figures table and the targets table, as markdown."""
+    lines = [
+        f"Command: `{document['command']}`  ",
+        f"Started {document['started_at']}, took {document['duration_s']:.0f} s.  ",
+        _machine_line(document["machine"]),
         (
             f"**NOISY RUN**: up to {document['max_foreign_cpu_cores']:.2f} cores were busy "
             "outside the benchmark during a measurement."
