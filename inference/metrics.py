@@ -30,6 +30,11 @@ its route is not known yet):
   not yet answered (what a drain waits for).
 - ``inference_batch_size`` (histogram): requests per forward pass, reported
   by the engine's worker (``Engine.observe_batches``).
+- ``inference_engine_layers{shape, layout, threads}`` (gauge): linear layers
+  per weight shape ("out x in"), the layout (``packed``/``dense``) and thread
+  count the engine chose for them by measuring at start
+  (inference/layer_tuning.py); read from the engine at scrape time, absent for
+  an engine that chooses nothing (GPU, fakes).
 - ``inference_model_info{model, revision}`` (gauge, always 1): what is served.
 - ``inference_build_info{git_sha, version}`` (gauge, always 1): which build.
 
@@ -40,7 +45,11 @@ and process metrics of the default registry.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 30.0,
@@ -65,6 +74,30 @@ BUILD_INFO = "inference_build_info"
 SUCCESS = "success"
 CLIENT_ERROR = "client_error"
 ERROR = "error"
+
+
+class _EngineLayers:
+    """Collects ``inference_engine_layers`` from the engine's choices when scraped.
+
+    Why at scrape time: the engine chooses while it warms up, after the app and
+    its metrics exist.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def describe(self) -> list[Metric]:
+        return []  # so registering does not call collect() before the engine starts
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "inference_engine_layers",
+            "Linear layers per weight shape, with the layout and threads chosen at start.",
+            labels=["shape", "layout", "threads"],
+        )
+        for choice in getattr(self._engine, "layer_choices", ()):
+            family.add_metric([choice.shape, choice.layout, str(choice.threads)], choice.layers)
+        yield family
 
 
 def status_label(code: int) -> str:
@@ -132,6 +165,10 @@ class ServerMetrics:
             ["git_sha", "version"],
             registry=r,
         )
+
+    def watch_engine(self, engine: Any) -> None:
+        """Expose the engine's per-shape layer choices (``inference_engine_layers``)."""
+        self.registry.register(_EngineLayers(engine))
 
     def record(self, code: int) -> None:
         self.requests.labels(status=status_label(code), code=str(code)).inc()

@@ -53,6 +53,7 @@ from inference.settings import (
     Device,
     DType,
     Environment,
+    LayerPolicy,
     ServerSettings,
     SettingsError,
     flag_name,
@@ -68,6 +69,10 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "model": {"help": "HF id, local directory, `builtin` or `builtin-weak` (default builtin)"},
     "device": {"choices": [d.value for d in Device]},
     "dtype": {"choices": [d.value for d in DType]},
+    "layer_policy": {
+        "choices": [p.value for p in LayerPolicy],
+        "help": "linear layers: measure packed/dense and threads at start (default), or pin",
+    },
     "max_batch_size": {"type": int},
     "batch_window_s": {"type": float, "help": "wait this long to fill a batch"},
     "queue_cap": {"type": int, "help": "waiting requests before 429"},
@@ -122,6 +127,7 @@ def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -
             max_batch_size=settings.max_batch_size,
             batch_window_s=settings.batch_window_s,
             queue_cap=settings.queue_cap,
+            layer_policy=settings.layer_policy.value,
         )
     except Exception as exc:  # the CLI boundary: any load failure is a clear message, exit 2
         print(f"mlcicd serve: cannot load model {settings.model!r}: {exc}", file=sys.stderr)

@@ -97,6 +97,7 @@ def create_app(
     metrics.queue_depth.set_function(lambda: float(engine.queue_depth))
     metrics.in_flight.set_function(lambda: float(runtime.in_flight))
     engine.observe_batches(metrics.batch_size.observe)
+    metrics.watch_engine(engine)
     endpoints = GenerationEndpoints(engine, settings, metrics, runtime, faults)
 
     @asynccontextmanager

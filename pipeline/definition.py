@@ -161,7 +161,10 @@ BenchMetric = Literal[
     "e2e_p99_over_p50",
     "rss_over_weights_gib",
     "server_errors",
+    "tokens_per_s_vs_peer",
+    "itl_p50_vs_peer_step",
 ]
+PeerQuantization = Literal["float32", "int8"]
 
 
 class BenchTarget(_Strict):
@@ -172,6 +175,9 @@ class BenchTarget(_Strict):
     model: str
     concurrency: int = Field(ge=1)
     metric: BenchMetric
+    # The peer's batch size a ``*_vs_peer*`` metric compares against (default:
+    # ``concurrency``), e.g. our 64 clients against CTranslate2's batch 32.
+    peer_batch: int | None = Field(default=None, ge=1)
     min: float | None = None
     max: float | None = None
 
@@ -193,6 +199,10 @@ class Bench(_Strict):
     min_requests: int = Field(ge=1)
     warmup_requests: int = Field(ge=0)
     cell_budget_s: float = Field(gt=0)
+    # The CTranslate2 peer (pipeline/bench/peer.py): the conversions timed, and
+    # how many calls each figure is the median of. The targets compare with float32.
+    peer_quantizations: tuple[PeerQuantization, ...]
+    peer_repeats: int = Field(ge=1)
     targets: tuple[BenchTarget, ...] = ()
 
 
