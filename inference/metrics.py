@@ -4,21 +4,25 @@ Every app gets its own ``CollectorRegistry`` so tests can build many apps in
 one process; ``GET /metrics`` exposes that registry in the text format.
 
 Metrics (only generation endpoints, ``/v1/generate`` and ``/v1/completions``,
-are counted; health, readiness, metrics and docs requests are not):
+are counted; health, readiness, metrics and docs requests are not, except that
+a connection whose request head timed out halfway counts as a ``408``, since
+its route is not known yet):
 
 - ``inference_requests_total{status, code}`` (counter): finished generation
   requests. ``code`` is the HTTP status answered (``"200"``, ``"422"``, ...;
   a stream that fails after its 200 header counts with the code it would have
-  had, e.g. ``"500"`` or ``"504"``). ``status`` is ``success`` for 2xx,
-  ``client_error`` for 4xx other than 429 (the client's mistake, not the
-  release's), and ``error`` for 5xx, 429 (overload) and 504 (deadline).
+  had, e.g. ``"500"``, ``"504"``, or ``"503"`` for one cut by a drain).
+  ``status`` is ``success`` for 2xx, ``client_error`` for 4xx other than 429
+  (the client's mistake, not the release's: 408 timeouts, 499 hang-ups,
+  validation), and ``error`` for 5xx, 429 (overload) and 504 (deadline).
 - ``inference_request_duration_seconds`` (histogram): arrival to last byte
   of requests that reached the engine (succeeded, failed or timed out).
   Instant rejections (validation, 413, 429, 503) are left out so that they
   cannot pull the latency quantiles down.
 - ``inference_time_to_first_token_seconds`` (histogram): arrival to the first
   generated token (includes queueing and any injected latency).
-- ``inference_generated_tokens_total`` (counter): tokens generated.
+- ``inference_generated_tokens_total`` (counter): tokens generated, including
+  those generated for requests the client left or whose deadline passed.
 - ``inference_prompt_tokens_total`` (counter): prompt tokens submitted.
 - ``inference_queue_depth`` (gauge): requests waiting in the engine's queue,
   read from the engine at scrape time.
@@ -26,6 +30,11 @@ are counted; health, readiness, metrics and docs requests are not):
   not yet answered (what a drain waits for).
 - ``inference_batch_size`` (histogram): requests per forward pass, reported
   by the engine's worker (``Engine.observe_batches``).
+- ``inference_engine_layers{shape, layout, threads}`` (gauge): linear layers
+  per weight shape ("out x in"), the layout (``packed``/``dense``) and thread
+  count the engine chose for them by measuring at start
+  (inference/layer_tuning.py); read from the engine at scrape time, absent for
+  an engine that chooses nothing (GPU, fakes).
 - ``inference_model_info{model, revision}`` (gauge, always 1): what is served.
 - ``inference_build_info{git_sha, version}`` (gauge, always 1): which build.
 
@@ -36,7 +45,11 @@ and process metrics of the default registry.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 30.0,
@@ -61,6 +74,30 @@ BUILD_INFO = "inference_build_info"
 SUCCESS = "success"
 CLIENT_ERROR = "client_error"
 ERROR = "error"
+
+
+class _EngineLayers:
+    """Collects ``inference_engine_layers`` from the engine's choices when scraped.
+
+    Why at scrape time: the engine chooses while it warms up, after the app and
+    its metrics exist.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def describe(self) -> list[Metric]:
+        return []  # so registering does not call collect() before the engine starts
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "inference_engine_layers",
+            "Linear layers per weight shape, with the layout and threads chosen at start.",
+            labels=["shape", "layout", "threads"],
+        )
+        for choice in getattr(self._engine, "layer_choices", ()):
+            family.add_metric([choice.shape, choice.layout, str(choice.threads)], choice.layers)
+        yield family
 
 
 def status_label(code: int) -> str:
@@ -128,6 +165,10 @@ class ServerMetrics:
             ["git_sha", "version"],
             registry=r,
         )
+
+    def watch_engine(self, engine: Any) -> None:
+        """Expose the engine's per-shape layer choices (``inference_engine_layers``)."""
+        self.registry.register(_EngineLayers(engine))
 
     def record(self, code: int) -> None:
         self.requests.labels(status=status_label(code), code=str(code)).inc()

@@ -20,8 +20,11 @@ names of the Rollout and its Services stay ``inference-server``: the workflow an
 
 Shutdown: Kubernetes sends SIGTERM after ``preStop`` (a short sleep, so endpoints are
 removed before the server stops accepting), then the server drains for up to the
-definition's ``serving.drain_timeout_s``; ``terminationGracePeriodSeconds`` covers
-both with a margin, so in-flight generations finish instead of being killed.
+definition's ``serving.drain_timeout_s`` (which the definition keeps >= the request
+deadline, so every admitted request can end), then uvicorn has
+``GRACE_AFTER_DRAIN_S`` to write what is left. ``terminationGracePeriodSeconds``
+covers all three with a margin, so in-flight generations finish instead of being
+killed; tests/infra checks this on the rendered Rollout.
 
 Traffic (why no trafficRouting): the basic canary. Argo approximates each step's weight
 by replica counts (docs/features/canary.md): with 10 replicas, 10% is 1 canary pod and 9
@@ -53,6 +56,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from inference.settings import GRACE_AFTER_DRAIN_S
 from infra import analysis, charts, kube
 from infra.cluster_secrets import SecretSource
 from infra.config import InferenceSettings, ModelCacheSettings
@@ -67,7 +71,7 @@ STABLE_SERVICE = f"{APP}-stable"
 CONTAINER = "inference"
 PORT = 8000
 PRESTOP_SLEEP_S = 5
-GRACE_MARGIN_S = 10
+GRACE_MARGIN_S = 5
 # The model a pod serves: the first two env entries, so their paths below never move.
 MODEL_ENV = ("MLCICD_MODEL", "MLCICD_MODEL_REVISION")
 # What `mlcicd deploy set-image` owns after the first `pulumi up`.
@@ -80,7 +84,8 @@ CI_OWNED_FIELDS = (
 
 
 def termination_grace_seconds(definition: PipelineDefinition) -> int:
-    return math.ceil(definition.serving.drain_timeout_s) + PRESTOP_SLEEP_S + GRACE_MARGIN_S
+    drain = math.ceil(definition.serving.drain_timeout_s)
+    return PRESTOP_SLEEP_S + drain + math.ceil(GRACE_AFTER_DRAIN_S) + GRACE_MARGIN_S
 
 
 def weight_errors(definition: PipelineDefinition, replicas: int) -> list[str]:

@@ -29,6 +29,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from inference.settings import ServerSettings
@@ -165,6 +166,16 @@ class Serving(_Strict):
     drain_timeout_s: float = Field(default=_server_default("drain_timeout_s"), gt=0)
     request_deadline_s: float = Field(default=_server_default("request_deadline_s"), gt=0)
 
+    @model_validator(mode="after")
+    def _drain_covers_deadline(self) -> Serving:
+        if self.drain_timeout_s < self.request_deadline_s:
+            raise ValueError(
+                f"serving.drain_timeout_s ({self.drain_timeout_s:g}) must be >= "
+                f"serving.request_deadline_s ({self.request_deadline_s:g}): a shorter drain "
+                "cuts requests the server admitted"
+            )
+        return self
+
 
 BenchMetric = Literal[
     "tokens_per_s",
@@ -173,7 +184,10 @@ BenchMetric = Literal[
     "e2e_p99_over_p50",
     "rss_over_weights_gib",
     "server_errors",
+    "tokens_per_s_vs_peer",
+    "itl_p50_vs_peer_step",
 ]
+PeerQuantization = Literal["float32", "int8"]
 
 
 class BenchTarget(_Strict):
@@ -184,6 +198,9 @@ class BenchTarget(_Strict):
     model: str
     concurrency: int = Field(ge=1)
     metric: BenchMetric
+    # The peer's batch size a ``*_vs_peer*`` metric compares against (default:
+    # ``concurrency``), e.g. our 64 clients against CTranslate2's batch 32.
+    peer_batch: int | None = Field(default=None, ge=1)
     min: float | None = None
     max: float | None = None
 
@@ -205,6 +222,10 @@ class Bench(_Strict):
     min_requests: int = Field(ge=1)
     warmup_requests: int = Field(ge=0)
     cell_budget_s: float = Field(gt=0)
+    # The CTranslate2 peer (pipeline/bench/peer.py): the conversions timed, and
+    # how many calls each figure is the median of. The targets compare with float32.
+    peer_quantizations: tuple[PeerQuantization, ...]
+    peer_repeats: int = Field(ge=1)
     targets: tuple[BenchTarget, ...] = ()
 
 

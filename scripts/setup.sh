@@ -34,13 +34,15 @@ pip_install() {
   .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 }
 
-stamp="$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+stamp="$(cat requirements.lock requirements-peer.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat .venv/.mlcicd-installed 2>/dev/null || true)" != "$stamp" ]; then
   echo "setup: installing Python dependencies (torch 2.13.0 CPU first, then requirements.lock)"
   pip_install --upgrade pip
   # torch first and pinned: an unpinned torch, pulled in by transformers, is a multi-GB CUDA build.
   pip_install torch==2.13.0
   pip_install -r requirements.lock
+  # The optional `peer` extra (CTranslate2 for `mlcicd bench`), so its tests run too.
+  pip_install -r requirements-peer.lock
   # (the editable build warns about package-named folders, which is the point of it)
   PYTHONWARNINGS=ignore pip_install --no-deps -e .
   echo "$stamp" > .venv/.mlcicd-installed

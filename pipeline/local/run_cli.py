@@ -29,6 +29,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "local directory",
     )
     parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="make the candidate the --model's weights served int8 (inference/quantize.py): "
+        "judged by the same gates against the fp32 champion, promoted or blocked on evidence",
+    )
+    parser.add_argument(
         "--canary-fault",
         choices=("none", "errors", "latency"),
         default="none",
@@ -71,9 +78,17 @@ def _run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: --skip {', '.join(unknown)}: no such stage (stages: {', '.join(known)})")
         return 2
+    candidate = args.model
+    if args.quantize is not None:
+        try:
+            candidate = str(_quantized_candidate(args.model, args.quantize, args.state_dir))
+        except (ValueError, OSError) as exc:
+            print(f"error: --quantize {args.quantize}: {exc}")
+            return 2
+        print(f"candidate: {candidate} ({args.model} served {args.quantize})")
     options = RunOptions(
         profile=args.profile,
-        candidate=args.model,
+        candidate=candidate,
         canary_fault=args.canary_fault,
         promote_fault=args.promote_fault,
         state_dir=args.state_dir.resolve(),
@@ -81,3 +96,18 @@ def _run(args: argparse.Namespace) -> int:
         skip_commands=args.skip_commands,
     )
     return LocalRunner(options).run()
+
+
+def _quantized_candidate(model: str, quantization: str, state_dir: Path) -> Path:
+    """The ``--model``'s directory copied and marked ``quantization`` (inference/quantize.py).
+
+    A directory of its own, so the gates, the image, the registry and the canary
+    treat it as the model change it is; its content hash differs from the source's.
+    """
+    from inference.loader import model_directory
+    from inference.quantize import quantized_model_dir
+
+    _, directory = model_directory(model)
+    if directory is None:
+        raise ValueError(f"--model {model}: the local pipeline ships local models only")
+    return quantized_model_dir(directory, "int8", state_dir.resolve() / "candidates")

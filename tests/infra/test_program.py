@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from inference.settings import GRACE_AFTER_DRAIN_S
 from infra.analysis import analysis_template, rollout_steps
 from infra.monitoring import PROMETHEUS_URL
 from infra.rollouts import termination_grace_seconds
@@ -128,6 +129,23 @@ def test_rollout_and_template_equal_the_definition(recordings: dict[str, Any], s
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     assert "preStop" in container["lifecycle"]
     assert "podAntiAffinity" in pod["affinity"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_pods_shutdown_budget_covers_prestop_drain_and_deadline(
+    recordings: dict[str, Any], stack: str
+) -> None:
+    """Contract between the rendered Rollout and the server's drain policy."""
+    pod = one(recordings[stack], ROLLOUT, "inference-rollout")["inputs"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    drain = float(env["MLCICD_DRAIN_TIMEOUT_S"])
+    deadline = float(env["MLCICD_REQUEST_DEADLINE_S"])
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    prestop = float(command[1])
+    assert drain >= deadline, "a drain shorter than the deadline cuts admitted requests"
+    assert pod["terminationGracePeriodSeconds"] >= prestop + drain + GRACE_AFTER_DRAIN_S
 
 
 def test_staging_and_prod_differ_where_they_should(recordings: dict[str, Any]) -> None:

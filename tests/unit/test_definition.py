@@ -222,3 +222,9 @@ def test_a_copied_file_loads_from_its_own_path(tmp_path: Path) -> None:
     assert load_definition("builtin", path=copied) == load_definition("builtin").model_copy(
         update={"source": str(copied)}
     )
+
+
+def test_a_drain_shorter_than_the_deadline_is_named(raw: dict[str, Any]) -> None:
+    raw["profiles"]["builtin"]["serving"] = {"drain_timeout_s": 10.0, "request_deadline_s": 30.0}
+    message = _error(raw, "builtin")
+    assert "serving" in message and "drain_timeout_s (10) must be >=" in message
