@@ -20,6 +20,7 @@ import pipeline.canary.cli
 import pipeline.gates.cli
 import pipeline.local.cli
 import pipeline.registry.cli
+import pipeline.report.cli
 import pipeline.rollout.cli
 import pipeline.serving
 
@@ -33,6 +34,7 @@ SUBSYSTEMS = (
     pipeline.registry.cli,
     pipeline.canary.cli,
     pipeline.rollout.cli,
+    pipeline.report.cli,
     pipeline.bench.cli,
     infra.cli,
 )
