@@ -24,7 +24,15 @@ from infra.render_diff import compare, diff_renders, flatten, markdown_report
 from .conftest import MARKERS
 
 REPO = Path(__file__).resolve().parents[2]
-CODE = ("infra", "pipeline", "inference", "mlcicd", "pipeline.toml", "Pulumi.yaml")
+CODE = (
+    "infra",
+    "pipeline",
+    "inference",
+    "mlcicd",
+    "pipeline.toml",
+    "Pulumi.yaml",
+    "requirements.lock",
+)
 
 
 def _mlcicd(*args: str, cwd: Path = REPO, **env: str) -> subprocess.CompletedProcess[str]:
