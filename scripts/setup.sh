@@ -9,7 +9,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-APT_PACKAGES=(prometheus docker-registry buildah skopeo nginx shellcheck)
+# chromium: the release report test renders report.html in a real headless browser.
+APT_PACKAGES=(prometheus docker-registry buildah skopeo nginx shellcheck chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

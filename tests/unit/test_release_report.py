@@ -1,105 +1,26 @@
 """`mlcicd report`: the release report from the files the gates, registry and canary write.
 
-The gate reports are written here by the gates' own writers (``write_quality``,
-``write_latency``) from made-up results, so the report reads the real formats.
+The gate reports are written by the gates' own writers from made-up results
+(tests/fixtures/release_reports.py), so the report reads the real formats.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 
 from mlcicd.cli import main
-from pipeline.definition import load_definition
-from pipeline.gates.latency import judge_latency
-from pipeline.gates.quality import CaseResult, judge_quality
-from pipeline.gates.reports import write_latency, write_quality
 from pipeline.gates.stats import paired_difference_interval
-from pipeline.load.generator import LoadResult, RequestRecord
 from pipeline.report.cli import write_report
 from pipeline.report.release import collect
-
-DEFINITION = load_definition("builtin")
-
-
-def _quality(out: Path, failing: int = 1) -> None:
-    results = [
-        CaseResult(f"case-{i}", ("factual" if i % 2 else "safety",), "pass", "ok")
-        for i in range(40)
-    ]
-    results += [CaseResult(f"bad-{i}", ("factual",), "fail", "no") for i in range(failing)]
-    champion = {r.id: True for r in results} | {"case-0": False, "case-2": False}
-    q = DEFINITION.quality
-    verdict = judge_quality(
-        results,
-        min_pass_rate=q.min_pass_rate,
-        max_regression_vs_champion=q.max_regression_vs_champion,
-        champion=champion,
-    )
-    write_quality(out, verdict, results, {"model": "builtin", "profile": "builtin"})
-
-
-def _latency(out: Path, ttft_s: float = 0.05) -> None:
-    records = tuple(
-        RequestRecord(i, True, i * 0.1, 0.2 + i / 1000, ttft_s + i / 10000, (0.005,) * 31, 32)
-        for i in range(100)
-    )
-    result = LoadResult("http://x", "concurrency", 4, None, 10, 32, 12.0, records)
-    lat = DEFINITION.latency
-    verdict = judge_latency(
-        result,
-        max_ttft_p99_ms=lat.max_ttft_p99_ms,
-        max_e2e_mean_ms=lat.max_e2e_mean_ms,
-        max_error_rate=lat.max_error_rate,
-    )
-    write_latency(out, result, verdict, {"model": "builtin", "profile": "builtin"})
-
-
-def _canary(out: Path, number: int, weight: int, verdict: str, success: float) -> None:
-    ticks = [
-        {
-            "tick": t,
-            "at": 5.0 * t,
-            "canary": {
-                "requests": 40.0 + t,
-                "success-rate": success,
-                "error-rate": 1 - success,
-                "p99-latency": 0.4,
-                "ttft-p99": 0.1,
-            },
-        }
-        for t in (1, 2, 3)
-    ]
-    data = {
-        "verdict": verdict,
-        "conditions": {"success-rate": ">= 0.99", "error-rate": "< 0.01", "p99-latency": "< 1.0"},
-        "metrics": [],
-        "ticks": ticks,
-    }
-    (out / f"canary-step-{number}-w{weight}.json").write_text(json.dumps(data))
+from tests.fixtures.release_reports import write_quality_report, write_sample_reports
 
 
 @pytest.fixture
 def reports(tmp_path: Path) -> Path:
-    root = tmp_path / "reports"
-    _quality(root / "quality")
-    _latency(root / "latency")
-    _canary(root, 1, 10, "successful", 1.0)
-    _canary(root, 2, 30, "failed", 0.95)
-    release = {
-        "format": "mlcicd.release/v1",
-        "registered_model": "mlcicd-llm",
-        "version": "7",
-        "git_sha": "abc123",
-        "model": {"kind": "builtin", "ref": "builtin", "revision": "f00d"},
-        "image": "127.0.0.1:5000/mlcicd/inference-bundle:abc123",
-        "image_digest": "sha256:" + "e" * 64,
-    }
-    (root / "release.json").write_text(json.dumps(release))
-    return root
+    return write_sample_reports(tmp_path / "reports")
 
 
 def test_paired_difference_interval() -> None:
@@ -160,7 +81,7 @@ def test_ci_report_links_plots_to_the_artifacts(reports: Path, tmp_path: Path) -
 
 def test_a_run_that_stopped_at_a_gate_still_reports(tmp_path: Path) -> None:
     root = tmp_path / "reports"
-    _quality(root / "quality", failing=10)
+    write_quality_report(root / "quality", failing=10)
     files = write_report(root, tmp_path / "out")
     md = files.markdown.read_text()
     assert "## Quality gate — ❌ FAIL" in md and "FAILED: pass rate" in md
