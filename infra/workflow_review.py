@@ -247,6 +247,9 @@ def report_job(
             *install(definition),
             {
                 "name": "Fetch every report of this run",
+                # v4.1.8 fails when a run has no artifact at all (actions/download-artifact
+                # #352); the report then says which parts did not run.
+                "continue-on-error": True,
                 "uses": actions.DOWNLOAD_ARTIFACT.uses,
                 "with": {"path": "${{ runner.temp }}/reports"},
             },
