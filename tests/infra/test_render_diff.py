@@ -178,3 +178,22 @@ def test_cli_exit_codes_and_a_closed_pipe(renders: dict[str, Path], tmp_path: Pa
     )
     assert piped.returncode == 0 and piped.stdout.startswith(("~ ", "+ ", "- "))
     assert piped.stderr == "", piped.stderr
+
+
+def test_a_changed_multi_line_value_shows_only_the_lines_that_moved(tmp_path: Path) -> None:
+    script = "set -e\nstep one\nstep two\nstep three\n"
+    for root, text in ((tmp_path / "a", script), (tmp_path / "b", script.replace("two", "2"))):
+        (root / "kubernetes").mkdir(parents=True)
+        data = {"kind": "ConfigMap", "data": {"run.sh": text}}
+        (root / "kubernetes" / "ConfigMap-scripts.yaml").write_text(yaml.safe_dump(data))
+    lines, _ = diff_renders(tmp_path / "a", tmp_path / "b")
+    assert lines == [
+        "~ ConfigMap/scripts  (1 changed, 0 added, 0 removed keys; "
+        "kubernetes/ConfigMap-scripts.yaml)",
+        "~   data.run.sh:",
+        "        step one",
+        "-       step two",
+        "+       step 2",
+        "        step three",
+        "1 resources differ: 1 changed, 0 added, 0 removed",
+    ]
