@@ -170,7 +170,8 @@ class LocalRunner:
         from pipeline.report.cli import write_report
 
         try:
-            files = write_report(self.reports, self.run_dir, {"run_id": self.run_id})
+            facts = {"run_id": self.run_id, "git_sha": self.git_sha}
+            files = write_report(self.reports, self.run_dir, facts)
         except Exception as exc:  # the run's outcome stands; say why the report is missing
             self.console.info(f"release report not written: {type(exc).__name__}: {exc}")
             return

@@ -175,10 +175,10 @@ def release_section(release: dict[str, Any]) -> Section:
     ]
     shown = tuple((k, f"`{v}`") for k, v in rows if v)
     section = Section("Release")
+    if not release.get("version"):
+        section.notes.append("Nothing was built or registered in this run.")
     if shown:
         section.tables.append(Table(("", "value"), shown))
-    else:
-        section.notes.append("Nothing was built or registered in this run.")
     return section
 
 
