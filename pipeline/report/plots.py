@@ -101,6 +101,7 @@ def canary_plot(steps: list[CanaryStep], path: Path) -> Path | None:
                         ha="center", va="bottom", fontsize=8)  # fmt: skip
             start = end + 1
         ax.set_title(title, pad=14)
+        ax.set_xticks(x)
         ax.set_xlabel("measurement")
     verdicts = ", ".join(f"{s.number}: {s.verdict}" for s in steps)
     fig.suptitle(f"Canary analysis per step ({verdicts})", fontsize=10)

@@ -15,6 +15,7 @@ from pipeline.gates.stats import paired_difference_interval
 from pipeline.report.release import CanaryStep, ReleaseData
 
 PASS, FAIL, NOT_RUN = "PASS", "FAIL", "not run"
+_NOT_RUN_NOTE = "Not in this run: its stage was skipped, or an earlier stage failed."
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ def _ok(passed: bool) -> str:
 def quality_section(quality: dict[str, Any] | None) -> Section:
     section = Section("Quality gate", NOT_RUN if quality is None else _verdict(quality))
     if quality is None:
+        section.notes.append(_NOT_RUN_NOTE)
         return section
     limits = quality["thresholds"]
     overall = quality["overall"]
@@ -120,6 +122,7 @@ def _ms(value: float | None) -> str:
 def latency_section(latency: dict[str, Any] | None, image: str | None) -> Section:
     section = Section("Latency gate", NOT_RUN if latency is None else _verdict(latency))
     if latency is None:
+        section.notes.append(_NOT_RUN_NOTE)
         return section
     load = (
         f"concurrency {latency['concurrency']}"
@@ -197,7 +200,8 @@ def canary_section(steps: list[CanaryStep], image: str | None) -> Section:
     verdicts = {s.verdict for s in steps}
     section = Section("Canary", PASS if verdicts == {"successful"} else FAIL, image=image)
     conditions = steps[0].conditions
-    headers = ("step", "weight", "measurement", *(f"{c} {conditions.get(c, '')}".strip()
+    limits = {c: conditions.get(c, "").removeprefix("result ") for c in _CANARY_COLUMNS}
+    headers = ("step", "weight", "measurement", *(f"{c} {limits[c]}".strip()
                                                   for c in _CANARY_COLUMNS), "verdict")  # fmt: skip
     rows = []
     for step in steps:
