@@ -89,11 +89,15 @@ def changes_job(runs_on: list[str], timeout_minutes: int) -> dict[str, Any]:
 def _offline_diff_steps() -> list[dict[str, Any]]:
     render = f'mlcicd infra render --stack "$stack" --image-tag {RENDER_TAG} --out'
     script = (
+        "# A base from before --image-tag existed renders with its commit in image tags.\n"
+        "base_tag=(--image-tag " + RENDER_TAG + ")\n"
+        f'usage="$(cd {BASE_CHECKOUT} && PYTHONPATH="$PWD" python -m mlcicd infra render --help)"\n'
+        'grep -q -- --image-tag <<< "$usage" || base_tag=()\n'
         f"for stack in {' '.join(STACKS)}; do\n"
         f'  {render} "$RUNNER_TEMP/render/head/$stack"\n'
         "  # The base's own code renders the base (its pipeline.toml, its infra/).\n"
-        f'  (cd {BASE_CHECKOUT} && PYTHONPATH="$PWD" python -m {render} '
-        '"$RUNNER_TEMP/render/base/$stack")\n'
+        f'  (cd {BASE_CHECKOUT} && PYTHONPATH="$PWD" python -m mlcicd infra render '
+        '--stack "$stack" "${base_tag[@]}" --out "$RUNNER_TEMP/render/base/$stack")\n'
         "done\n"
     )
     diff = (

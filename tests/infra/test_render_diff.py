@@ -21,18 +21,7 @@ from infra.mock_runtime import record
 from infra.render import MASK, write_render
 from infra.render_diff import compare, diff_renders, flatten, markdown_report
 
-from .conftest import MARKERS
-
-REPO = Path(__file__).resolve().parents[2]
-CODE = (
-    "infra",
-    "pipeline",
-    "inference",
-    "mlcicd",
-    "pipeline.toml",
-    "Pulumi.yaml",
-    "requirements.lock",
-)
+from .conftest import MARKERS, REPO, copy_code
 
 
 def _mlcicd(*args: str, cwd: Path = REPO, **env: str) -> subprocess.CompletedProcess[str]:
@@ -75,17 +64,7 @@ def test_two_renders_of_the_same_code_are_identical(
 @pytest.fixture(scope="module")
 def threshold_change(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The diff output for ``[canary] min_success_rate`` 0.99 -> 0.98 (prod stack)."""
-    code = tmp_path_factory.mktemp("changed-code")
-    for name in (*CODE, "Pulumi.prod.yaml"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, code / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, code / name)
-    toml = code / "pipeline.toml"
-    text = toml.read_text()
-    assert "\nmin_success_rate = 0.99\n" in text
-    toml.write_text(text.replace("\nmin_success_rate = 0.99\n", "\nmin_success_rate = 0.98\n"))
+    code = copy_code(tmp_path_factory.mktemp("changed-code"), min_success_rate="0.98")
     base, head = tmp_path_factory.mktemp("base"), tmp_path_factory.mktemp("head")
     # As the pull-request job renders: one image tag for both commits.
     for root, out in ((REPO, base), (code, head)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from infra import workflow_actions as actions
 from infra.workflow import RunnerSpec, workflow
 from infra.workflow_review import CHANGE_FILTERS, INTEGRATION_LABEL, pulumi_version
 from pipeline.definition import load_definition
+
+from .conftest import REPO, copy_code
 
 RUNNERS = {"gpu": RunnerSpec("gpu", 60), "cpu": RunnerSpec("cpu", 30)}
 DEFINITION = load_definition("gpu")
@@ -160,3 +163,38 @@ def test_every_cache_restores_an_older_one() -> None:
         assert cache["key"].startswith(cache["restore-keys"]) and cache["restore-keys"].endswith(
             "-"
         )
+
+
+@pytest.mark.slow
+def test_the_infra_review_scripts_render_diff_and_summarise(tmp_path: Path) -> None:
+    """The job's own `run:` scripts, in order, in a workspace whose base checkout has
+    ``min_success_rate = 0.98`` (the head, this checkout, has 0.99); no secret set."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    copy_code(workspace / "base-checkout", min_success_rate="0.98")
+    summary, temp = tmp_path / "summary.md", tmp_path / "runner-temp"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "RUNNER_TEMP": str(temp),
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "LIVE_PREVIEW": "false",
+    }
+    job = JOBS["infra-review"]
+    for step in job["steps"]:
+        if "run" in step and "bash scripts/setup.sh" not in step["run"]:
+            done = subprocess.run(
+                ["bash", "-eo", "pipefail", "-c", step["run"]],
+                cwd=workspace, env={**env, **{k: "" for k in step.get("env", {})}},
+                capture_output=True, text=True, timeout=300, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, (step["name"], done.stdout, done.stderr)
+    comment = (workspace / "infra-review.md").read_text()
+    assert comment.startswith("### Infra diff: base to head, both stacks")
+    assert "~ prod: AnalysisTemplate/analysis-template" in comment
+    assert "+   spec.metrics[success-rate].successCondition: " in comment
+    assert "result[0] >= 0.99" in comment and "```diff" in comment
+    assert "image" not in comment.split("```diff")[1].lower()  # same tag for base and head
+    assert "Not run: no PULUMI_ACCESS_TOKEN secret here" in comment
+    assert summary.read_text() == comment
