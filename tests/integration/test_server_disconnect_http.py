@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 
 from inference.server import create_app
-from pipeline.local.services import free_port, wait_http
+from pipeline.processes import free_port, wait_http
 from tests.unit.fake_engine import FakeEngine, fake_settings, metric
 
 pytestmark = pytest.mark.slow
