@@ -231,7 +231,9 @@ def diff_renders(a: Path, b: Path) -> tuple[list[str], bool]:
     return report_lines(changes), bool(changes)
 
 
-COMMENT_LIMIT = 60_000  # GitHub refuses comments over 65,536 characters
+# GitHub refuses comments over 65,536 characters; the review comment also carries two
+# live previews (infra/workflow_review.py, PREVIEW_LIMIT each).
+COMMENT_LIMIT = 30_000
 
 
 def markdown_report(lines: list[str], title: str) -> str:

@@ -39,6 +39,9 @@ CHANGE_FILTERS: dict[str, tuple[str, ...]] = {
     "infra": ("infra/", "Pulumi", "pipeline.toml", "runner_image/"),
 }
 INFRA_COMMENT, RELEASE_COMMENT = "infra-review", "release-report"
+# The end of each stack's preview output that goes in the comment (with the diff's own
+# COMMENT_LIMIT, it stays under GitHub's 65,536 characters per comment).
+PREVIEW_LIMIT = 15_000
 PULL_REQUEST = "github.event_name == 'pull_request'"
 # The base is rendered from a second checkout, with the head's venv, and both renders
 # tag images alike so that the commit does not show as a change of every image.
@@ -168,7 +171,7 @@ def _live_preview_steps() -> list[dict[str, Any]]:
             f'    echo "<details><summary>{stack}: $OUTCOME_{up}</summary>"',
             "    echo",
             "    echo '```diff'",
-            f'    printf "%s\\n" "$PREVIEW_{up}" | tail -c 25000',
+            f'    printf "%s\\n" "$PREVIEW_{up}" | tail -c {PREVIEW_LIMIT}',
             "    echo '```'",
             '    echo "</details>"',
             "  fi",

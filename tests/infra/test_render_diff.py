@@ -19,7 +19,7 @@ import yaml
 
 from infra.mock_runtime import record
 from infra.render import MASK, write_render
-from infra.render_diff import compare, diff_renders, flatten, markdown_report
+from infra.render_diff import COMMENT_LIMIT, compare, diff_renders, flatten, markdown_report
 
 from .conftest import MARKERS, REPO, copy_code
 
@@ -176,3 +176,11 @@ def test_a_changed_multi_line_value_shows_only_the_lines_that_moved(tmp_path: Pa
         "        step three",
         "1 resources differ: 1 changed, 0 added, 0 removed",
     ]
+
+
+def test_the_markdown_fits_a_pull_request_comment() -> None:
+    lines = [f"+   key{i}: " + "x" * 500 for i in range(200)] + ["200 resources differ"]
+    markdown = markdown_report(lines, "Infra")
+    assert len(markdown) < COMMENT_LIMIT + 500
+    assert markdown.rstrip().endswith("more lines in the job log)")
+    assert markdown.count("```") == 2  # the diff block is closed before the note
