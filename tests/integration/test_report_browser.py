@@ -37,7 +37,8 @@ FAIL_RED = (0xA4, 0x0E, 0x26)  # the FAIL badge's text
 
 
 def chromium(*args: str, timeout_s: float = 90) -> subprocess.CompletedProcess[bytes]:
-    binary = shutil.which("chromium")
+    found = (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome"))
+    binary = next((path for path in found if path), None)
     assert binary, "chromium is installed by scripts/setup.sh (APT_PACKAGES)"
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
