@@ -161,7 +161,8 @@ class CanaryRollout:
         name = f"Step {number}: {weight}% canary, pause {pause_s}s, analysis"
         with self.runner.step(self.stage.id, name) as record:
             time.sleep(pause_s)
-            out = self.runner.reports / f"canary-step-{number}.json"
+            # The weight in the name labels the step in the release report.
+            out = self.runner.reports / f"canary-step-{number}-w{weight}.json"
             code = self.runner.run_logged(
                 record,
                 self.runner.mlcicd(

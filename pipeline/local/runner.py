@@ -27,6 +27,7 @@ environment approvals); the GPU profile's numbers (no GPU on this machine).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -44,7 +45,7 @@ from pipeline.local.image_bundle import PushedImage, build_and_push, pull_and_un
 from pipeline.local.report import Console, RunReport, StepRecord
 from pipeline.local.services import Service, start_mlflow, start_registry
 from pipeline.registry.client import ModelRegistry
-from pipeline.registry.lineage import build_lineage
+from pipeline.registry.lineage import build_lineage, release_facts
 from pipeline.serving import start_server
 from pipeline.source import REPO_ROOT
 
@@ -161,7 +162,20 @@ class LocalRunner:
         summary = self.report.write(self.run_dir)
         self.console.info(f"outcome: {outcome}")
         self.console.info(f"summary: {summary}")
+        self.write_release_report()
         return code
+
+    def write_release_report(self) -> None:
+        """The report CI writes to the job summary (``mlcicd report``), as report.md/.html."""
+        from pipeline.report.cli import write_report
+
+        try:
+            facts = {"run_id": self.run_id, "git_sha": self.git_sha}
+            files = write_report(self.reports, self.run_dir, facts)
+        except Exception as exc:  # the run's outcome stands; say why the report is missing
+            self.console.info(f"release report not written: {type(exc).__name__}: {exc}")
+            return
+        self.console.info(f"release report: {files.markdown}, {files.html}")
 
     def skip(self, stage: Stage, why: str) -> None:
         record = StepRecord(stage.id, stage.title, "skipped", 0.0, why)
@@ -318,6 +332,9 @@ class LocalRunner:
             )
             done = registry.register(lineage)
             self.state.model_version = str(done.version)
+            facts = release_facts(lineage, registry.name, self.state.model_version)
+            self.reports.mkdir(parents=True, exist_ok=True)
+            (self.reports / "release.json").write_text(json.dumps(facts, indent=2) + "\n")
             record.detail = f"version {done.version}" + ("" if done.created else " (already)")
         self.report.facts["image"] = image.pinned
         self.report.facts["model version"] = str(self.state.model_version)

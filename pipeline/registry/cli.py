@@ -29,7 +29,7 @@ from pipeline.registry.client import (
     RegistryError,
     default_actor,
 )
-from pipeline.registry.lineage import Lineage, LineageError, build_lineage
+from pipeline.registry.lineage import Lineage, LineageError, build_lineage, release_facts
 
 
 class _UsageError(ValueError):
@@ -96,6 +96,10 @@ def _register(args: argparse.Namespace) -> int:
             else ""
         )
         print(f"  {metric.key} = {metric.value}{judged}")
+    if args.out:
+        facts = release_facts(lineage, registry.name, str(done.version))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(facts, indent=2) + "\n")
     return EXIT_OK
 
 
@@ -217,6 +221,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a `mlcicd gate ... --out` result (stored whole) or "
         "{name: value | {value, threshold}} (repeatable)",
     )
+    reg.add_argument("--out", help="also write the release facts (JSON) for `mlcicd report`")
     reg.set_defaults(action=_register, handler=_run)
 
     pro = actions.add_parser("promote", help=f"point {CHAMPION} at a version")
