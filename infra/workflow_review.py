@@ -31,6 +31,10 @@ from pipeline.definition import PipelineDefinition
 from pipeline.source import REPO_ROOT
 
 HOSTED_RUNNER = "ubuntu-24.04"
+# Secrets the user adds by hand to the repository, if at all: the program does not
+# provision them, and every job that reads one runs without it (the live preview is
+# skipped and the comment says so). The contract tests hold the workflow to this.
+OPTIONAL_SECRETS = ("PULUMI_ACCESS_TOKEN",)
 STACKS = ("staging", "prod")
 INTEGRATION_LABEL = "integration"
 # Output name -> the paths whose change makes it true on a pull request.
@@ -233,9 +237,7 @@ def test_jobs(definition: PipelineDefinition, on_main: str) -> dict[str, Any]:
     }
 
 
-def report_job(
-    definition: PipelineDefinition, runs_on: str, needs: list[str]
-) -> dict[str, Any]:
+def report_job(definition: PipelineDefinition, runs_on: str, needs: list[str]) -> dict[str, Any]:
     """Runs whatever happened before it (``always()``): a stopped run gets a report too."""
     script = (
         'mlcicd report --reports "$RUNNER_TEMP/reports" --out release-report '
