@@ -90,7 +90,14 @@ def now_utc() -> str:
 
 
 def default_actor() -> str:
-    return os.environ.get("GITHUB_ACTOR") or os.environ.get("USER") or "unknown"
+    """Who acts: ``$GITHUB_ACTOR`` in a workflow, else the OS user (``$USER`` may be unset)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for this uid (some containers)
+        user = ""
+    return os.environ.get("GITHUB_ACTOR") or os.environ.get("USER") or user or "unknown"
 
 
 def _is_unreachable(exc: BaseException) -> bool:
@@ -317,6 +324,18 @@ class ModelRegistry:
             self.client.set_registered_model_alias(self.name, CHAMPION, target)
             self._record(target, "restored", actor, reason, now_utc())
         return ChampionChange(current, target, changed=current != target)
+
+    def reject(self, version: str, actor: str, reason: str) -> None:
+        """Record that ``version`` was not released (a failed canary): on the version and in
+        the champion events, so a failed release is as visible as a promotion."""
+        with self._errors("recording a rejected release"):
+            model = self.client.get_registered_model(self.name)
+            stack, events = self._history(model)
+            when = now_utc()
+            current = model.aliases.get(CHAMPION) if model.aliases else None
+            events.append(_event("reject", version, current, actor, when, reason))
+            self._write_history(stack, events)
+            self._record(version, "rejected", actor, reason, when)
 
     # --- reading -----------------------------------------------------------
 
