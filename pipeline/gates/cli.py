@@ -209,6 +209,21 @@ def quality_command(args: argparse.Namespace) -> int:
 # -- latency -------------------------------------------------------------------------
 
 
+def _cannot_connect(url: str) -> str | None:
+    """Why ``url`` cannot be reached at all, or None if something answers HTTP there.
+
+    A server that is not there is a usage error (exit 2), not a failed gate: a
+    gate judges a release, and there is no release to judge.
+    """
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=5.0)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
+        return str(exc) or type(exc).__name__
+    except httpx.HTTPError:
+        return None  # it answered, if badly: the gate will judge that
+    return None
+
+
 def latency_command(args: argparse.Namespace) -> int:
     try:
         definition = _definition(args)
@@ -262,6 +277,10 @@ def latency_command(args: argparse.Namespace) -> int:
         return EXIT_OK if verdict.passed else EXIT_FAILED
 
     if args.url:
+        unreachable = _cannot_connect(args.url)
+        if unreachable:
+            _err(f"mlcicd gate latency: cannot connect to {args.url}: {unreachable}")
+            return EXIT_USAGE
         return measure(args.url)
     server_args = [*args.server_arg, "--device", args.device, "--dtype", args.dtype]
     _err(f"starting the server for {args.model} ...")
