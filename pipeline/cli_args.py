@@ -18,6 +18,7 @@ Left out: the server's own flags, which ``inference/`` declares.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from pipeline.definition import DEFAULT_DEFINITION, DefinitionError, environments, read_raw
@@ -77,3 +78,15 @@ def add_out_dir(parser: argparse.ArgumentParser, default: Path | None, what: str
     default_text = f" (default: {default})" if default else ""
     help_text = f"directory for {what}{default_text}"
     parser.add_argument("--out", type=Path, default=default, metavar="DIR", help=help_text)
+
+
+_CLI_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_CLI_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_arg(text: str) -> float:
+    """A command-line duration (``500ms``, ``30s``, ``5m``, ``1h``) in seconds, > 0."""
+    match = _CLI_DURATION.match(text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration > 0 (use e.g. 30s, 5m): {text!r}")
+    return float(match.group(1)) * _CLI_UNITS[match.group(2)]

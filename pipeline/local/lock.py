@@ -71,3 +71,17 @@ def acquire(state_dir: Path) -> StateLock:
     handle.write(f"pid={os.getpid()}\nstarted={started}\n")
     handle.flush()
     return StateLock(path, handle, _owner(previous) if previous else None)
+
+
+def holder(state_dir: Path) -> str | None:
+    """Who holds the state directory now (``PID n (started t)``), or None; changes nothing."""
+    path = state_dir / "lock"
+    if not path.exists():
+        return None
+    with path.open() as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _owner(handle.read())
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None

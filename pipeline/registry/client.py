@@ -89,6 +89,14 @@ def now_utc() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
+def local_tracking_uri(state_dir: Path) -> str | None:
+    """The MLflow store ``mlcicd run`` keeps under ``state_dir``, read directly (sqlite),
+    so the local pipeline's registry can be inspected after a run without a server.
+    None when no run has written one there."""
+    db = state_dir / "state" / "mlflow" / "mlflow.db"
+    return f"sqlite:///{db}" if db.is_file() else None
+
+
 def default_actor() -> str:
     """Who acts: ``$GITHUB_ACTOR`` in a workflow, else the OS user (``$USER`` may be unset)."""
     import getpass
