@@ -198,7 +198,7 @@ class CanaryRollout:
                 ok_codes=(0, 1, 3),
             )
             verdict = {0: "successful", 1: "failed", 3: "inconclusive"}[code]
-            record.detail = f"{verdict}: {canary_line(out)}"
+            record.detail = verdict if code != 0 else f"{verdict}: {canary_line(out)}"
             if code != 0:
                 record.status = "failed" if code == 1 else "inconclusive"
                 record.why = canary_line(out)

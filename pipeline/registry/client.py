@@ -262,7 +262,8 @@ class ModelRegistry:
                 if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                     return None
                 raise
-        return model.aliases.get(alias) if model.aliases else None
+        found = (model.aliases or {}).get(alias)
+        return None if found is None else str(found)  # the sqlite store gives ints
 
     @staticmethod
     def _history(model: Any) -> tuple[list[str], list[dict[str, str]]]:
@@ -287,7 +288,7 @@ class ModelRegistry:
         """Point ``champion`` at ``version`` (default: the challenger) and record it."""
         with self._errors("promoting"):
             model = self.client.get_registered_model(self.name)
-            aliases = dict(model.aliases or {})
+            aliases = _aliases(model)
             target = version or aliases.get(CHALLENGER)
             if target is None:
                 raise RegistryError(f"{self.name}: no challenger to promote; pass --version")
@@ -311,7 +312,7 @@ class ModelRegistry:
         """Move ``champion`` back to the previous champion and record who, when and why."""
         with self._errors("rolling back"):
             model = self.client.get_registered_model(self.name)
-            current = model.aliases.get(CHAMPION) if model.aliases else None
+            current = _aliases(model).get(CHAMPION)
             stack, events = self._history(model)
             if stack and current != stack[-1]:
                 # An earlier promote/rollback wrote its intent but not the alias.
@@ -340,7 +341,7 @@ class ModelRegistry:
             model = self.client.get_registered_model(self.name)
             stack, events = self._history(model)
             when = now_utc()
-            current = model.aliases.get(CHAMPION) if model.aliases else None
+            current = _aliases(model).get(CHAMPION)
             events.append(_event("reject", version, current, actor, when, reason))
             self._write_history(stack, events)
             self._record(version, "rejected", actor, reason, when)
@@ -366,7 +367,7 @@ class ModelRegistry:
         return {
             "name": self.name,
             "tracking_uri": self.uri,
-            "aliases": dict(sorted((model.aliases or {}).items())),
+            "aliases": dict(sorted(_aliases(model).items())),
             "champion_history": stack,
             "events": events,
             "versions": rows,
@@ -396,6 +397,11 @@ class ModelRegistry:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(Path(local).read_bytes())
         return version
+
+
+def _aliases(model: Any) -> dict[str, str]:
+    """alias -> version, versions as strings whatever the store (sqlite gives ints)."""
+    return {str(k): str(v) for k, v in (model.aliases or {}).items()}
 
 
 def _event(

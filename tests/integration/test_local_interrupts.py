@@ -75,6 +75,23 @@ def _report(state: Path) -> dict[str, Any]:
     return data
 
 
+def _relaxed_definition(tmp_path: Path) -> Path:
+    """pipeline.toml with a short latency gate no busy machine fails: these tests are
+    about stopping, not about latency."""
+    text = (REPO_ROOT / "pipeline.toml").read_text()
+    start = text.index("[profiles.builtin.latency]")
+    end = text.index("[profiles.builtin.canary]")
+    section = (
+        text[start:end]
+        .replace("requests = 200", "requests = 20")
+        .replace("max_ttft_p99_ms = 250.0", "max_ttft_p99_ms = 60000.0")
+        .replace("max_e2e_mean_ms = 500.0", "max_e2e_mean_ms = 60000.0")
+    )
+    path = tmp_path / "relaxed.toml"
+    path.write_text(text[:start] + section + text[end:])
+    return path
+
+
 def test_sigterm_during_a_command_stops_its_whole_tree(tmp_path: Path) -> None:
     text = (REPO_ROOT / "pipeline.toml").read_text()
     head = text[: text.index("[[stages]]")]
@@ -109,8 +126,9 @@ def test_sigkill_while_services_run_leaves_nothing(tmp_path: Path) -> None:
 
 def test_sigint_during_the_canary_is_interrupted_not_passed(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    proc = _start(state, "--skip", "code-quality", "--skip-commands")
-    _wait_for_log(state, "*deploy-production-step-1*.log", proc, timeout_s=420)
+    relaxed = _relaxed_definition(tmp_path)
+    proc = _start(state, "--skip", "code-quality", "--skip-commands", "--definition", str(relaxed))
+    _wait_for_log(state, "*deploy-production-step-1*.log", proc, timeout_s=600)
     os.kill(proc.pid, signal.SIGINT)
     output, _ = proc.communicate(timeout=90)
     assert proc.returncode == 130, output
