@@ -21,9 +21,9 @@ import argparse
 import re
 from pathlib import Path
 
+from inference.settings import BUILTIN_MODELS
 from pipeline.definition import DEFAULT_DEFINITION, DefinitionError, environments, read_raw
 
-BUILTIN_MODELS = ("builtin", "builtin-weak")
 PROFILE_HELP = (
     "definition profile (default: builtin for the built-in models, else the "
     "definition's pipeline.default_profile)"
