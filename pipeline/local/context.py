@@ -52,7 +52,6 @@ class RunState:
 
     image: PushedImage | None = None
     model_version: str | None = None
-    staging_url: str | None = None
     # The registered version is the registry's champion already (a re-release).
     already_champion: bool = False
 

@@ -157,7 +157,6 @@ def deploy_staging(runner: RunContext, stage: Stage) -> None:
             record.detail += " (smoke tests passed on this image then)"
             return
         service = deploy_image(runner, "staging", image, "--environment", "staging")
-        runner.state.staging_url = service.url
         record.detail = service.url
     for command in stage.commands:
         with runner.step(stage.id, command.name) as record:
