@@ -7,12 +7,13 @@ gate does not pass, the console prints the one line that says why (the
 measurement against its limit), not the tail of a log.
 
 A gate whose inputs (checkout, candidate model, resolved definition, and for
-the quality gate the champion it is compared with) are unchanged since it last
-passed is ``cached``; its reports are restored into this run.
+the quality gate the content of the champion's results it is compared with)
+are unchanged since it last passed is ``cached``; its reports are restored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,9 @@ def quality(runner: RunContext, stage: Stage) -> None:
     compare = ["--champion-results", str(champion_file)] if version else []
     out = runner.reports / "quality"
     with runner.step(stage.id, runner.definition.gate_title("quality")) as record:
-        inputs = _inputs(runner, f"champion={version}")
+        # By content: the champion's results, not its version number, are what is compared.
+        compared = hashlib.sha256(champion_file.read_bytes()).hexdigest() if version else "none"
+        inputs = _inputs(runner, f"champion-results={compared}")
         if _restored(runner, record, "model-tests/quality", inputs, out):
             return
         code = runner.run_logged(
