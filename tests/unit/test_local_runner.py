@@ -211,3 +211,12 @@ def test_a_failed_step_prints_why_not_the_log(tmp_path: Path) -> None:
         raise StageFailed("latency gate failed")
     text = runner.console.text()  # type: ignore[attr-defined]
     assert "why: ttft_p99_ms 312 (limit 250) FAIL" in text and "json line" not in text
+
+
+def test_environment_staging_stops_before_prod_and_skip_names_stages(tmp_path: Path) -> None:
+    options = RunOptions(state_dir=tmp_path, environment="staging", skip_stages=("build",))
+    runner = LocalRunner(options, console=_Quiet())
+    why = {stage.id: runner.why_skipped(stage) for stage in runner.definition.stages}
+    assert why["deploy-production"] == "not deployed: --environment staging stops before prod"
+    assert why["build"] == "skipped by --skip"
+    assert why["deploy-staging"] is None and why["code-quality"] is None
