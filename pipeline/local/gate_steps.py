@@ -54,7 +54,7 @@ def latency_line(path: Path) -> str:
     rows = []
     for row in data.get("thresholds") or []:
         measured = row.get("measured")
-        value = "n/a" if measured is None else f"{measured:.3g}"
+        value = "n/a" if measured is None else f"{measured:.4g}"
         verdict = "ok" if row.get("passed") else "FAIL"
         rows.append(f"{row.get('name')} {value} (limit {row.get('threshold'):g}) {verdict}")
     return "; ".join(rows) or "; ".join(str(r) for r in data.get("reasons") or [])

@@ -189,6 +189,9 @@ def test_verdict_lines_are_one_readable_line(tmp_path: Path) -> None:
     row = {"name": "ttft_p99_ms", "measured": 312.0, "threshold": 250.0, "passed": False}
     latency.write_text(json.dumps({"thresholds": [row]}))
     assert latency_line(latency) == "ttft_p99_ms 312 (limit 250) FAIL"
+    row["measured"] = 1010.3
+    latency.write_text(json.dumps({"thresholds": [row]}))
+    assert latency_line(latency) == "ttft_p99_ms 1010 (limit 250) FAIL"
     canary = tmp_path / "canary.json"
     failed = {"value": 0.0707, "message": "above 0.01"}
     metrics = [
