@@ -29,7 +29,7 @@ _MARK = {
     "skipped": "skip",
     "inconclusive": "??",
     "interrupted": "INT",
-    "cached": "hit",
+    "cached": "cached",
 }
 HEARTBEAT_S = 15.0
 
