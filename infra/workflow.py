@@ -154,7 +154,7 @@ def _build_steps(definition: PipelineDefinition) -> list[dict[str, Any]]:
             'mlcicd registry register --model "$MODEL_REF" --git-sha "$GITHUB_SHA" '
             '--image "$IMAGE" --image-digest "$DIGEST" '
             f"--gate-result {REPORTS_DIR}/quality.json --gate-result {REPORTS_DIR}/latency.json "
-            f"--out {REPORTS_DIR}/release.json\n",
+            f"--out {REPORTS_DIR}\n",
             env={
                 "MODEL_REF": "${{ vars.MODEL_REF }}",
                 "IMAGE": "${{ steps.image.outputs.image }}",

@@ -1,4 +1,5 @@
-"""Shared fixtures. Service fixtures live in tests/fixtures/, one module per service."""
+"""Shared fixtures (service fixtures live in tests/fixtures/, one module per service), and
+the ``gpu`` marker's skip: a test marked ``gpu`` is skipped where torch sees no CUDA device."""
 
 from __future__ import annotations
 
@@ -24,3 +25,16 @@ MIN_CORES_FOR_WORKERS = 4
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     cores = len(os.sched_getaffinity(0))
     return cores if cores >= MIN_CORES_FOR_WORKERS else 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; torch.cuda.is_available() is False")
+    for item in marked:
+        item.add_marker(skip)

@@ -108,7 +108,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--reports (any depth) and writes report.md, report.html and PNG plots to --out.",
     )
     parser.add_argument("--reports", type=Path, required=True, help="the run's report files")
-    parser.add_argument("--out", type=Path, required=True, help="where the report goes")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="directory for the report"
+    )
     parser.add_argument("--title", default=TITLE)
     parser.add_argument(
         "--artifacts-url", help="the run's artifacts page; plots are linked there, not inlined"

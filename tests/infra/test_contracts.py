@@ -281,9 +281,7 @@ def _cli_access() -> set[Access]:
     deploy = ["--namespace", "prod", "--rollout", "inference-server"]
     run_set_image(parse(["deploy", "set-image", *deploy, "--image", new]), api())
     healthy = {"phase": "Healthy", "observedGeneration": "1"}
-    run_wait(
-        parse(["deploy", "wait", *deploy, "--timeout-s", "1", "--poll-s", "0.001"]), api(healthy)
-    )
+    run_wait(parse(["deploy", "wait", *deploy, "--timeout", "1s", "--poll", "1ms"]), api(healthy))
     rollback = argparse.ArgumentParser()
     add_arguments(rollback)
     canary = {"currentPodHash": "hash3", "stableRS": "hash2"}

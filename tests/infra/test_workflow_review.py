@@ -151,7 +151,7 @@ def test_build_uses_a_registry_layer_cache_and_passes_the_commit() -> None:
     assert build["cache-to"].startswith("type=registry,ref=") and "mode=max" in build["cache-to"]
     assert build["build-args"] == "GIT_SHA=${{ github.sha }}"
     register = next(s for s in JOBS["build"]["steps"] if "registry register" in s.get("run", ""))
-    assert "--out gate-reports/release.json" in register["run"]
+    assert register["run"].rstrip().endswith("--out gate-reports")
 
 
 def test_every_cache_restores_an_older_one() -> None:

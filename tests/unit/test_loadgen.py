@@ -276,10 +276,10 @@ def test_latency_cli_against_a_live_url(
     tight = tmp_path / "tight.toml"
     tight.write_text(
         DEFAULT_DEFINITION.read_text()
-        + "\n[environments.tight]\n[environments.tight.latency]\nmax_ttft_p99_ms = 0.001\n"
+        + "\n[environments.staging.latency]\nmax_ttft_p99_ms = 0.001\n"
     )
-    assert load_definition("builtin", "tight", path=tight).latency.max_ttft_p99_ms == 0.001
-    argv += ["--definition", str(tight), "--environment", "tight"]
+    assert load_definition("builtin", "staging", path=tight).latency.max_ttft_p99_ms == 0.001
+    argv += ["--definition", str(tight), "--environment", "staging"]
     assert main([*argv, "--out", str(tmp_path / "tight")]) == 1
     assert "FAILED: ttft_p99_ms" in capsys.readouterr().out
 
