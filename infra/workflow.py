@@ -20,6 +20,9 @@ The scale sets run in the cluster of the environment they serve, and their pods 
 the in-cluster endpoints (MLflow, Prometheus, the inference service) as environment
 variables, so the workflow holds no kubeconfig and no cluster URL.
 
+Review jobs (the infra preview, the infra and integration tests, the release report)
+come from :mod:`infra.workflow_review`; shared steps from :mod:`infra.workflow_steps`.
+
 Left out: matrix builds, PRs from forks deploying anything (deploy jobs need ``main``).
 """
 
@@ -32,26 +35,23 @@ from typing import Any
 import yaml
 
 from infra import workflow_actions as actions
+from infra import workflow_review as review
 from infra.config import scale_set_name
 from infra.workflow_deploy import BUILD_OUTPUTS, deploy_steps, stage_budget
 from infra.workflow_deploy import runner_environment as runner_environment
-from infra.workflow_deploy import step as _step
+from infra.workflow_steps import REPORTS_DIR, checkout, install, model_cache, step
 from pipeline.definition import PipelineDefinition, Stage
 
 WORKFLOW_PATH = ".github/workflows/ml-cicd.yml"
-# A change under any of these paths runs the GPU job on a pull request.
-MODEL_PATHS = (
-    "inference/",
-    "pipeline/",
-    "pipeline.toml",
-    "requirements.lock",
-    "Dockerfile",
-)
-MODEL_CACHE_PATHS = ("~/.cache/mlcicd", "~/.cache/huggingface")
-REPORTS_DIR = "gate-reports"
-REGISTRATION = "registration.json"
+BUILD_CACHE_TAG = "buildcache"
 ON_MAIN = "github.event_name != 'pull_request' && github.ref == 'refs/heads/main'"
 GITHUB_ENVIRONMENTS = {"staging": "staging", "prod": "production"}
+# What the build job outputs from `registry register --out` (release.json), by jq path.
+RELEASE_OUTPUTS = {
+    "version": ".version",
+    "model_ref": ".model.ref",
+    "model_revision": ".model.revision",
+}
 
 
 @dataclass(frozen=True)
@@ -66,60 +66,19 @@ class RunnerSpec:
         return scale_set_name(environment, self.runner_class)
 
 
-def _checkout(fetch_depth: int = 1) -> dict[str, Any]:
-    return {
-        "name": "Check out",
-        "uses": actions.CHECKOUT.uses,
-        "with": {"persist-credentials": False, "fetch-depth": fetch_depth},
-    }
-
-
-def _install(definition: PipelineDefinition) -> list[dict[str, Any]]:
-    python = f"python{definition.pipeline.python_version}"
-    return [
-        {
-            "name": "Cache pip downloads",
-            "uses": actions.CACHE.uses,
-            "with": {
-                "path": "~/.cache/pip",
-                "key": "pip-${{ runner.os }}-${{ hashFiles('requirements.lock') }}",
-            },
-        },
-        _step(
-            "Install the project",
-            f"{python} -m venv .venv\n"
-            ".venv/bin/pip install -r requirements.lock\n"
-            ".venv/bin/pip install --no-deps -e .\n"
-            'echo "$PWD/.venv/bin" >> "$GITHUB_PATH"\n',
-        ),
-    ]
-
-
-def _model_cache() -> dict[str, Any]:
-    return {
-        "name": "Cache models",
-        "uses": actions.CACHE.uses,
-        "with": {
-            "path": "\n".join(MODEL_CACHE_PATHS),
-            "key": "model-${{ vars.MODEL_REF }}-"
-            "${{ hashFiles('inference/builtin/**', 'inference/builtin_model.py') }}",
-        },
-    }
-
-
 def _gate_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, Any]]:
     steps: list[dict[str, Any]] = []
     env = {"MODEL_REF": "${{ vars.MODEL_REF }}", "HF_TOKEN": "${{ secrets.HF_TOKEN }}"}
     if "quality" in stage.gates:
         steps.append(
-            _step(
+            step(
                 "Fetch the champion's quality results",
                 f"mlcicd registry champion-results --out {REPORTS_DIR}/champion-quality.json"
                 " --allow-missing\n",
             )
         )
         steps.append(
-            _step(
+            step(
                 definition.gate_title("quality"),
                 "champion=()\n"
                 f"if [ -f {REPORTS_DIR}/champion-quality.json ]; then\n"
@@ -132,7 +91,7 @@ def _gate_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, 
         )
     if "latency" in stage.gates:
         steps.append(
-            _step(
+            step(
                 definition.gate_title("latency"),
                 'mlcicd gate latency --profile "$MLCICD_PROFILE" --model "$MODEL_REF" '
                 f"--device cuda --out {REPORTS_DIR}\n",
@@ -173,22 +132,26 @@ def _build_steps(definition: PipelineDefinition) -> list[dict[str, Any]]:
                 "push": True,
                 "tags": f"{image}:${{{{ github.sha }}}}",
                 "build-args": "GIT_SHA=${{ github.sha }}",
+                # Layers from the registry: a rebuild after a code-only change reuses the
+                # dependency layers. mode=max exports every stage's layers, not only the last.
+                "cache-from": f"type=registry,ref={image}:{BUILD_CACHE_TAG}",
+                "cache-to": f"type=registry,ref={image}:{BUILD_CACHE_TAG},mode=max",
             },
         },
-        _step(
+        step(
             "Image reference",
             'echo "image=$IMAGE:$GITHUB_SHA" >> "$GITHUB_OUTPUT"\n'
             'echo "digest=$DIGEST" >> "$GITHUB_OUTPUT"\n',
             id="image",
             env={"IMAGE": image, "DIGEST": "${{ steps.build.outputs.digest }}"},
         ),
-        *_install(definition),
+        *install(definition),
         {
             "name": "Fetch gate reports",
             "uses": actions.DOWNLOAD_ARTIFACT.uses,
             "with": {"name": REPORTS_DIR, "path": REPORTS_DIR},
         },
-        _step(
+        step(
             f"Register the model in {definition.pipeline.registered_model}",
             # The revision the gates loaded and tested (a Hugging Face commit or a
             # content hash) is the revision registered, deployed and checked on the pods.
@@ -196,11 +159,11 @@ def _build_steps(definition: PipelineDefinition) -> list[dict[str, Any]]:
             'mlcicd registry register --model "$MODEL_REF" --model-revision "$revision" '
             '--git-sha "$GITHUB_SHA" --image "$IMAGE" --image-digest "$DIGEST" '
             f"--gate-result {REPORTS_DIR}/quality.json --gate-result {REPORTS_DIR}/latency.json "
-            f"--out {REGISTRATION}\n"
+            f"--out {REPORTS_DIR}\n"
             + "{\n"
             + "".join(
-                f'  echo "{key}=$(jq -r .{key} {REGISTRATION})"\n'
-                for key in ("version", "model_ref", "model_revision")
+                f'  echo "{key}=$(jq -r {path} {REPORTS_DIR}/release.json)"\n'
+                for key, path in RELEASE_OUTPUTS.items()
             )
             + '} >> "$GITHUB_OUTPUT"\n',
             id="register",
@@ -210,7 +173,18 @@ def _build_steps(definition: PipelineDefinition) -> list[dict[str, Any]]:
                 "DIGEST": "${{ steps.image.outputs.digest }}",
             },
         ),
+        _keep("release", f"{REPORTS_DIR}/release.json"),
     ]
+
+
+def _keep(name: str, path: str) -> dict[str, Any]:
+    """Upload a report for the release report job (which downloads every artifact)."""
+    return {
+        "name": f"Keep {path}",
+        "if": "always()",
+        "uses": actions.UPLOAD_ARTIFACT.uses,
+        "with": {"name": name, "path": path, "retention-days": 30, "if-no-files-found": "ignore"},
+    }
 
 
 def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> dict[str, Any]:
@@ -220,11 +194,11 @@ def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> di
         "timeout-minutes": runner.timeout_minutes,
         "permissions": {"contents": "read"},
     }
-    steps = [_checkout(), *_install(definition)]
+    steps = [checkout(), *install(definition)]
     if stage.runner == "gpu":
         needs = ["changes", *needs]
         job["if"] = f"needs.changes.outputs.model == 'true' || ({ON_MAIN})"
-        steps.insert(1, _model_cache())
+        steps.insert(1, model_cache())
     if stage.action == "build-and-register":
         job["if"] = ON_MAIN
         job["permissions"] = {"contents": "read", "packages": "write"}
@@ -233,7 +207,7 @@ def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> di
             f".outputs.{key} }}}}"
             for key in BUILD_OUTPUTS
         }
-        steps = [_checkout(), *_build_steps(definition)]
+        steps = [checkout(), *_build_steps(definition)]
     if stage.environment is not None:
         job["if"] = ON_MAIN
         job["environment"] = GITHUB_ENVIRONMENTS[stage.environment]
@@ -242,7 +216,7 @@ def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> di
     if stage.action in ("deploy", "canary-rollout"):
         steps += deploy_steps(definition, stage)
         job["timeout-minutes"] = stage_budget(definition, stage).job_timeout_minutes
-    steps += [_step(command.name, command.run + "\n") for command in stage.commands]
+    steps += [step(command.name, command.run + "\n") for command in stage.commands]
     steps += _gate_steps(definition, stage)
     if needs:
         job["needs"] = needs
@@ -255,54 +229,30 @@ def pull_request_checks(definition: PipelineDefinition) -> tuple[str, ...]:
     return tuple(s.id for s in definition.stages if s.environment is None and s.action is None)
 
 
-def _changes_job(runner: RunnerSpec) -> dict[str, Any]:
-    pattern = "|".join(p.replace(".", "\\.") for p in MODEL_PATHS)
-    script = (
-        'if [ "$GITHUB_EVENT_NAME" != "pull_request" ]; then\n'
-        '  echo "model=true" >> "$GITHUB_OUTPUT"\n'
-        "  exit 0\n"
-        "fi\n"
-        'git fetch --no-tags --depth=1 origin "$BASE_REF"\n'
-        'if git diff --name-only "origin/$BASE_REF" HEAD | grep -qE '
-        f"'^({pattern})'; then\n"
-        '  echo "model=true" >> "$GITHUB_OUTPUT"\n'
-        "else\n"
-        '  echo "model=false" >> "$GITHUB_OUTPUT"\n'
-        "fi\n"
-    )
-    return {
-        "runs-on": runner.runs_on("staging"),
-        "timeout-minutes": runner.timeout_minutes,
-        "permissions": {"contents": "read"},
-        "outputs": {"model": "${{ steps.filter.outputs.model }}"},
-        "steps": [
-            _checkout(fetch_depth=0),
-            _step(
-                "Did model or inference code change?",
-                script,
-                id="filter",
-                env={"BASE_REF": "${{ github.base_ref }}"},
-            ),
-        ],
-    }
-
-
 def workflow(definition: PipelineDefinition, runners: Mapping[str, RunnerSpec]) -> dict[str, Any]:
     """The workflow as data; ``runners`` maps a runner class (gpu, cpu) to its spec."""
     missing = sorted({s.runner for s in definition.stages} - set(runners))
     if missing:
         raise KeyError(f"no runner spec for runner class(es) {', '.join(missing)}")
-    jobs: dict[str, Any] = {}
-    has_gpu_job = any(stage.runner == "gpu" for stage in definition.stages)
-    if has_gpu_job:
-        jobs["changes"] = _changes_job(runners["cpu"] if "cpu" in runners else runners["gpu"])
+    cpu = runners["cpu"] if "cpu" in runners else runners["gpu"]
+    jobs: dict[str, Any] = {
+        "changes": review.changes_job(cpu.runs_on("staging"), cpu.timeout_minutes)
+    }
     for stage in definition.stages:
         jobs[stage.id] = _job(definition, stage, runners[stage.runner])
+    jobs["infra-review"] = review.infra_review_job(definition)
+    jobs.update(review.test_jobs(definition, ON_MAIN))
+    stage_ids = [stage.id for stage in definition.stages]
+    jobs["release-report"] = review.report_job(definition, cpu.runs_on("staging"), stage_ids)
     return {
         "name": definition.pipeline.name,
         "on": {
             "push": {"branches": ["main"]},
-            "pull_request": {"branches": ["main"]},
+            # labeled: adding the integration label runs the integration tests.
+            "pull_request": {
+                "branches": ["main"],
+                "types": ["opened", "synchronize", "reopened", "labeled"],
+            },
             "workflow_dispatch": {},
         },
         "permissions": {},

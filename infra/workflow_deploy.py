@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.analysis import ROLLOUT_NAME
+from infra.analysis import ANALYSIS_TEMPLATE_NAME, ROLLOUT_NAME
+from infra.workflow_steps import step
 from pipeline.definition import PipelineDefinition, Stage, load_definition
 from pipeline.rollout.budget import ReleaseBudget, release_budget
 
@@ -24,10 +25,6 @@ BUILD_OUTPUTS = ("image", "digest", "version", "model_ref", "model_revision")
 def runner_environment(stage: Stage) -> str:
     """Whose runners run a stage: CI stages run in staging, a deploy in its target."""
     return stage.environment or "staging"
-
-
-def step(name: str, run: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, **extra, "run": run}
 
 
 def deploy_definition(definition: PipelineDefinition, stage: Stage) -> PipelineDefinition:
@@ -52,21 +49,28 @@ def deploy_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str,
     )
     wait = (
         f'mlcicd deploy wait --namespace "$MLCICD_NAMESPACE" --rollout {ROLLOUT_NAME} '
-        f"--timeout-s {budget.wait_timeout_s} "
+        f"--timeout {budget.wait_timeout_s}s "
         '--expect-model-revision "$MODEL_REVISION" --model-url "$MLCICD_CANARY_ENDPOINT"\n'
     )
     target = deploy_definition(definition, stage)
-    judged = f", judged by Argo: {target.gate_title('canary')}" if _has_canary(target) else ""
     steps = [
         step(f"Set image and model ({environment})", set_image, id="set-image", env=env),
         step(
-            f"Follow the rollout ({_steps_title(target)}; budget {budget.wait_timeout_s} s)"
-            + judged,
+            f"Follow the rollout ({_steps_title(target)}; budget {budget.wait_timeout_s} s)",
             wait,
             id="rollout",
             env=env,
         ),
     ]
+    if _has_canary(target):
+        # The thresholds, shown where the job runs; Argo's AnalysisTemplate applies them.
+        steps.insert(
+            1,
+            step(
+                target.gate_title("canary"),
+                f'echo "Judged by the Rollout\'s analysis: {ANALYSIS_TEMPLATE_NAME}"\n',
+            ),
+        )
     if stage.action != "canary-rollout":
         return steps
     attempts = definition.deploy.promote_attempts

@@ -345,7 +345,33 @@ def resolve(
     environment: str | None = None,
     source: Path = DEFAULT_DEFINITION,
 ) -> PipelineDefinition:
-    """Merge base, profile and environment tables and validate the result."""
+    """Merge base, profile and environment tables and validate the result.
+
+    The whole file is validated, not only the combination asked for: a bad value
+    in any profile or environment is an error under every profile, so a typo in
+    ``[profiles.builtin.canary]`` cannot hide until someone runs that profile.
+    """
+    chosen = _resolve_one(raw, profile, environment, source)
+    for other_profile, other_environment in _combinations(raw):
+        if (other_profile, other_environment) != (chosen.profile, environment):
+            _resolve_one(raw, other_profile, other_environment, source)
+    return chosen
+
+
+def _combinations(raw: dict[str, Any]) -> list[tuple[str, str | None]]:
+    profiles = raw.get("profiles", {})
+    environments = raw.get("environments", {})
+    if not isinstance(profiles, dict) or not isinstance(environments, dict):
+        return []
+    return [(p, e) for p in sorted(profiles) for e in [None, *sorted(environments)]]
+
+
+def _resolve_one(
+    raw: dict[str, Any],
+    profile: str | None,
+    environment: str | None,
+    source: Path,
+) -> PipelineDefinition:
     raw = dict(raw)
     profiles = raw.pop("profiles", {})
     environments = raw.pop("environments", {})

@@ -9,9 +9,21 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-APT_PACKAGES=(prometheus docker-registry buildah skopeo nginx shellcheck)
+# chromium: the release report test renders report.html in a real headless browser.
+APT_PACKAGES=(prometheus docker-registry buildah skopeo nginx shellcheck chromium)
+has_browser() {
+  local name
+  for name in chromium chromium-browser google-chrome; do
+    command -v "$name" >/dev/null && return 0
+  done
+  return 1
+}
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
+  # GitHub's Ubuntu runners ship Chrome already (and Ubuntu's chromium package is a snap).
+  if [ "$pkg" = chromium ] && has_browser; then
+    continue
+  fi
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

@@ -33,6 +33,7 @@ from pipeline.bench.machine import ISA_ENV, machine_info
 from pipeline.bench.report import build_document, render_markdown, render_plot, write_json
 from pipeline.bench.runner import run_bench, server_argv
 from pipeline.bench.targets import SERVERS, ServerKind, TargetOutcome, evaluate_targets
+from pipeline.cli_args import add_out_dir, duration_arg
 from pipeline.definition import Bench, DefinitionError, load_definition
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.processes import ServiceError
@@ -66,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--profile", default="cpu", help="definition profile (default: cpu)")
     parser.add_argument("--definition", default=None, help="pipeline.toml to read")
-    parser.add_argument("--out", default="out/bench", help="output directory (default out/bench)")
+    add_out_dir(parser, Path("out/bench"), "the report, JSON and plot")
     parser.add_argument("--quick", action="store_true", help="builtin model, c=1,4, few requests")
     parser.add_argument("--models", type=_str_list, help="comma-separated model refs")
     parser.add_argument("--concurrency", type=_int_list, help="comma-separated levels")
@@ -85,7 +86,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--min-requests", type=int, dest="min_requests")
     parser.add_argument("--warmup-requests", type=int, dest="warmup_requests")
     parser.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
-    parser.add_argument("--cell-budget-s", type=float, dest="cell_budget_s")
+    parser.add_argument(
+        "--cell-budget", type=duration_arg, dest="cell_budget_s", metavar="DURATION",
+        help="time budget per (server, model, concurrency) cell, e.g. 150s",
+    )  # fmt: skip
     parser.add_argument(
         "--torch-threads",
         type=int,
@@ -133,7 +137,7 @@ def _resolve(args: argparse.Namespace) -> tuple[Bench, tuple[ServerKind, ...], b
         raise ValueError(f"--torch-threads must be >= 1, got {args.torch_threads}")
     if args.cell_budget_s is not None:
         if args.cell_budget_s <= 0:
-            raise ValueError(f"--cell-budget-s must be > 0, got {args.cell_budget_s}")
+            raise ValueError(f"--cell-budget must be > 0, got {args.cell_budget_s}")
         update["cell_budget_s"] = args.cell_budget_s
     unknown = [s for s in args.servers if s not in (*SERVERS, "peer")]
     if unknown:

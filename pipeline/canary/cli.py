@@ -40,6 +40,7 @@ from pipeline.canary.measure import (
     selector,
 )
 from pipeline.canary.promql import CanaryQueries
+from pipeline.cli_args import add_definition, add_environment, add_out_dir, add_profile
 from pipeline.definition import DefinitionError, duration_seconds, load_definition
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_USAGE
 
@@ -196,25 +197,35 @@ def _golden(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     result = run_golden(definition, args.endpoint, args.expect_revision)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "golden.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     print(result.summary())
     return EXIT_OK if result.passed else EXIT_FAILED
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("canary", help="canary analysis against Prometheus")
+    parser = subparsers.add_parser(
+        "canary",
+        help="canary analysis against Prometheus",
+        description="Judge a canary from Prometheus metrics, as Argo Rollouts' analysis does.",
+    )
     actions = parser.add_subparsers(dest="canary_command", required=True, metavar="ACTION")
-    ana = actions.add_parser("analyze", help="measure and judge a canary (Argo semantics)")
+    ana = actions.add_parser(
+        "analyze",
+        help="measure and judge a canary (Argo semantics)",
+        description="Measure the canary's success rate, error rate and latencies in "
+        "Prometheus every interval, with the definition's thresholds and Argo's limits. "
+        "Exit 0 successful, 1 failed, 3 inconclusive, 2 usage error.",
+    )
     ana.add_argument("--prometheus-url", required=True, help="e.g. http://127.0.0.1:9090")
     ana.add_argument("--job", default="inference", help="job label (default: inference)")
     ana.add_argument("--version", help="version label value of the release to judge")
     ana.add_argument("--canary", help="version label of the canary (with --stable)")
     ana.add_argument("--stable", help="version label of the stable release (reported, not judged)")
     ana.add_argument("--version-label", default="version", help="label name (default: version)")
-    ana.add_argument("--profile", help="definition profile (default: the file's default)")
-    ana.add_argument("--environment", help="staging or prod (limits differ)")
-    ana.add_argument("--definition", help="pipeline definition (default: pipeline.toml)")
+    add_profile(ana)
+    add_environment(ana, "staging or prod: their limits differ")
+    add_definition(ana)
     ana.add_argument("--interval", help="override the measurement interval, e.g. 2s")
     ana.add_argument("--count", type=int, help="override the number of measurements")
     ana.add_argument("--out", help="also write the verdict JSON here")
@@ -222,8 +233,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gold = actions.add_parser("golden", help="golden prompts, TTFT and model revision")
     gold.add_argument("--endpoint", required=True, help="the canary alone, e.g. http://...:8000")
     gold.add_argument("--expect-revision", help="the revision the canary must serve")
-    gold.add_argument("--profile", help="definition profile (default: the file's default)")
-    gold.add_argument("--environment", help="staging or prod")
-    gold.add_argument("--definition", help="pipeline definition (default: pipeline.toml)")
-    gold.add_argument("--out", help="also write the result JSON here")
+    add_profile(gold)
+    add_environment(gold)
+    add_definition(gold)
+    add_out_dir(gold, None, "the result, golden.json")
     gold.set_defaults(handler=_golden)

@@ -26,6 +26,11 @@ with real parts on one machine:
 A Rollout's first deploy in Argo skips the steps; likewise, when the registry has no
 champion yet, the candidate takes all traffic and is analysed alone before it is
 promoted.
+
+When the candidate is already the champion (the same commit and model released
+again: same version, same digest), the stage is a no-op by policy: there is no
+second release to compare, so it says so and changes nothing. A rejected
+candidate is recorded in the registry (who, when, why) as a promotion is.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from pipeline.local.context import RunContext, StageFailed
 from pipeline.local.image_bundle import PushedImage
 from pipeline.local.report import StepRecord
 from pipeline.local.services import ScrapeTarget, Service, TrafficSplitter, start_prometheus
+from pipeline.registry.client import ModelRegistry, RegistryError, default_actor
 from pipeline.rollout.budget import release_budget
 
 # Where a promote is sent when the run injects a registry fault: nothing listens there.
@@ -52,7 +58,9 @@ class CanaryRollout:
     def __init__(self, runner: RunContext, stage: Stage) -> None:
         self.runner = runner
         self.stage = stage
-        self.definition = load_definition(runner.options.profile, stage.environment)
+        self.definition = load_definition(
+            runner.options.profile, stage.environment, runner.options.definition
+        )
         self.canary = self.definition.canary
         self.budget = release_budget(self.definition)
 
@@ -60,11 +68,7 @@ class CanaryRollout:
 
     def champion(self) -> tuple[str, PushedImage, str] | None:
         """The champion's version, its image and its model revision, from the registry."""
-        from pipeline.registry.client import ModelRegistry
-
-        registry = ModelRegistry(
-            self.runner.services["mlflow"].url, self.definition.pipeline.registered_model
-        )
+        registry = self.runner.registry()
         found = registry.champion_image()
         if found is None:
             return None
@@ -75,6 +79,14 @@ class CanaryRollout:
         current = self.runner.services["registry"].url.removeprefix("http://")
         path = reference.split("/", 1)[1] if "/" in reference else reference
         return version, PushedImage(reference=f"{current}/{path}", digest=digest), revision
+
+    def reject(self, version: str, verdict: str) -> None:
+        """Record the failed release in the registry; a failure here must not hide the verdict."""
+        reason = f"canary {verdict} (run {self.runner.run_id})"
+        with self.runner.step(self.stage.id, f"Record v{version} as rejected") as record:
+            actor = default_actor()
+            self.runner.registry().reject(version, actor, reason)
+            record.detail = f"by {actor}: {reason}"
 
     # -- the rollout ----------------------------------------------------------
 
@@ -125,6 +137,16 @@ class CanaryRollout:
 
     def run(self) -> None:
         runner = self.runner
+        if runner.state.already_champion and runner.state.image is not None:
+            version = runner.state.model_version
+            with runner.step(self.stage.id, "Canary rollout") as record:
+                record.status = "skipped"
+                record.detail = (
+                    f"v{version} ({runner.state.image.digest[:19]}...) is already the champion: "
+                    "nothing to roll out (policy: a re-release is a no-op)"
+                )
+            runner.report.outcome = f"no change: v{version} is already the champion"
+            return
         runner.console.info(f"release budget ({self.stage.environment}): {self.budget.describe()}")
         runner.report.facts["release budget"] = self.budget.describe()
         started = time.monotonic()
@@ -152,6 +174,7 @@ class CanaryRollout:
         if verdict != "successful":
             splitter.set_weight(None, 0)
             runner.report.outcome = f"rolled back: canary {verdict}"
+            self.reject(str(runner.state.model_version), verdict)
             raise StageFailed(f"canary {verdict}: traffic returned to stable, not promoted")
         self.promote()
 
@@ -181,15 +204,26 @@ class CanaryRollout:
         """Promote with retries; on failure keep the healthy canary serving and say so."""
         runner = self.runner
         version = str(runner.state.model_version)
-        args = ["registry", "promote", "--version", version,
-                "--attempts", str(self.definition.deploy.promote_attempts),
-                "--retry-delay-s", "1",
-                "--reason", f"canary analysis successful (run {runner.run_id})"]  # fmt: skip
-        if runner.options.promote_fault:
-            args += ["--tracking-uri", UNREACHABLE_REGISTRY]
+        attempts = self.definition.deploy.promote_attempts
+        registry = (
+            ModelRegistry(UNREACHABLE_REGISTRY, self.definition.pipeline.registered_model)
+            if runner.options.promote_fault
+            else runner.registry()
+        )
+        reason = f"canary analysis successful (run {runner.run_id})"
         try:
             with runner.step(self.stage.id, f"Promote v{version} to champion") as record:
-                runner.run_logged(record, runner.mlcicd(*args))
+                actor = default_actor()
+                for attempt in range(1, attempts + 1):
+                    try:
+                        change = registry.promote(version, actor, reason)
+                        break
+                    except RegistryError as exc:
+                        record.detail = f"attempt {attempt}/{attempts}: {exc}"
+                        if attempt == attempts:
+                            raise StageFailed(record.detail) from exc
+                        time.sleep(attempt)
+                record.detail = f"by {actor}; was v{change.previous or 'none'}"
         except StageFailed:
             runner.report.outcome = (
                 f"not promoted: v{version} is healthy and serves all traffic, but the registry "
@@ -204,21 +238,19 @@ class CanaryRollout:
         name = f"Step {number}: {weight}% canary, pause {pause_s}s, analysis"
         with self.runner.step(self.stage.id, name) as record:
             time.sleep(pause_s)
-            verdict = self.prometheus_verdict(record, number, prometheus_url)
+            # The weight in the name labels the step in the release report.
+            out = self.runner.reports / f"canary-step-{number}-w{weight}.json"
+            verdict = self.prometheus_verdict(record, out, prometheus_url)
             golden = self.golden(number, judged)
             if verdict == "successful" and not golden.passed:
                 verdict = "failed"
-            record.detail = (
-                verdict
-                + _summary(self.runner.reports / f"canary-step-{number}.json")
-                + f"; {golden.summary()}"
-            )
+            record.detail = f"{verdict}: {canary_line(out)}; {golden.summary()}"
             if verdict != "successful":
                 record.status = "failed" if verdict == "failed" else "inconclusive"
+                record.why = f"{canary_line(out)}; {golden.summary()}"
             return verdict
 
-    def prometheus_verdict(self, record: StepRecord, number: int, prometheus_url: str) -> str:
-        out = self.runner.reports / f"canary-step-{number}.json"
+    def prometheus_verdict(self, record: StepRecord, out: Path, prometheus_url: str) -> str:
         code = self.runner.run_logged(
             record,
             self.runner.mlcicd(
@@ -240,10 +272,25 @@ class CanaryRollout:
         return result
 
 
-def _summary(path: Path) -> str:
+def canary_line(path: Path) -> str:
+    """Each metric's last measurement and phase, on one line, from the analysis JSON.
+
+    e.g. ``success-rate 0.929 Failed, error-rate 0.0707 Failed, p99-latency 0.094 Successful``;
+    an inconclusive or errored measurement adds its message (``fewer than 10 requests``).
+    """
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return ""
-    reasons = data.get("reasons") or data.get("message") or ""
-    return f" ({reasons})" if reasons else ""
+        return "no analysis written (see the log)"
+    parts = []
+    for metric in data.get("metrics") or []:
+        last = (metric.get("measurements") or [{}])[-1]
+        value = last.get("value")
+        shown = f"{value:.3g}" if isinstance(value, int | float) else last.get("raw", "n/a")
+        note = (
+            f" ({last['message']})"
+            if metric.get("phase") != "Successful" and last.get("message")
+            else ""
+        )
+        parts.append(f"{metric.get('name')} {shown} {metric.get('phase')}{note}")
+    return ", ".join(parts) or str(data.get("verdict", "no measurements"))

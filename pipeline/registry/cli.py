@@ -2,7 +2,9 @@
 
 The registered model's name comes from the pipeline definition
 (``pipeline.registered_model``); ``--registered-model`` overrides it (tests,
-forks). The tracking server is ``--tracking-uri`` or ``MLFLOW_TRACKING_URI``;
+forks). The tracking server is ``--tracking-uri`` or ``MLFLOW_TRACKING_URI``,
+else the local pipeline's state (``.mlcicd/state``, read directly from its
+sqlite store, so ``mlcicd registry show`` works after ``mlcicd run`` ends);
 ``MLFLOW_TRACKING_TOKEN`` (and MLflow's other auth variables) are read by MLflow
 itself, never by this module.
 
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli_args import add_definition, add_out_dir, add_profile, duration_arg
 from pipeline.definition import DefinitionError, load_definition
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.registry.client import (
@@ -29,8 +32,12 @@ from pipeline.registry.client import (
     ModelRegistry,
     RegistryError,
     default_actor,
+    local_tracking_uri,
 )
-from pipeline.registry.lineage import Lineage, LineageError, build_lineage
+from pipeline.registry.lineage import Lineage, LineageError, build_lineage, release_facts
+from pipeline.source import REPO_ROOT
+
+RELEASE_FACTS = "release.json"
 
 
 class _UsageError(ValueError):
@@ -40,7 +47,13 @@ class _UsageError(ValueError):
 def _registry(args: argparse.Namespace) -> ModelRegistry:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        raise _UsageError("no tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+        uri = local_tracking_uri(args.state_dir)
+        if uri is None:
+            raise _UsageError(
+                "no tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI "
+                f"(and no local pipeline state in {args.state_dir}: run `mlcicd run` first)"
+            )
+        print(f"mlcicd registry: reading the local pipeline state ({uri})", file=sys.stderr)
     name = args.registered_model
     if not name:
         definition = load_definition(args.profile, None, args.definition)
@@ -90,16 +103,6 @@ def _register(args: argparse.Namespace) -> int:
             f"  image {lineage.image}"
             + (f"@{lineage.image_digest}" if lineage.image_digest else "")
         )
-    if args.out:
-        record = {
-            "version": str(done.version),
-            "model_ref": lineage.model.ref,
-            "model_revision": lineage.model.revision,
-            "image": lineage.image,
-            "image_digest": lineage.image_digest,
-            "tracking_uri": registry.uri,
-        }
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     for metric in lineage.metrics:
         judged = (
             f" (threshold {metric.op or ''} {metric.threshold})"
@@ -107,6 +110,10 @@ def _register(args: argparse.Namespace) -> int:
             else ""
         )
         print(f"  {metric.key} = {metric.value}{judged}")
+    if args.out:
+        facts = release_facts(lineage, registry.name, str(done.version))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / RELEASE_FACTS).write_text(json.dumps(facts, indent=2) + "\n")
     return EXIT_OK
 
 
@@ -198,22 +205,43 @@ def _champion_results(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow server (default: $MLFLOW_TRACKING_URI, else the local pipeline's "
+        "state under --state-dir)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=REPO_ROOT / ".mlcicd",
+        metavar="DIR",
+        help="the local pipeline's state, read when no tracking URI is given (default: .mlcicd)",
+    )
     parser.add_argument("--registered-model", help="default: pipeline.registered_model")
     parser.add_argument("--experiment", help="MLflow experiment (default: the model's name)")
-    parser.add_argument("--definition", help="pipeline definition (default: pipeline.toml)")
-    parser.add_argument("--profile", help="definition profile (default: the file's default)")
+    add_definition(parser)
+    add_profile(parser)
 
 
 def _who(parser: argparse.ArgumentParser, reason_required: bool) -> None:
-    parser.add_argument("--actor", help="who (default: $GITHUB_ACTOR or $USER)")
+    parser.add_argument("--actor", help="who (default: $GITHUB_ACTOR, else the OS user)")
     parser.add_argument("--reason", required=reason_required, default="", help="why")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("registry", help="the MLflow model registry")
+    parser = subparsers.add_parser(
+        "registry",
+        help="the MLflow model registry",
+        description="Register model versions with their lineage, promote and roll back the "
+        "champion, and show what the registry holds.",
+    )
     actions = parser.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
-    reg = actions.add_parser("register", help="register a model version (idempotent)")
+    reg = actions.add_parser(
+        "register",
+        help="register a model version (idempotent)",
+        description="Register a model version with its lineage (git, model, image, gate "
+        "results) and make it the challenger; the same git sha and model give the same version.",
+    )
     _common(reg)
     reg.add_argument(
         "--model",
@@ -241,30 +269,56 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a `mlcicd gate ... --out` result (stored whole) or "
         "{name: value | {value, threshold}} (repeatable)",
     )
-    reg.add_argument("--out", help="write the registration (version, model, image) as JSON")
+    add_out_dir(reg, None, "the release facts, release.json, for `mlcicd report`")
     reg.set_defaults(action=_register, handler=_run)
 
-    pro = actions.add_parser("promote", help=f"point {CHAMPION} at a version")
+    pro = actions.add_parser(
+        "promote",
+        help=f"point {CHAMPION} at a version",
+        description=f"Point the {CHAMPION} alias at a version and record who, when and why.",
+    )
     _common(pro)
     pro.add_argument("--version", help=f"default: the {CHALLENGER}")
     pro.add_argument("--attempts", type=int, default=1, help="tries before giving up")
-    pro.add_argument("--retry-delay-s", type=float, default=5.0, help="x attempt, between tries")
+    pro.add_argument(
+        "--retry-delay", type=duration_arg, default=5.0, dest="retry_delay_s",
+        metavar="DURATION", help="wait this long x the attempt number between tries (default: 5s)",
+    )  # fmt: skip
     _who(pro, reason_required=False)
     pro.set_defaults(action=_promote, handler=_run)
 
-    back = actions.add_parser("rollback", help=f"move {CHAMPION} back to the previous one")
+    back = actions.add_parser(
+        "rollback",
+        help=f"move {CHAMPION} back to the previous one",
+        description=f"Move the {CHAMPION} alias back to the previous champion, recorded.",
+    )
     _common(back)
     _who(back, reason_required=True)
     back.set_defaults(action=_rollback, handler=_run)
 
-    show = actions.add_parser("show", help="aliases, versions and lineage")
+    show = actions.add_parser(
+        "show",
+        help="aliases, versions and lineage",
+        description="Print the aliases, the champion history (who promoted, rolled back or "
+        "rejected what, and why) and every version with its lineage.",
+    )
     _common(show)
     show.add_argument("--json", action="store_true")
     show.set_defaults(action=_show, handler=_run)
 
-    champ = actions.add_parser("champion-results", help="fetch the champion's gate results")
+    champ = actions.add_parser(
+        "champion-results",
+        help="fetch the champion's gate results",
+        description="Download the gate results the champion was registered with, for the "
+        "quality gate's paired comparison.",
+    )
     _common(champ)
-    champ.add_argument("--out", required=True, help="where to write the JSON")
+    champ.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="the JSON file to write (a file: the rendered workflow tests for it)",
+    )
     champ.add_argument("--gate", default="quality")
     champ.add_argument("--alias", default=CHAMPION)
     champ.add_argument(

@@ -4,7 +4,7 @@ The rendered workflow (``infra/workflow.py``) calls exactly::
 
     mlcicd deploy set-image --namespace NS --rollout NAME --image "$IMAGE@$DIGEST" \
         --model "$MODEL_REF" --model-revision "$MODEL_REVISION"
-    mlcicd deploy wait --namespace NS --rollout NAME --timeout-s BUDGET \
+    mlcicd deploy wait --namespace NS --rollout NAME --timeout BUDGET \
         --expect-model-revision "$MODEL_REVISION" --model-url "$MLCICD_CANARY_ENDPOINT"
 
 ``BUDGET`` is derived from the environment's definition (pipeline/rollout/budget.py);
@@ -25,6 +25,7 @@ import argparse
 import sys
 from typing import Any
 
+from pipeline.cli_args import duration_arg
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.rollout.deploy import (
     DEFAULT_CONTAINER,
@@ -137,10 +138,10 @@ def _handle(args: argparse.Namespace) -> int:
             return _fail(
                 command, "--model needs --model-revision (what the pods must load)", EXIT_USAGE
             )
+    elif args.timeout_s <= 0 or args.poll_s <= 0:
+        return _fail(command, "--timeout and --poll must be > 0", EXIT_USAGE)
     elif bool(args.expect_model_revision) != bool(args.model_url):
         return _fail(command, "--expect-model-revision and --model-url go together", EXIT_USAGE)
-    elif args.timeout_s <= 0 or args.poll_s <= 0:
-        return _fail(command, "--timeout-s and --poll-s must be > 0", EXIT_USAGE)
     try:
         api = _client(args)
     except KubeConfigError as exc:
@@ -158,7 +159,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def add_arguments(
     actions: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
-    set_image_parser = actions.add_parser("set-image", help="point the Rollout at a new image")
+    set_image_parser = actions.add_parser(
+        "set-image",
+        help="point the Rollout at a new image",
+        description="Point the Argo Rollout's container at an image pinned by digest; the "
+        "Rollout then starts its canary steps.",
+    )
     _common(set_image_parser)
     set_image_parser.add_argument("--image", required=True, help="REF@sha256:<digest>")
     set_image_parser.add_argument(
@@ -168,21 +174,31 @@ def add_arguments(
     set_image_parser.add_argument(
         "--model-revision", help="its exact revision: HF commit or content hash"
     )
-    wait = actions.add_parser("wait", help="wait until the Rollout is Healthy or Degraded")
+    wait = actions.add_parser(
+        "wait",
+        help="wait until the Rollout is Healthy or Degraded",
+        description="Poll the Argo Rollout until it is Healthy (exit 0) or Degraded (exit 1).",
+    )
     _common(wait)
     wait.add_argument(
-        "--timeout-s",
-        type=float,
-        required=True,
-        help="give up after (seconds); the workflow passes the environment's derived budget",
-    )
+        "--timeout", type=duration_arg, required=True, dest="timeout_s", metavar="DURATION",
+        help="give up after this long, e.g. 45m; the workflow passes the environment's "
+        "derived budget (pipeline/rollout/budget.py)",
+    )  # fmt: skip
+    wait.add_argument(
+        "--poll", type=duration_arg, default=5.0, dest="poll_s", metavar="DURATION",
+        help="poll interval, e.g. 5s (default: 5s)",
+    )  # fmt: skip
     wait.add_argument("--expect-model-revision", help="fail unless the pods serve this revision")
     wait.add_argument("--model-url", help="where to read /v1/models (the canary Service)")
-    wait.add_argument("--poll-s", type=float, default=5.0, help="poll interval (seconds)")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("deploy", help="set the Rollout's image; wait for it")
+    parser = subparsers.add_parser(
+        "deploy",
+        help="set the Rollout's image; wait for it",
+        description="Deploy to a cluster: set the Argo Rollout's image, then wait for it.",
+    )
     actions = parser.add_subparsers(dest="deploy_command", required=True, metavar="ACTION")
     add_arguments(actions)
     parser.set_defaults(handler=_handle)

@@ -21,6 +21,7 @@ from infra.config import INSTALLED_NODE_LABELS, project_defaults
 from infra.config_model import GitHubSettings
 from infra.github_repo import pulumi_identity
 from infra.gpu_runners import ARC_DOCKER_GROUP_GID, DEPLOYER_ROLE
+from infra.workflow_review import HOSTED_RUNNER, OPTIONAL_SECRETS
 from mlcicd.cli import build_parser
 from pipeline.rollout.deploy_cli import run_set_image, run_wait
 from pipeline.rollout.rollback_cli import add_arguments, run_rollback
@@ -67,11 +68,15 @@ def test_every_workflow_value_is_provisioned_where_its_job_runs(
                 provided[None].add(f"{prefix}.{name}")
             elif kind in ("ActionsEnvironmentVariable", "ActionsEnvironmentSecret"):
                 provided.setdefault(inputs["environment"], set()).add(f"{prefix}.{name}")
+    optional = {f"secrets.{name}" for name in OPTIONAL_SECRETS}
     read: set[str] = set()
     for job_id, job in _jobs(recordings).items():
         available = provided[None] | provided.get(job.get("environment"), set())
-        used = set(re.findall(r"\b((?:vars|secrets)\.[A-Z_]+)", yaml.safe_dump(job)))
-        assert used <= available, f"{job_id} reads {sorted(used - available)}"
+        text = yaml.safe_dump(job)
+        used = set(re.findall(r"\b((?:vars|secrets)\.[A-Z_]+)", text))
+        assert used <= available | optional, f"{job_id} reads {sorted(used - available)}"
+        for secret in used & optional:  # read only behind a check that it is set
+            assert f"{secret} != ''" in text, f"{job_id} needs {secret} unguarded"
         read |= used
     assert {"secrets.HF_TOKEN", "vars.MODEL_REF", "vars.REGISTRY"} <= read
 
@@ -85,6 +90,9 @@ def test_every_runs_on_is_a_scale_set_a_stack_creates(recordings: dict[str, Any]
     }
     for job_id, job in _jobs(recordings).items():
         assert isinstance(job["runs-on"], str), f"{job_id}: runs-on {job['runs-on']}"
+        if job["runs-on"] == HOSTED_RUNNER:  # review jobs: a fork's code never runs on ours
+            assert "environment" not in job, f"{job_id}: a hosted runner in an environment"
+            continue
         assert job["runs-on"] in names, f"{job_id}: no scale set named {job['runs-on']}"
 
 
@@ -273,9 +281,7 @@ def _cli_access() -> set[Access]:
     deploy = ["--namespace", "prod", "--rollout", "inference-server"]
     run_set_image(parse(["deploy", "set-image", *deploy, "--image", new]), api())
     healthy = {"phase": "Healthy", "observedGeneration": "1"}
-    run_wait(
-        parse(["deploy", "wait", *deploy, "--timeout-s", "1", "--poll-s", "0.001"]), api(healthy)
-    )
+    run_wait(parse(["deploy", "wait", *deploy, "--timeout", "1s", "--poll", "1ms"]), api(healthy))
     rollback = argparse.ArgumentParser()
     add_arguments(rollback)
     canary = {"currentPodHash": "hash3", "stableRS": "hash2"}

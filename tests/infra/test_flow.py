@@ -129,7 +129,7 @@ def test_deploy_wait_and_the_job_timeout_cover_the_rendered_canary(
     waits = [
         int(m.group(1))
         for s in rendered["steps"]
-        for m in [re.search(r"mlcicd deploy wait .*--timeout-s (\d+)", s.get("run", ""))]
+        for m in [re.search(r"mlcicd deploy wait .*--timeout (\d+)s", s.get("run", ""))]
         if m
     ]
     assert waits == [expected_wait]

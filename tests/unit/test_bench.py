@@ -334,7 +334,6 @@ def test_reports_label_a_noisy_run_and_show_skips(bench: Bench, tmp_path: Path) 
     [
         (["--servers", "ours,nginx"], "--servers"),
         (["--min-requests", "0"], "--min-requests"),
-        (["--cell-budget-s", "-1"], "--cell-budget-s"),
         (["--profile", "nope"], "profiles.nope"),
     ],
 )
@@ -343,6 +342,15 @@ def test_bench_cli_usage_errors_exit_2(
 ) -> None:
     assert main(["bench", "--out", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_cli_rejects_a_budget_that_is_not_a_duration(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--cell-budget", "150"])  # a duration has a unit: 150s
+    assert exited.value.code == 2
+    assert "--cell-budget" in capsys.readouterr().err
 
 
 def test_bench_cli_rejects_a_bad_concurrency_list() -> None:

@@ -29,7 +29,7 @@ def set_image_args(image: str = NEW, *extra: str) -> argparse.Namespace:
 
 def wait_args(timeout_s: float = 2.0) -> argparse.Namespace:
     return args(
-        "wait", "--rollout", "inference-server", "--timeout-s", str(timeout_s), "--poll-s", "0.001"
+        "wait", "--rollout", "inference-server", "--timeout", f"{timeout_s}s", "--poll", "1ms"
     )
 
 
@@ -214,7 +214,7 @@ def test_no_kubernetes_configuration_is_a_one_line_usage_error(
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    wait = ["deploy", "wait", "--namespace", "prod", "--rollout", "r", "--timeout-s", "60"]
+    wait = ["deploy", "wait", "--namespace", "prod", "--rollout", "r", "--timeout", "60s"]
     assert main(wait) == 2
     err = capsys.readouterr().err
     assert err.startswith("mlcicd deploy wait: no Kubernetes configuration found")
@@ -272,8 +272,8 @@ def test_deploy_and_infra_name_the_model_fields_alike() -> None:
 
 def model_wait_args(timeout_s: float = 2.0) -> argparse.Namespace:
     return args(
-        "wait", "--rollout", "inference-server", "--timeout-s", str(timeout_s),
-        "--poll-s", "0.001", "--expect-model-revision", REVISION, "--model-url", "http://c",
+        "wait", "--rollout", "inference-server", "--timeout", f"{timeout_s}s",
+        "--poll", "1ms", "--expect-model-revision", REVISION, "--model-url", "http://c",
     )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from pipeline.registry.client import ChampionChange, ModelRegistry, RegistryUnre
 
 def _promote(*extra: str) -> list[str]:
     return ["registry", "promote", "--tracking-uri", "http://127.0.0.1:9", "--registered-model",
-            "m", "--version", "3", "--retry-delay-s", "0", *extra]  # fmt: skip
+            "m", "--version", "3", "--retry-delay", "1ms", *extra]  # fmt: skip
 
 
 def test_a_registry_hiccup_is_retried_and_each_failure_reported(
