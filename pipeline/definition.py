@@ -134,7 +134,7 @@ class Deploy(_Strict):
     ``startup_margin`` covers pulling the image and loading the model before the first
     step counts (the pods' startupProbe allows as much); ``job_overhead`` covers a deploy
     job's checkout, install and registry promote. :mod:`pipeline.rollout.budget` adds
-    them to the canary's time, so ``deploy wait --timeout-s`` and the job's
+    them to the canary's time, so ``deploy wait --timeout`` and the job's
     ``timeout-minutes`` are derived, never written down.
     """
 

@@ -4,7 +4,7 @@ Why derived: a canary's duration is its pauses plus its analyses, and both live 
 ``pipeline.toml``. A ``deploy wait`` that gives up at a number written elsewhere
 (it used to be 900 s against a ~35 min canary) fails healthy releases; a job timeout
 shorter than the wait kills the job while Argo keeps going. So ``deploy wait
---timeout-s``, the deploy job's ``timeout-minutes`` (infra/workflow.py) and the local
+--timeout``, the deploy job's ``timeout-minutes`` (infra/workflow.py) and the local
 runner's printed budget all come from :func:`release_budget`.
 
 The arithmetic follows Argo Rollouts (docs/features/canary.md, analysis.md): steps run
@@ -43,7 +43,7 @@ class ReleaseBudget:
 
     @property
     def wait_timeout_s(self) -> int:
-        """``mlcicd deploy wait --timeout-s``: the steps plus pulling and loading."""
+        """``mlcicd deploy wait --timeout``: the steps plus pulling and loading."""
         return self.canary_s + self.startup_margin_s
 
     @property
