@@ -83,11 +83,11 @@ def test_latency_gate_fails_a_bound_no_server_meets(
     tight = tmp_path / "pipeline.toml"
     tight.write_text(
         DEFAULT_DEFINITION.read_text()
-        + "\n[environments.tight]\n[environments.tight.latency]\nmax_e2e_mean_ms = 0.001\n"
+        + "\n[profiles.tight]\n[profiles.tight.latency]\nmax_e2e_mean_ms = 0.001\n"
     )
     code, report = _latency(
         tmp_path / "out", "--url", server.url, "--definition", str(tight),
-        "--environment", "tight", "--rate", "20", "--no-fixed-tokens",
+        "--profile", "tight", "--rate", "20", "--no-fixed-tokens",
     )  # fmt: skip
     assert code == 1
     assert report["mode"] == "rate" and report["error_count"] == 0
