@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,7 @@ from pipeline.gates.quality import (
 )
 from pipeline.gates.reports import latency_summary, quality_summary, write_latency, write_quality
 from pipeline.load.generator import LoadResult, run_load
+from pipeline.load.paired import run_paired
 from pipeline.processes import ServiceError
 from pipeline.serving import running_server
 from pipeline.source import REPO_ROOT
@@ -83,14 +86,19 @@ def quality_verdict(
     )
 
 
-def latency_verdict(definition: PipelineDefinition, result: LoadResult) -> LatencyVerdict:
-    """The latency gate's decision with the definition's thresholds."""
+def latency_verdict(
+    definition: PipelineDefinition, result: LoadResult, champion: LoadResult | None = None
+) -> LatencyVerdict:
+    """The latency gate's decision with the definition's thresholds (paired if a champion)."""
     lat = definition.latency
     return judge_latency(
         result,
         max_ttft_p99_ms=lat.max_ttft_p99_ms,
         max_e2e_mean_ms=lat.max_e2e_mean_ms,
         max_error_rate=lat.max_error_rate,
+        champion=champion,
+        max_slowdown=lat.max_slowdown_vs_champion,
+        significance=lat.significance,
     )
 
 
@@ -130,6 +138,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="with --model: extra argument for `mlcicd serve`, repeatable "
         "(e.g. --server-arg=--fault-error-rate --server-arg=0.2)",
     )
+    champion = latency.add_mutually_exclusive_group()
+    champion.add_argument(
+        "--champion-model", help="serve this champion beside the candidate and compare (paired)"
+    )
+    champion.add_argument("--champion-url", help="a running champion server to compare with")
     latency.set_defaults(handler=latency_command)
 
 
@@ -230,62 +243,113 @@ def quality_command(args: argparse.Namespace) -> int:
 # -- latency -------------------------------------------------------------------------
 
 
-def latency_command(args: argparse.Namespace) -> int:
-    try:
-        definition = _definition(args)
-    except DefinitionError as exc:
-        _err(f"mlcicd gate latency: {exc}")
-        return EXIT_USAGE
+@dataclass(frozen=True)
+class LoadPlan:
+    """How the latency gate loads a server: the definition's, with CLI overrides."""
+
+    requests: int
+    warmup: int
+    concurrency: int | None
+    rate: float | None
+    fixed_tokens: bool = True
+    seed: int = 0
+
+
+def load_plan(args: argparse.Namespace, definition: PipelineDefinition) -> LoadPlan:
+    """The plan from ``args``; ValueError names the bad option."""
     lat = definition.latency
     requests = args.requests if args.requests is not None else lat.requests
     warmup = args.warmup if args.warmup is not None else lat.warmup_requests
     concurrency = None if args.rate is not None else (args.concurrency or lat.concurrency)
     for name, value in (("--requests", requests), ("--concurrency", concurrency or 1)):
         if value < 1:
-            _err(f"mlcicd gate latency: {name} must be >= 1, got {value}")
-            return EXIT_USAGE
+            raise ValueError(f"{name} must be >= 1, got {value}")
     if warmup < 0 or (args.rate is not None and args.rate <= 0):
-        _err("mlcicd gate latency: --warmup must be >= 0 and --rate > 0")
-        return EXIT_USAGE
+        raise ValueError("--warmup must be >= 0 and --rate > 0")
+    return LoadPlan(requests, warmup, concurrency, args.rate, args.fixed_tokens, args.seed)
 
-    def measure(url: str) -> int:
+
+def measure_latency(
+    definition: PipelineDefinition, plan: LoadPlan, url: str, champion_url: str | None
+) -> tuple[LoadResult, LoadResult | None]:
+    """Load the candidate (and the champion, interleaved, when there is one)."""
+    load: dict[str, Any] = {
+        "max_new_tokens": definition.latency.max_new_tokens,
+        "concurrency": plan.concurrency,
+        "rate": plan.rate,
+        "fixed_tokens": plan.fixed_tokens,
+        "request_timeout_s": definition.serving.request_deadline_s + 5.0,
+    }
+    if champion_url is None:
         result = asyncio.run(
-            run_load(
-                url,
-                requests=requests,
-                warmup=warmup,
-                max_new_tokens=lat.max_new_tokens,
-                concurrency=concurrency,
-                rate=args.rate,
-                fixed_tokens=args.fixed_tokens,
-                seed=args.seed,
-                request_timeout_s=definition.serving.request_deadline_s + 5.0,
-            )
+            run_load(url, requests=plan.requests, warmup=plan.warmup, seed=plan.seed, **load)
         )
-        verdict = latency_verdict(definition, result)
-        meta = {
-            "model": args.model or args.url,
-            "profile": definition.profile,
-            "environment": definition.environment,
-            "definition": definition.source,
-            "fixed_tokens": args.fixed_tokens,
-        }
-        json_path, md_path = write_latency(args.out, result, verdict, meta)
-        png = args.out / "latency.png"
-        write_histogram(result, verdict, png)
-        print("\n".join(latency_summary(result, verdict, meta)))
-        print(f"  reports: {json_path}, {md_path}, {png}")
-        return EXIT_OK if verdict.passed else EXIT_FAILED
+        return result, None
+    paired = run_paired(
+        url,
+        champion_url,
+        requests=plan.requests,
+        blocks=definition.latency.paired_blocks,
+        warmup=plan.warmup,
+        seed=plan.seed,
+        **load,
+    )
+    return paired.candidate, paired.champion
 
-    if args.url:
-        return measure(args.url)
-    server_args = [*args.server_arg, "--device", args.device, "--dtype", args.dtype]
-    _err(f"starting the server for {args.model} ...")
+
+@contextmanager
+def served(
+    definition: PipelineDefinition,
+    out: Path,
+    name: str,
+    model: str | None,
+    url: str | None,
+    args: Sequence[str] = (),
+) -> Iterator[str | None]:
+    """The URL of ``url``, or of ``model`` served for the block; None when neither is given."""
+    if url or not model:
+        yield url
+        return
+    _err(f"starting the {name} server for {model} ...")
+    with running_server(name, model, out, definition.serving, args=args) as server:
+        yield server.url
+
+
+def latency_command(args: argparse.Namespace) -> int:
     try:
-        with running_server(
-            "server", args.model, args.out, definition.serving, args=server_args
-        ) as server:
-            return measure(server.url)
+        definition = _definition(args)
+        plan = load_plan(args, definition)
+    except (DefinitionError, ValueError) as exc:
+        _err(f"mlcicd gate latency: {exc}")
+        return EXIT_USAGE
+    device = ["--device", args.device, "--dtype", args.dtype]
+    try:
+        with ExitStack() as stack:
+            url = stack.enter_context(
+                served(definition, args.out, "server", args.model, args.url,
+                       [*args.server_arg, *device])
+            )  # fmt: skip
+            champion_url = stack.enter_context(
+                served(definition, args.out, "champion", args.champion_model,
+                       args.champion_url, device)
+            )  # fmt: skip
+            assert url is not None
+            result, champion = measure_latency(definition, plan, url, champion_url)
     except ServiceError as exc:
         _err(f"mlcicd gate latency: the server did not start: {exc}")
         return EXIT_USAGE
+    verdict = latency_verdict(definition, result, champion)
+    meta = {
+        "model": args.model or args.url,
+        "champion": args.champion_model or args.champion_url,
+        "profile": definition.profile,
+        "environment": definition.environment,
+        "definition": definition.source,
+        "fixed_tokens": args.fixed_tokens,
+    }
+    json_path, md_path = write_latency(args.out, result, verdict, meta, champion)
+    png = args.out / "latency.png"
+    write_histogram(result, verdict, png)
+    print("\n".join(latency_summary(result, verdict, meta)))
+    print(f"  reports: {json_path}, {md_path}, {png}")
+    return EXIT_OK if verdict.passed else EXIT_FAILED
