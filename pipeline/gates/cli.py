@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,20 +25,22 @@ import httpx
 from pipeline.definition import DefinitionError, PipelineDefinition, load_definition
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.gates.checks import Case, SuiteError, load_suite
-from pipeline.gates.latency import LatencyVerdict, judge_latency, write_histogram
+from pipeline.gates.latency import write_histogram
 from pipeline.gates.quality import (
     CaseResult,
     ChampionResultsError,
     EngineGenerator,
     HttpGenerator,
-    QualityVerdict,
-    judge_quality,
     load_champion_results,
     run_suite,
 )
 from pipeline.gates.reports import latency_summary, quality_summary, write_latency, write_quality
-from pipeline.load.generator import LoadResult, run_load
-from pipeline.load.paired import run_paired
+from pipeline.gates.verdicts import (
+    latency_verdict,
+    load_plan,
+    measure_latency,
+    quality_verdict,
+)
 from pipeline.processes import ServiceError
 from pipeline.serving import running_server
 from pipeline.source import REPO_ROOT
@@ -70,36 +71,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--url", help="a running inference server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--device", default="auto", help="with --model: auto, cpu or cuda")
     parser.add_argument("--dtype", default="auto", help="with --model: auto, fp32, fp16, bf16")
-
-
-def quality_verdict(
-    definition: PipelineDefinition,
-    results: Sequence[CaseResult],
-    champion: Mapping[str, bool] | None = None,
-) -> QualityVerdict:
-    """The quality gate's decision with the definition's thresholds."""
-    return judge_quality(
-        results,
-        min_pass_rate=definition.quality.min_pass_rate,
-        max_regression_vs_champion=definition.quality.max_regression_vs_champion,
-        champion=champion,
-    )
-
-
-def latency_verdict(
-    definition: PipelineDefinition, result: LoadResult, champion: LoadResult | None = None
-) -> LatencyVerdict:
-    """The latency gate's decision with the definition's thresholds (paired if a champion)."""
-    lat = definition.latency
-    return judge_latency(
-        result,
-        max_ttft_p99_ms=lat.max_ttft_p99_ms,
-        max_e2e_mean_ms=lat.max_e2e_mean_ms,
-        max_error_rate=lat.max_error_rate,
-        champion=champion,
-        max_slowdown=lat.max_slowdown_vs_champion,
-        significance=lat.significance,
-    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -144,6 +115,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     champion.add_argument("--champion-url", help="a running champion server to compare with")
     latency.set_defaults(handler=latency_command)
+
+    from pipeline.gates.calibrate import add_parser
+
+    add_parser(gates)
 
 
 # -- quality -------------------------------------------------------------------------
@@ -241,60 +216,6 @@ def quality_command(args: argparse.Namespace) -> int:
 
 
 # -- latency -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoadPlan:
-    """How the latency gate loads a server: the definition's, with CLI overrides."""
-
-    requests: int
-    warmup: int
-    concurrency: int | None
-    rate: float | None
-    fixed_tokens: bool = True
-    seed: int = 0
-
-
-def load_plan(args: argparse.Namespace, definition: PipelineDefinition) -> LoadPlan:
-    """The plan from ``args``; ValueError names the bad option."""
-    lat = definition.latency
-    requests = args.requests if args.requests is not None else lat.requests
-    warmup = args.warmup if args.warmup is not None else lat.warmup_requests
-    concurrency = None if args.rate is not None else (args.concurrency or lat.concurrency)
-    for name, value in (("--requests", requests), ("--concurrency", concurrency or 1)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if warmup < 0 or (args.rate is not None and args.rate <= 0):
-        raise ValueError("--warmup must be >= 0 and --rate > 0")
-    return LoadPlan(requests, warmup, concurrency, args.rate, args.fixed_tokens, args.seed)
-
-
-def measure_latency(
-    definition: PipelineDefinition, plan: LoadPlan, url: str, champion_url: str | None
-) -> tuple[LoadResult, LoadResult | None]:
-    """Load the candidate (and the champion, interleaved, when there is one)."""
-    load: dict[str, Any] = {
-        "max_new_tokens": definition.latency.max_new_tokens,
-        "concurrency": plan.concurrency,
-        "rate": plan.rate,
-        "fixed_tokens": plan.fixed_tokens,
-        "request_timeout_s": definition.serving.request_deadline_s + 5.0,
-    }
-    if champion_url is None:
-        result = asyncio.run(
-            run_load(url, requests=plan.requests, warmup=plan.warmup, seed=plan.seed, **load)
-        )
-        return result, None
-    paired = run_paired(
-        url,
-        champion_url,
-        requests=plan.requests,
-        blocks=definition.latency.paired_blocks,
-        warmup=plan.warmup,
-        seed=plan.seed,
-        **load,
-    )
-    return paired.candidate, paired.champion
 
 
 @contextmanager

@@ -10,8 +10,12 @@ the same decisions are taken with real parts on one machine:
 - nginx splits traffic between them with upstream weights taken from the
   definition's ``canary.steps``; the load generator (:class:`BackgroundLoad`) plays the users;
 - a real Prometheus scrapes both servers (labels ``version="stable"`` /
-  ``"canary"``), and after each step's pause ``mlcicd canary analyze`` judges
-  the canary with the definition's thresholds and Argo's limits;
+  ``"canary"``), and after each step's pause ``mlcicd canary analyze --canary
+  canary --stable stable`` judges the canary against the stable in the same
+  window, with the definition's thresholds and Argo's limits;
+- the traffic rate is sized from the steps, the window and ``min_requests``
+  (:func:`traffic_rate`), so that the smallest step reaches its minimum sample
+  and a 5 % error fault is seen rather than ending inconclusive;
 - all steps successful: the registry's ``champion`` alias moves to the
   candidate; a failed or inconclusive analysis sends all traffic back to
   stable and the candidate is not promoted (the exit code says so).
@@ -27,12 +31,67 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.definition import Stage, duration_seconds, load_definition
+from pipeline.definition import (
+    CanaryGate,
+    PipelineDefinition,
+    Stage,
+    duration_seconds,
+    load_definition,
+)
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK
 from pipeline.load.generator import BackgroundLoad
 from pipeline.local.context import RunContext, StageFailed
 from pipeline.local.image_bundle import PushedImage
 from pipeline.local.services import ScrapeTarget, Service, TrafficSplitter, start_prometheus
+
+# Prometheus' increase() extrapolates and loses a new series' first count, and the
+# servers lag the schedule on a busy machine: aim this much above the minimum.
+TRAFFIC_HEADROOM = 1.5
+
+
+def canary_seconds(gate: CanaryGate, step_index: int) -> float:
+    """Canary-weighted seconds in the window at the first analysis of a step.
+
+    The window reaches back over this step's pause and, if longer, the earlier
+    steps' pauses at their (smaller) weights; time spent in earlier analyses is
+    left out, so this errs low.
+    """
+    budget = float(duration_seconds(gate.window))
+    weighted = 0.0
+    for step in reversed(gate.steps[: step_index + 1]):
+        span = min(budget, float(duration_seconds(step.pause or gate.window)))
+        weighted += span * step.set_weight / 100
+        budget -= span
+        if budget <= 0:
+            break
+    return weighted
+
+
+def traffic_rate(gate: CanaryGate) -> float:
+    """Requests/s so that every analysed step's first window holds min_requests canary ones."""
+    analysed = [i for i, s in enumerate(gate.steps) if s.set_weight < 100]
+    if not analysed:
+        return TRAFFIC_HEADROOM * gate.min_requests / duration_seconds(gate.window)
+    thinnest = min(canary_seconds(gate, i) for i in analysed)
+    return TRAFFIC_HEADROOM * gate.min_requests / thinnest
+
+
+def champion_image(
+    runner: RunContext, definition: PipelineDefinition
+) -> tuple[str, PushedImage] | None:
+    """The champion's version and its image, read from the model registry."""
+    from pipeline.registry.client import ModelRegistry
+
+    registry = ModelRegistry(runner.services["mlflow"].url, definition.pipeline.registered_model)
+    found = registry.champion_image()
+    if found is None:
+        return None
+    version, reference, digest = found
+    # The local registry listens on a new port each run but keeps its storage
+    # under the state dir, so the champion's image is re-addressed to it.
+    current = runner.services["registry"].url.removeprefix("http://")
+    path = reference.split("/", 1)[1] if "/" in reference else reference
+    return version, PushedImage(reference=f"{current}/{path}", digest=digest)
 
 
 class CanaryRollout:
@@ -41,25 +100,12 @@ class CanaryRollout:
         self.stage = stage
         self.definition = load_definition(runner.options.profile, stage.environment)
         self.canary = self.definition.canary
+        self.compare_with_stable = False  # set once the stable and canary are deployed
 
     # -- registry -------------------------------------------------------------
 
     def champion(self) -> tuple[str, PushedImage] | None:
-        """The champion's version and its image, read from the model registry."""
-        from pipeline.registry.client import ModelRegistry
-
-        registry = ModelRegistry(
-            self.runner.services["mlflow"].url, self.definition.pipeline.registered_model
-        )
-        found = registry.champion_image()
-        if found is None:
-            return None
-        version, reference, digest = found
-        # The local registry listens on a new port each run but keeps its storage
-        # under the state dir, so the champion's image is re-addressed to it.
-        current = self.runner.services["registry"].url.removeprefix("http://")
-        path = reference.split("/", 1)[1] if "/" in reference else reference
-        return version, PushedImage(reference=f"{current}/{path}", digest=digest)
+        return champion_image(self.runner, self.definition)
 
     def registry(self, record_name: str, *args: str) -> None:
         with self.runner.step(self.stage.id, record_name) as record:
@@ -80,13 +126,7 @@ class CanaryRollout:
         return ["--environment", "dev", *flags]
 
     def traffic_rate(self) -> float:
-        """Enough requests that the smallest step reaches min_requests within its pause."""
-        steps = [s for s in self.canary.steps if s.set_weight < 100 and s.pause]
-        if not steps:
-            return 10.0
-        first = steps[0]
-        pause = duration_seconds(first.pause or "10s")
-        return max(5.0, 1.5 * self.canary.min_requests / (pause * first.set_weight / 100))
+        return traffic_rate(self.canary)
 
     def run(self) -> None:
         runner = self.runner
@@ -121,9 +161,19 @@ class CanaryRollout:
         )
         runner.on_exit(splitter.stop)
         budget = sum(duration_seconds(s.pause) for s in self.canary.steps if s.pause) + 600
-        traffic = BackgroundLoad(splitter.url, self.traffic_rate(), budget)
+        rate = self.traffic_rate()
+        traffic = BackgroundLoad(splitter.url, rate, budget)
         traffic.start()
-        runner.console.info(f"traffic: {self.traffic_rate():.0f} req/s through {splitter.url}")
+        thinnest = min(
+            (canary_seconds(self.canary, i) for i, s in enumerate(self.canary.steps)
+             if s.set_weight < 100), default=float(duration_seconds(self.canary.window)),
+        )  # fmt: skip
+        runner.console.info(
+            f"traffic: {rate:.1f} req/s through {splitter.url}; the thinnest step's window "
+            f"then holds ~{rate * thinnest:.0f} canary requests (min_requests "
+            f"{self.canary.min_requests}, window {self.canary.window})"
+        )
+        self.compare_with_stable = canary is not None
         verdict = "successful"
         try:
             steps = self.canary.steps if canary is not None else self.canary.steps[-1:]
@@ -162,6 +212,12 @@ class CanaryRollout:
         with self.runner.step(self.stage.id, name) as record:
             time.sleep(pause_s)
             out = self.runner.reports / f"canary-step-{number}.json"
+            # Against the stable when there is one; a first release is judged alone.
+            versions = (
+                ["--canary", "canary", "--stable", "stable"]
+                if self.compare_with_stable
+                else ["--version", "canary"]
+            )
             code = self.runner.run_logged(
                 record,
                 self.runner.mlcicd(
@@ -169,8 +225,7 @@ class CanaryRollout:
                     "analyze",
                     "--prometheus-url",
                     prometheus_url,
-                    "--version",
-                    "canary",
+                    *versions,
                     "--profile",
                     self.runner.options.profile,
                     "--environment",
@@ -196,5 +251,5 @@ def _summary(path: Path) -> str:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return ""
-    reasons = data.get("reasons") or data.get("message") or ""
-    return f" ({reasons})" if reasons else ""
+    reasons = data.get("reasons") or []
+    return f" ({'; '.join(reasons)})" if reasons else ""

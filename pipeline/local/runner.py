@@ -241,26 +241,43 @@ class LocalRunner:
                 raise StageFailed("quality gate failed")
 
     def gate_latency(self, stage: Stage) -> None:
+        champion = self.champion_for_latency(stage)
+        compare = ["--champion-url", champion.url] if champion is not None else []
         name = self.definition.gate_title("latency")
         with self.step(stage.id, name) as record:
             out = self.reports / "latency"
             code = self.run_logged(
                 record,
                 self.mlcicd(
-                    "gate",
-                    "latency",
-                    "--model",
-                    self.options.candidate,
-                    "--profile",
-                    self.options.profile,
-                    "--out",
-                    str(out),
+                    "gate", "latency", "--model", self.options.candidate,
+                    "--profile", self.options.profile, "--out", str(out), *compare,
                 ),
                 ok_codes=(0, 1),
-            )
+            )  # fmt: skip
             record.detail = f"report {out / 'latency.md'}"
             if code != 0:
                 raise StageFailed("latency gate failed")
+        if champion is not None:
+            champion.stop()
+
+    def champion_for_latency(self, stage: Stage) -> Service | None:
+        """The registry's champion, served from its image beside the candidate, or None.
+
+        Why: the latency gate judges the candidate against the champion measured on
+        the same machine at the same time (pipeline/gates/latency.py), not against a
+        number that a busy machine alone can break.
+        """
+        from pipeline.local.canary import champion_image
+
+        with self.step(stage.id, "Serve the champion for the paired latency gate") as record:
+            found = champion_image(self, self.definition)
+            if found is None:
+                record.detail = "no champion yet: the absolute limits judge alone"
+                return None
+            version, image = found
+            service = self.deploy_image("latency-champion", image, "--environment", "prod")
+            record.detail = f"champion v{version} at {service.url}"
+            return service
 
     # -- actions --------------------------------------------------------------
 
