@@ -89,6 +89,7 @@ class LatencyGate(_Strict):
     max_slowdown_vs_champion: float = Field(ge=0.0)
     significance: float = Field(gt=0.0, lt=0.5)
     paired_blocks: int = Field(ge=2)
+    ceiling_headroom_vs_champion: float = Field(ge=1.0)
 
 
 class CanaryStep(_Strict):
@@ -244,7 +245,8 @@ class PipelineDefinition(_Strict):
             return (
                 f"Latency gate (vs champion: at most {lat.max_slowdown_vs_champion:.0%} slower, "
                 f"p < {lat.significance}; ceilings TTFT p99 <= {lat.max_ttft_p99_ms} ms, "
-                f"mean <= {lat.max_e2e_mean_ms} ms, error rate <= {lat.max_error_rate})"
+                f"mean <= {lat.max_e2e_mean_ms} ms (x{lat.ceiling_headroom_vs_champion:g} when "
+                f"paired), error rate <= {lat.max_error_rate})"
             )
         c = self.canary
         return (

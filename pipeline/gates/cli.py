@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -114,6 +115,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--champion-model", help="serve this champion beside the candidate and compare (paired)"
     )
     champion.add_argument("--champion-url", help="a running champion server to compare with")
+    champion.add_argument(
+        "--champion-results",
+        type=Path,
+        help="the champion's quality.json (from `mlcicd registry champion-results`): "
+        "serve the model it names beside the candidate",
+    )
     latency.set_defaults(handler=latency_command)
 
     from pipeline.gates.calibrate import add_parser
@@ -236,10 +243,23 @@ def served(
         yield server.url
 
 
+def champion_model_from_results(path: Path) -> str:
+    """The model a champion's quality.json was measured on; ValueError names the file."""
+    try:
+        model = json.loads(path.read_text()).get("model")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a readable quality.json ({exc})") from exc
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"{path}: names no model (key 'model')")
+    return model
+
+
 def latency_command(args: argparse.Namespace) -> int:
     try:
         definition = _definition(args)
         plan = load_plan(args, definition)
+        if args.champion_results is not None:
+            args.champion_model = champion_model_from_results(args.champion_results)
     except (DefinitionError, ValueError) as exc:
         _err(f"mlcicd gate latency: {exc}")
         return EXIT_USAGE

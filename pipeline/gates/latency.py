@@ -145,7 +145,18 @@ def judge_latency(
     champion: LoadResult | None = None,
     max_slowdown: float = 0.0,
     significance: float = 0.01,
+    ceiling_headroom: float = 1.0,
 ) -> LatencyVerdict:
+    """The verdict; paired when ``champion`` answered, else by the absolute limits alone.
+
+    Paired, the time limits are multiplied by ``ceiling_headroom``: the champion
+    measured beside the candidate decides, and the ceiling only catches what a
+    machine too slow for either would hide. The error rate has no headroom.
+    """
+    paired = champion is not None and bool(champion.ok_records) and bool(result.ok_records)
+    if paired:
+        max_ttft_p99_ms *= ceiling_headroom
+        max_e2e_mean_ms *= ceiling_headroom
     ttft = result.ttft
     e2e = result.e2e
     measured_ttft = ttft.p99 * 1000 if ttft is not None else None
@@ -180,14 +191,15 @@ def judge_latency(
         reasons.append(f"errors by kind: {kinds}")
     relative: tuple[RelativeRow, ...] = ()
     basis = NO_CHAMPION
-    if champion is not None and champion.ok_records and result.ok_records:
+    if paired:
+        assert champion is not None
         relative, slower = compare_with_champion(
             result, champion, max_slowdown=max_slowdown, significance=significance
         )
         reasons += slower
         basis = (
             f"paired with the champion ({champion.url}), same machine, interleaved load; "
-            "absolute limits are ceilings"
+            f"ceilings are the absolute limits x {ceiling_headroom:g}"
         )
     elif champion is not None:
         basis = f"{NO_CHAMPION} (the champion answered no request successfully)"

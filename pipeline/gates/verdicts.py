@@ -47,6 +47,7 @@ def latency_verdict(
         champion=champion,
         max_slowdown=lat.max_slowdown_vs_champion,
         significance=lat.significance,
+        ceiling_headroom=lat.ceiling_headroom_vs_champion,
     )
 
 

@@ -130,6 +130,12 @@ def _changed(base: PipelineDefinition, edited: PipelineDefinition) -> set[str]:
             "5%",
         ),
         (
+            "ceiling_headroom_vs_champion = 4.0\n",
+            "ceiling_headroom_vs_champion = 3.5\n",
+            {"workflow"},
+            "x3.5 when paired",
+        ),
+        (
             "max_error_rate_increase = 0.0\n",
             "max_error_rate_increase = 0.005\n",
             {"workflow", "analysis-template", "canary-checks"},
