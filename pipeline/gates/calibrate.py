@@ -168,9 +168,22 @@ def judge_once(
 
 
 def calibrate(args: argparse.Namespace) -> dict[str, Any]:
+    """Every (condition, release) cell; the report is rewritten after each, so a long
+    calibration that is stopped still leaves the cells it finished."""
     definition = load_definition(args.profile, None, args.definition)
     requests = args.requests or definition.latency.requests
     tallies: list[Tally] = []
+
+    def report() -> dict[str, Any]:
+        return {
+            "format": "mlcicd.calibration/v1",
+            "profile": definition.profile,
+            "runs_per_cell": args.runs,
+            "latency_requests_per_side": requests,
+            "command": " ".join(["mlcicd", *sys.argv[1:]]),
+            "cells": [t.to_json() for t in tallies],
+        }
+
     log_dir = args.out / "servers"
     with running_server("champion", CHAMPION, log_dir, definition.serving) as champion:
         champion_cases = {r.id: r.passed for r in quality_once(definition, champion.url)}
@@ -195,14 +208,16 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
                             )  # fmt: skip
                     tally.seconds = time.monotonic() - started
                     tallies.append(tally)
-    return {
-        "format": "mlcicd.calibration/v1",
-        "profile": definition.profile,
-        "runs_per_cell": args.runs,
-        "latency_requests_per_side": requests,
-        "command": " ".join(["mlcicd", *sys.argv[1:]]),
-        "cells": [t.to_json() for t in tallies],
-    }
+                    write(args.out, report())
+    return report()
+
+
+def write(out: Path, report: dict[str, Any]) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (out / "calibration.md").write_text(table)
+    return table
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -232,11 +247,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     except DefinitionError as exc:
         _say(f"mlcicd gate calibrate: {exc}")
         return EXIT_USAGE
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (args.out / "calibration.md").write_text(table)
-    print(table)
+    print(write(args.out, report))
     wrong = sum(c["wrong"] for c in report["cells"])
     return EXIT_OK if wrong == 0 else EXIT_FAILED
 
