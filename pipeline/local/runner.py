@@ -249,11 +249,18 @@ class LocalRunner:
             code = self.run_logged(
                 record,
                 self.mlcicd(
-                    "gate", "latency", "--model", self.options.candidate,
-                    "--profile", self.options.profile, "--out", str(out), *compare,
+                    "gate",
+                    "latency",
+                    "--model",
+                    self.options.candidate,
+                    "--profile",
+                    self.options.profile,
+                    "--out",
+                    str(out),
+                    *compare,
                 ),
                 ok_codes=(0, 1),
-            )  # fmt: skip
+            )
             record.detail = f"report {out / 'latency.md'}"
             if code != 0:
                 raise StageFailed("latency gate failed")
