@@ -13,7 +13,8 @@ Releases (``VARIANTS``), each served as a candidate beside the champion
 - ``errors-5pct``: 5 % of requests answered 500 (``--fault-error-rate``);
 - ``weak``: the deliberately weaker built-in model (``builtin-weak``).
 
-A release is accepted when both gates pass, as in the pipeline; the report also
+A release is accepted when both gates pass, as in the pipeline (``--gates``
+narrows a calibration to one gate); the report also
 counts which gate rejected it, so a fault caught for the wrong reason shows.
 Conditions: ``quiet`` (the machine as it is) and ``hog`` (plus a busy loop
 pinning one core for the condition's whole length). Rates come with the gates'
@@ -44,6 +45,7 @@ import httpx
 from pipeline.definition import DefinitionError, PipelineDefinition, load_definition
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.gates.checks import load_suite
+from pipeline.gates.latency import LatencyVerdict
 from pipeline.gates.quality import HttpGenerator, run_suite
 from pipeline.gates.stats import wilson_interval
 from pipeline.gates.verdicts import LoadPlan, latency_verdict, measure_latency, quality_verdict
@@ -143,27 +145,46 @@ def quality_once(definition: PipelineDefinition, url: str) -> list[Any]:
     return asyncio.run(go())
 
 
+def latency_failures(verdict: LatencyVerdict) -> list[str]:
+    """Which part of the latency gate rejected: the comparison, a time ceiling, errors."""
+    if verdict.passed:
+        return []
+    parts = []
+    if any(not row.passed for row in verdict.relative):
+        parts.append("latency:vs-champion")
+    if any(not row.passed for row in verdict.rows if row.name != "error_rate"):
+        parts.append("latency:ceiling")
+    if any(not row.passed for row in verdict.rows if row.name == "error_rate"):
+        parts.append("latency:errors")
+    return parts or ["latency"]
+
+
 def judge_once(
     definition: PipelineDefinition,
+    gates: list[str],
     url: str,
     champion_url: str,
     champion_cases: dict[str, bool],
     requests: int,
     seed: int,
 ) -> list[str]:
-    """Both gates, as the pipeline runs them; the names of those that failed."""
-    failed = []
-    quality = quality_verdict(definition, quality_once(definition, url), champion_cases)
-    if not quality.passed:
-        failed.append("quality")
-    lat = definition.latency
-    plan = LoadPlan(requests, lat.warmup_requests, lat.concurrency, None, True, seed)
-    result, champion = measure_latency(definition, plan, url, champion_url)
-    verdict = latency_verdict(definition, result, champion)
-    if not verdict.passed:
-        failed.append("latency")
-    reasons = "; ".join([*quality.reasons, *verdict.reasons])[:300]
-    _say(f"    -> {'rejected by ' + ', '.join(failed) if failed else 'accepted'} {reasons}")
+    """The gates, as the pipeline runs them; the names of those that failed."""
+    failed: list[str] = []
+    reasons: list[str] = []
+    if "quality" in gates:
+        quality = quality_verdict(definition, quality_once(definition, url), champion_cases)
+        reasons += quality.reasons
+        if not quality.passed:
+            failed.append("quality")
+    if "latency" in gates:
+        lat = definition.latency
+        plan = LoadPlan(requests, lat.warmup_requests, lat.concurrency, None, True, seed)
+        result, champion = measure_latency(definition, plan, url, champion_url)
+        verdict = latency_verdict(definition, result, champion)
+        reasons += verdict.reasons
+        failed += latency_failures(verdict)
+    reasons = ["; ".join(reasons)[:300]]
+    _say(f"    -> {'rejected by ' + ', '.join(failed) if failed else 'accepted'} {reasons[0]}")
     return failed
 
 
@@ -179,6 +200,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
             "format": "mlcicd.calibration/v1",
             "profile": definition.profile,
             "runs_per_cell": args.runs,
+            "gates": args.gates,
             "latency_requests_per_side": requests,
             "command": " ".join(["mlcicd", *sys.argv[1:]]),
             "cells": [t.to_json() for t in tallies],
@@ -186,7 +208,11 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
 
     log_dir = args.out / "servers"
     with running_server("champion", CHAMPION, log_dir, definition.serving) as champion:
-        champion_cases = {r.id: r.passed for r in quality_once(definition, champion.url)}
+        champion_cases = (
+            {r.id: r.passed for r in quality_once(definition, champion.url)}
+            if "quality" in args.gates
+            else {}
+        )
         for condition in args.conditions:
             with cpu_hog(condition == "hog"):
                 for name in args.variants:
@@ -203,7 +229,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
                         for run in range(args.runs):
                             _say(f"[{condition}] {name}: run {run + 1}/{args.runs}")
                             tally.record(
-                                judge_once(definition, server.url, champion.url,
+                                judge_once(definition, args.gates, server.url, champion.url,
                                            champion_cases, requests, seed=run)
                             )  # fmt: skip
                     tally.seconds = time.monotonic() - started
@@ -237,6 +263,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def calibrate_command(args: argparse.Namespace) -> int:
     unknown = [v for v in args.variants if v not in VARIANTS]
+    unknown += [g for g in args.gates if g not in ("quality", "latency")]
     unknown += [c for c in args.conditions if c not in CONDITIONS]
     if unknown or args.runs < 1:
         _err = f"unknown {', '.join(unknown)}" if unknown else "--runs must be >= 1"
@@ -262,5 +289,11 @@ def add_parser(gates: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.add_argument("--requests", type=int, help="latency requests per side (definition's)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help=", ".join(VARIANTS))
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), help="quiet, hog")
+    parser.add_argument(
+        "--gates",
+        nargs="+",
+        default=["quality", "latency"],
+        help="the gates a release must pass (default both, as in the pipeline)",
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/calibration"))
     parser.set_defaults(handler=calibrate_command)
