@@ -167,6 +167,10 @@ def latency_summary(result: LoadResult, verdict: LatencyVerdict, meta: dict[str,
     return lines
 
 
+def _low(bound: float | None) -> str:
+    return " n/a" if bound is None else f"{bound:4.2f}"
+
+
 def _relative_lines(verdict: LatencyVerdict) -> list[str]:
     lines = [f"  judged by: {verdict.basis}"]
     if not verdict.relative:
@@ -178,7 +182,7 @@ def _relative_lines(verdict: LatencyVerdict) -> list[str]:
         lines.append(
             f"  {row.name:<8} {row.candidate_p50_ms:9.1f} /{row.champion_p50_ms:8.1f}   "
             f"{row.candidate_p95_ms:9.1f} /{row.champion_p95_ms:8.1f}   "
-            f"{row.ratio_p95:5.2f} ({row.p95_ratio_lower:4.2f})  {row.p_value:7.2g}  "
+            f"{row.ratio_p95:5.2f} ({_low(row.p95_ratio_lower)})  {row.p_value:7.2g}  "
             f"{'ok' if row.passed else 'FAIL'}"
         )
     return lines

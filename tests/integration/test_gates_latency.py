@@ -144,7 +144,8 @@ def test_paired_gate_fails_a_candidate_300_ms_slower_than_its_champion(
     assert report["judged_by"].startswith("paired with the champion")
     rows = {row["name"]: row for row in report["vs_champion"]}
     assert not rows["ttft"]["passed"] and rows["ttft"]["ratio_p50"] > 1.1
-    assert report["reasons"][0].startswith("ttft slower than the champion")
+    # On a busy machine a ceiling may fire too; the comparison must be among the reasons.
+    assert any(r.startswith("ttft slower than the champion") for r in report["reasons"])
     assert report["champion_load"]["requests"] == 16
     assert all(row["passed"] for row in same["vs_champion"]), same["reasons"]
     assert same_code == (0 if same["passed"] else 1)

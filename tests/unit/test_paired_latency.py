@@ -120,3 +120,18 @@ def test_the_champion_is_the_model_its_quality_results_name(tmp_path: Path) -> N
         champion_model_from_results(results)
     with pytest.raises(ValueError, match="not a readable"):
         champion_model_from_results(tmp_path / "missing.json")
+
+
+def test_the_p95_ratio_is_judged_only_with_enough_tail() -> None:
+    from pipeline.gates.latency import MIN_TAIL_SAMPLES, compare_measure
+
+    champion = sorted(r.ttft_s for r in _run(2, n=MIN_TAIL_SAMPLES).records if r.ttft_s)
+    same = sorted(r.ttft_s for r in _run(3, n=MIN_TAIL_SAMPLES).records if r.ttft_s)
+    cut = int(MIN_TAIL_SAMPLES * 0.8)
+    tail = [*same[:cut], *(v * 3 for v in same[cut:])]  # only the slowest 20 % regress
+    lat = DEFINITION.latency
+    kw = {"max_slowdown": lat.max_slowdown_vs_champion, "significance": lat.significance}
+    row = compare_measure("ttft", tail, champion, **kw)
+    assert row.p95_ratio_lower is not None and row.p95_ratio_lower > 1.5 and not row.passed
+    few = compare_measure("ttft", tail[::7], champion[::7], **kw)  # 15 a side
+    assert few.p95_ratio_lower is None
