@@ -167,31 +167,9 @@ def judge_latency(
     machine too slow for either would hide. The error rate has no headroom.
     """
     paired = champion is not None and bool(champion.ok_records) and bool(result.ok_records)
-    if paired:
-        max_ttft_p99_ms *= ceiling_headroom
-        max_e2e_mean_ms *= ceiling_headroom
-    ttft = result.ttft
-    e2e = result.e2e
-    measured_ttft = ttft.p99 * 1000 if ttft is not None else None
-    measured_e2e = e2e.mean * 1000 if e2e is not None else None
-    rows = (
-        ThresholdRow(
-            "ttft_p99_ms",
-            measured_ttft,
-            max_ttft_p99_ms,
-            "ms",
-            measured_ttft is not None and measured_ttft <= max_ttft_p99_ms,
-        ),
-        ThresholdRow(
-            "e2e_mean_ms",
-            measured_e2e,
-            max_e2e_mean_ms,
-            "ms",
-            measured_e2e is not None and measured_e2e <= max_e2e_mean_ms,
-        ),
-        ThresholdRow(
-            "error_rate", result.error_rate, max_error_rate, "", result.error_rate <= max_error_rate
-        ),
+    headroom = ceiling_headroom if paired else 1.0
+    rows = ceiling_rows(
+        result, max_ttft_p99_ms * headroom, max_e2e_mean_ms * headroom, max_error_rate
     )
     reasons: list[str] = []
     if not result.ok_records:
@@ -217,6 +195,36 @@ def judge_latency(
     elif champion is not None:
         basis = f"{NO_CHAMPION} (the champion answered no request successfully)"
     return LatencyVerdict(not reasons, rows, tuple(reasons), relative, basis)
+
+
+def ceiling_rows(
+    result: LoadResult, max_ttft_p99_ms: float, max_e2e_mean_ms: float, max_error_rate: float
+) -> tuple[ThresholdRow, ...]:
+    """Each absolute limit beside its measured value."""
+    ttft = result.ttft
+    e2e = result.e2e
+    measured_ttft = ttft.p99 * 1000 if ttft is not None else None
+    measured_e2e = e2e.mean * 1000 if e2e is not None else None
+    rows = (
+        ThresholdRow(
+            "ttft_p99_ms",
+            measured_ttft,
+            max_ttft_p99_ms,
+            "ms",
+            measured_ttft is not None and measured_ttft <= max_ttft_p99_ms,
+        ),
+        ThresholdRow(
+            "e2e_mean_ms",
+            measured_e2e,
+            max_e2e_mean_ms,
+            "ms",
+            measured_e2e is not None and measured_e2e <= max_e2e_mean_ms,
+        ),
+        ThresholdRow(
+            "error_rate", result.error_rate, max_error_rate, "", result.error_rate <= max_error_rate
+        ),
+    )
+    return rows
 
 
 def write_histogram(result: LoadResult, verdict: LatencyVerdict, path: Path) -> None:

@@ -76,6 +76,18 @@ def traffic_rate(gate: CanaryGate) -> float:
     return TRAFFIC_HEADROOM * gate.min_requests / thinnest
 
 
+def traffic_plan(gate: CanaryGate, rate: float) -> str:
+    """The sizing, said in one line: what the thinnest analysed window will hold."""
+    analysed = [i for i, s in enumerate(gate.steps) if s.set_weight < 100]
+    thinnest = min(
+        (canary_seconds(gate, i) for i in analysed), default=float(duration_seconds(gate.window))
+    )
+    return (
+        f"{rate:.1f} req/s; the thinnest step's window holds ~{rate * thinnest:.0f} canary "
+        f"requests (min_requests {gate.min_requests} per {gate.window})"
+    )
+
+
 def champion_image(
     runner: RunContext, definition: PipelineDefinition
 ) -> tuple[str, PushedImage] | None:
@@ -164,15 +176,7 @@ class CanaryRollout:
         rate = self.traffic_rate()
         traffic = BackgroundLoad(splitter.url, rate, budget)
         traffic.start()
-        thinnest = min(
-            (canary_seconds(self.canary, i) for i, s in enumerate(self.canary.steps)
-             if s.set_weight < 100), default=float(duration_seconds(self.canary.window)),
-        )  # fmt: skip
-        runner.console.info(
-            f"traffic: {rate:.1f} req/s through {splitter.url}; the thinnest step's window "
-            f"then holds ~{rate * thinnest:.0f} canary requests (min_requests "
-            f"{self.canary.min_requests}, window {self.canary.window})"
-        )
+        runner.console.info(f"traffic: {traffic_plan(self.canary, rate)} through {splitter.url}")
         self.compare_with_stable = canary is not None
         verdict = "successful"
         try:
