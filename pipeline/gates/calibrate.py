@@ -166,6 +166,7 @@ def judge_once(
     champion_url: str,
     champion_cases: dict[str, bool],
     requests: int,
+    warmup: int,
     seed: int,
 ) -> list[str]:
     """The gates, as the pipeline runs them; the names of those that failed."""
@@ -178,7 +179,7 @@ def judge_once(
             failed.append("quality")
     if "latency" in gates:
         lat = definition.latency
-        plan = LoadPlan(requests, lat.warmup_requests, lat.concurrency, None, True, seed)
+        plan = LoadPlan(requests, warmup, lat.concurrency, None, True, seed)
         result, champion = measure_latency(definition, plan, url, champion_url)
         verdict = latency_verdict(definition, result, champion)
         reasons += verdict.reasons
@@ -193,6 +194,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     calibration that is stopped still leaves the cells it finished."""
     definition = load_definition(args.profile, None, args.definition)
     requests = args.requests or definition.latency.requests
+    warmup = definition.latency.warmup_requests if args.warmup is None else args.warmup
     tallies: list[Tally] = []
 
     def report() -> dict[str, Any]:
@@ -202,6 +204,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
             "runs_per_cell": args.runs,
             "gates": args.gates,
             "latency_requests_per_side": requests,
+            "latency_warmup_per_side": warmup,
             "command": " ".join(["mlcicd", *sys.argv[1:]]),
             "cells": [t.to_json() for t in tallies],
         }
@@ -230,7 +233,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
                             _say(f"[{condition}] {name}: run {run + 1}/{args.runs}")
                             tally.record(
                                 judge_once(definition, args.gates, server.url, champion.url,
-                                           champion_cases, requests, seed=run)
+                                           champion_cases, requests, warmup, seed=run)
                             )  # fmt: skip
                     tally.seconds = time.monotonic() - started
                     tallies.append(tally)
@@ -287,6 +290,7 @@ def add_parser(gates: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.add_argument("--definition", type=Path, help="pipeline definition file")
     parser.add_argument("--runs", type=int, default=20, help="judgements per release and condition")
     parser.add_argument("--requests", type=int, help="latency requests per side (definition's)")
+    parser.add_argument("--warmup", type=int, help="latency warm-up requests (definition's)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help=", ".join(VARIANTS))
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), help="quiet, hog")
     parser.add_argument(
