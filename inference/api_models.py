@@ -1,67 +1,78 @@
-"""Request and response models of the HTTP API, how bodies are read, and how errors read.
+"""Request and response models of the HTTP API, and how bodies are read and parsed.
 
 Why strict: a client that sends ``"5"`` for an integer, or a field we do not
 support, should learn so at once rather than get a silently different result.
 Both request models forbid unknown fields and use strict types (an integer
-is accepted where a float is expected, nothing else is coerced).
+is accepted where a float is expected, and a number with no fraction such as
+``16.0`` where an integer is, as JSON Schema reads them; nothing else is
+coerced).
 
 Accepted ranges (checked here; the server adds the limits that depend on its
 settings and model, ``max_new_tokens <= cap`` and prompt + new tokens <= context):
 
-- ``prompt``: a non-empty string.
+- ``prompt``: a non-empty string of valid Unicode (no lone surrogates).
 - ``max_new_tokens`` / ``max_tokens``: an integer >= 1 (default 16).
-- ``temperature``: [0, 2]; 0 means greedy. Default 0 for ``/v1/generate``,
+- ``temperature``: [0, 2]; 0 means greedy (and so does anything below
+  ``inference.sampling.GREEDY_BELOW``). Default 0 for ``/v1/generate``,
   1 for ``/v1/completions`` (OpenAI's default).
 - ``top_p``: (0, 1], default 1.
 - ``stop``: a string or up to 4 non-empty strings.
-- ``seed``: an integer in [0, 2**63 - 1].
+- ``seed``: an integer in [0, 2**53 - 1].
 
 ``/v1/completions`` accepts OpenAI's ``model`` (the served model's name or
 reference, or omitted), ``prompt`` (one string; token arrays and batches are
 rejected), ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``,
-``stream``, ``n`` (1 only), ``user`` (ignored) and vLLM's ``min_tokens``
-(a floor on new tokens, capped at ``max_tokens``). Everything else OpenAI
-defines (``logprobs``, ``echo``, ``best_of``, ``suffix``, penalties,
-``logit_bias``, ``stream_options``) is rejected as an unknown field.
+``stream``, ``stream_options`` (``include_usage``; ignored unless ``stream``),
+``n`` (1 only), ``user`` (ignored) and vLLM's ``min_tokens`` (a floor on new
+tokens, capped at ``max_tokens``). Everything else OpenAI defines
+(``logprobs``, ``echo``, ``best_of``, ``suffix``, penalties, ``logit_bias``)
+is rejected as an unknown field.
 
 Bodies are read by :func:`read_body` (413 over the cap, by ``Content-Length``
-and by the bytes that really arrive) and parsed by :func:`parse_request`
-(400 for malformed JSON, including ``NaN``; 422 naming the first bad field).
-Any content type is accepted as long as the body is JSON.
+and by the bytes that really arrive; 408 when the body takes longer than its
+timeout; 499 when the client hangs up halfway) and parsed by
+:func:`parse_request` (400 for malformed or too deeply nested JSON, including
+``NaN``; 422 naming the first bad field). Any content type is accepted as
+long as the body is JSON.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from starlette.requests import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from starlette.requests import ClientDisconnect, Request
+
+from inference.errors import ApiError, validation_error
 
 DEFAULT_MAX_NEW_TOKENS = 16
 MAX_STOP_SEQUENCES = 4
-MAX_SEED = 2**63 - 1
+# JSON's safe integer range: every client (and JSON Schema validator) reads it exactly.
+MAX_SEED = 2**53 - 1
 
-ErrorType = Literal[
-    "validation",
-    "invalid_json",
-    "payload_too_large",
-    "overloaded",
-    "timeout",
-    "unavailable",
-    "internal",
-    "injected_fault",
-    "not_found",
-    "method_not_allowed",
-    "model_not_found",
-    "client_gone",
-]
+
+# JSON has one number type: 16.0 is the integer 16 (as JSON Schema reads it), 16.5 is not.
+_INTEGER_FIELDS = ("max_new_tokens", "max_tokens", "min_tokens", "n", "seed")
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    prompt: str
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_numbers(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        whole = {
+            key: int(value)
+            for key, value in data.items()
+            if key in _INTEGER_FIELDS and isinstance(value, float) and value.is_integer()
+        }
+        return {**data, **whole} if whole else data
+
+    prompt: str = Field(min_length=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
@@ -69,10 +80,8 @@ class _Request(BaseModel):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_not_empty(cls, value: str) -> str:
-        if not value:
-            raise ValueError("must not be empty")
-        return value
+    def _prompt_unicode(cls, value: str) -> str:
+        return _valid_unicode(value)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -91,12 +100,31 @@ class _Request(BaseModel):
             raise ValueError(f"must have at most {MAX_STOP_SEQUENCES} sequences")
         if any(not item for item in items):
             raise ValueError("must not contain an empty string")
+        for item in items:
+            _valid_unicode(item)
         return value
 
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+def _valid_unicode(value: str) -> str:
+    """Refuse lone surrogates (valid JSON escapes, but no tokenizer can encode them)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (it contains a lone surrogate)") from None
+    return value
+
+
+class StreamOptions(BaseModel):
+    """OpenAI's ``stream_options``: ``include_usage`` adds a last chunk with the usage."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    include_usage: bool = False
 
 
 class GenerateRequest(_Request):
@@ -119,8 +147,18 @@ class CompletionRequest(_Request):
     min_tokens: int = Field(default=0, ge=0)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = 1
     user: str | None = None
+
+    @field_validator("model", "user")
+    @classmethod
+    def _names_unicode(cls, value: str | None) -> str | None:
+        return None if value is None else _valid_unicode(value)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -191,88 +229,16 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class ErrorBody(BaseModel):
-    error: str
-    type: ErrorType
-
-
-# pydantic error type -> how the limit reads in a message.
-_BOUNDS = {
-    "greater_than": ("must be >", "gt"),
-    "greater_than_equal": ("must be >=", "ge"),
-    "less_than": ("must be <", "lt"),
-    "less_than_equal": ("must be <=", "le"),
-}
-_TYPE_NAMES = {
-    "string_type": "a string",
-    "int_type": "an integer",
-    "float_type": "a number",
-    "bool_type": "a boolean",
-    "list_type": "a list",
-}
-
-
-def _number(value: Any) -> Any:
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def _json_type(value: Any) -> str:
-    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
-    if value is None:
-        return "null"
-    return names.get(type(value), "object")
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    """One message for the first problem, naming the field and the limit (TGI style)."""
-    item = error.errors()[0]
-    field = ".".join(str(part) for part in item["loc"]) or "body"
-    kind = item["type"]
-    got = item.get("input")
-    ctx = item.get("ctx") or {}
-    if kind == "missing":
-        return f"`{field}` is required"
-    if kind == "extra_forbidden":
-        return f"unknown field `{field}`"
-    if kind in _BOUNDS:
-        words, key = _BOUNDS[kind]
-        return f"`{field}` {words} {_number(ctx.get(key))}, got {got!r}"
-    if kind in _TYPE_NAMES:
-        return f"`{field}` must be {_TYPE_NAMES[kind]}, got {_json_type(got)}"
-    if kind == "model_type":
-        return "request body must be a JSON object"
-    message = str(item["msg"]).removeprefix("Value error, ")
-    if kind == "value_error":
-        shown = repr(got) if len(repr(got)) <= 80 else repr(got)[:77] + "..."
-        return f"`{field}` {message}, got {shown}"
-    return f"`{field}`: {message}"
-
-
-class ApiError(Exception):
-    """A request's failure: its HTTP status and its ``{"error", "type"}`` body."""
-
-    def __init__(
-        self,
-        status: int,
-        type_: ErrorType,
-        message: str,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.type: ErrorType = type_
-        self.message = message
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, str]:
-        return {"error": self.message, "type": self.type}
-
-
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
-async def read_body(request: Request, cap: int) -> bytes:
-    """The body, refusing more than ``cap`` bytes by header and by what actually arrives."""
+async def read_body(request: Request, cap: int, timeout_s: float) -> bytes:
+    """The body, refusing more than ``cap`` bytes (by header and by what arrives).
+
+    Also 408 when the whole body takes longer than ``timeout_s`` (a client
+    trickling bytes must not hold a request open), and 499 when the client
+    hangs up before sending all of it.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -283,13 +249,26 @@ async def read_body(request: Request, cap: int) -> bytes:
             )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise ApiError(
-                413, "payload_too_large", f"request body must be <= {cap} bytes, got more"
-            )
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    raise ApiError(
+                        413, "payload_too_large", f"request body must be <= {cap} bytes, got more"
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {timeout_s:g}s",
+            headers={"Connection": "close"},
+        ) from None
+    except ClientDisconnect:
+        raise ApiError(
+            499, "client_gone", "the client closed the connection while sending the body"
+        ) from None
     return b"".join(chunks)
 
 
@@ -308,7 +287,9 @@ def parse_request(body: bytes, model: type[RequestT]) -> RequestT:
         data = json.loads(body, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "request body is nested too deeply") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(422, "validation", describe_validation_error(exc)) from exc
+        raise validation_error(exc) from exc

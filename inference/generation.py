@@ -10,11 +10,16 @@ Timings: ``queue_s`` is arrival until the engine accepted the request (body,
 validation, tokenisation, injected latency); the engine's own queue wait is
 inside ``ttft_s`` because the engine contract has no "started" event.
 ``ttft_s`` is arrival to first token, ``total_s`` arrival to finish.
+
+Tokens generated for a call that ended early (client gone, deadline) are still
+counted: closing such a call leaves a small task that reads the engine's
+final event and adds its ``generated_tokens`` to the counter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -26,7 +31,6 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from inference.api_models import (
-    ApiError,
     CompletionChoice,
     CompletionResponse,
     GenerateResponse,
@@ -34,10 +38,14 @@ from inference.api_models import (
     Usage,
 )
 from inference.engine import Event, FinishEvent, GenerationHandle, TokenEvent
+from inference.errors import ApiError
 from inference.metrics import ServerMetrics
 
 # nginx's code for "client closed the request": how a stream the client left is counted.
 CLIENT_GONE = 499
+# How long a closed call waits for the engine's final event to count its tokens.
+_ABANDONED_WAIT_S = 30.0
+_counting: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True)
@@ -115,10 +123,21 @@ class GenerationCall:
         )
 
     def close(self) -> None:
-        """Cancel the engine's work unless it already finished."""
-        if not self.done and not self.handle.finished:
-            self.handle.cancel()
+        """Cancel the engine's work unless it already finished; its tokens are still counted."""
+        if not self.done:  # its final event is unread (or yet to come)
+            if not self.handle.finished:
+                self.handle.cancel()
+            task = asyncio.get_running_loop().create_task(self._count_abandoned())
+            _counting.add(task)
+            task.add_done_callback(_counting.discard)
         self.done = True
+
+    async def _count_abandoned(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_ABANDONED_WAIT_S):
+                async for event in self.handle.events():
+                    if isinstance(event, FinishEvent):
+                        self._metrics.generated_tokens.inc(event.generated_tokens)
 
 
 async def collect_unless_client_leaves(
@@ -198,12 +217,18 @@ class StreamOutcome:
 
 
 async def completion_stream(
-    call: GenerationCall, first: Event, model: str, outcome: StreamOutcome
+    call: GenerationCall,
+    first: Event,
+    model: str,
+    outcome: StreamOutcome,
+    include_usage: bool = False,
 ) -> AsyncIterator[bytes]:
     """OpenAI-style SSE: one ``data: {...}`` chunk per token, a final chunk, ``data: [DONE]``.
 
-    An error after the 200 header (deadline, engine failure) becomes a last
-    ``data: {"error": ..., "type": ...}`` event before ``[DONE]``.
+    With ``include_usage`` (OpenAI's ``stream_options``), a last chunk with no
+    choices carries the usage, as OpenAI sends it. An error after the 200 header
+    (deadline, engine failure, a drain cut short) becomes a last
+    ``data: {"error": {"message", "type", "param", "code"}}`` event before ``[DONE]``.
     """
     base: dict[str, Any] = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion"}
     base.update(created=int(time.time()), model=model)
@@ -217,15 +242,16 @@ async def completion_stream(
             else:
                 final = {"text": "", "index": 0, "logprobs": None}
                 final["finish_reason"] = _openai_reason(event.reason)
-                usage = _usage(event).model_dump()
-                yield _sse({**base, "choices": [final], "usage": usage})
+                yield _sse({**base, "choices": [final]})
+                if include_usage:
+                    yield _sse({**base, "choices": [], "usage": _usage(event).model_dump()})
                 yield _sse("[DONE]")
                 outcome.code = 200
                 return
             event = await call.next_event()
     except ApiError as exc:
         outcome.code = exc.status
-        yield _sse(exc.body())
+        yield _sse(exc.body("openai"))
         yield _sse("[DONE]")
     finally:
         call.close()

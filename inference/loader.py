@@ -20,7 +20,9 @@ Revision: the Hugging Face commit hash when the hub reports one, else the sha256
 of the model directory's files (:func:`directory_content_hash`), so an identical
 model always gets the same id and any changed byte gets a new one.
 
-Left out: quantisation, multi-GPU sharding, remote code (``trust_remote_code``
+Quantisation: a directory marked by inference/quantize.py (an int8 candidate)
+is loaded from its fp32 weights and quantized here, so every consumer serves it
+alike. Left out: other quantisations, multi-GPU sharding, remote code (``trust_remote_code``
 stays off: loading a model must not run code from the hub).
 """
 
@@ -52,6 +54,8 @@ class LoadedModel:
     device: str
     dtype: str
     context_length: int
+    # "int8" when the directory carries inference/quantize.py's marker, else None.
+    quantization: str | None = None
 
 
 def directory_content_hash(path: Path | str) -> str:
@@ -122,6 +126,15 @@ def _resolve_ref(model_ref: str) -> tuple[str, Path | None]:
     if model_ref.startswith((".", "/", "~")):
         raise ModelLoadError(f"model {model_ref!r}: no such directory")
     return model_ref, None
+
+
+def model_directory(model_ref: str) -> tuple[str, Path | None]:
+    """(display name, local directory, or None for a hub id) of ``model_ref``.
+
+    Public so that tools which read the same weights another way (the benchmark's
+    CTranslate2 conversion) resolve a reference exactly as :func:`load_model` does.
+    """
+    return _resolve_ref(model_ref)
 
 
 def _hub_kwargs() -> dict[str, Any]:
@@ -201,6 +214,7 @@ def _load(model_ref: str, device: str, dtype: str) -> LoadedModel:
     model.to(resolved_device)
     model.eval()
     model.requires_grad_(False)
+    quantization = _quantize_if_marked(model_ref, model, directory, resolved_device, resolved_dtype)
     commit = getattr(model.config, "_commit_hash", None)
     if directory is not None:
         revision = directory_content_hash(directory)
@@ -216,4 +230,26 @@ def _load(model_ref: str, device: str, dtype: str) -> LoadedModel:
         device=resolved_device,
         dtype=resolved_dtype,
         context_length=_context_length(model, tokenizer),
+        quantization=quantization,
     )
+
+
+def _quantize_if_marked(
+    model_ref: str, model: Any, directory: Path | None, device: str, dtype: str
+) -> str | None:
+    """Apply the quantization a candidate directory is marked with (inference/quantize.py)."""
+    from inference.quantize import quantize_int8, read_marker
+
+    try:
+        marker = None if directory is None else read_marker(directory)
+    except ValueError as error:
+        raise ModelLoadError(f"model {model_ref!r}: {error}") from error
+    if marker is None:
+        return None
+    if device != "cpu" or dtype != "fp32":
+        raise ModelLoadError(
+            f"model {model_ref!r} is an int8 candidate: it is served on CPU from fp32 weights "
+            f"(asked for device {device!r}, dtype {dtype!r})"
+        )
+    quantize_int8(model)
+    return "int8"

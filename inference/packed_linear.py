@@ -18,6 +18,10 @@ input to float rounding, else the original is kept. It changes rounding, not
 results; the engine's batched-equals-sequential guarantee holds because every
 forward, batched or alone, runs through the same packed layers.
 
+Which layers run packed, and on how many threads, is chosen by measuring on
+the machine at engine start (inference/layer_tuning.py); :func:`pack_linear_layers`
+is the unmeasured "pack everything large enough" path (probes, tests).
+
 Left out: bf16/int8 packing (they change the model's numbers, not just speed),
 and GPU (cuBLAS needs no help).
 """
@@ -78,7 +82,7 @@ def packable(model: Any) -> bool:
     )
 
 
-def _dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+def dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(weight as (out, in), bias) for the layer kinds we know, else None."""
     if isinstance(module, nn.Linear):
         return module.weight, module.bias
@@ -90,8 +94,8 @@ def _dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
 
 
 @torch.inference_mode()
-def _packed_if_equal(module: nn.Module) -> PackedLinear | None:
-    found = _dense_weight(module)
+def packed_if_equal(module: nn.Module) -> PackedLinear | None:
+    found = dense_weight(module)
     if found is None:
         return None
     weight, bias = found
@@ -115,14 +119,14 @@ def pack_linear_layers(model: nn.Module, min_weights: int = MIN_PACKED_WEIGHTS) 
         (parent, name, child)
         for parent in list(model.modules())
         for name, child in list(parent.named_children())
-        if (found := _dense_weight(child)) is not None and found[0].numel() >= min_weights
+        if (found := dense_weight(child)) is not None and found[0].numel() >= min_weights
     ]
     if not targets:
         return 0
-    _own_weights_outside(model, {id(child) for _, _, child in targets})
+    own_weights_outside(model, {id(child) for _, _, child in targets})
     swapped = 0
     for parent, name, child in targets:
-        packed = _packed_if_equal(child)
+        packed = packed_if_equal(child)
         if packed is not None:
             setattr(parent, name, packed)
             swapped += 1
@@ -130,7 +134,7 @@ def pack_linear_layers(model: nn.Module, min_weights: int = MIN_PACKED_WEIGHTS) 
 
 
 @torch.inference_mode()
-def _own_weights_outside(model: nn.Module, targets: set[int]) -> None:
+def own_weights_outside(model: nn.Module, targets: set[int]) -> None:
     """Copy the weights that stay dense (embeddings, norms) into memory of their own.
 
     Why: weights loaded from safetensors are views into one mapping of the file,

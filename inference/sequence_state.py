@@ -25,6 +25,7 @@ from inference.engine import (
     GenerationParams,
     TokenEvent,
 )
+from inference.sampling import sample_token
 
 # Prompt tokens kept as decoding context so tokenizers that strip a leading space
 # (SentencePiece) decode the first generated token the same way as mid-sentence.
@@ -95,14 +96,7 @@ class SequenceState:
             if seed is None:
                 seed = int.from_bytes(os.urandom(8), "little") >> 1
             self._generator.manual_seed(seed)
-        probs = torch.softmax(logits.float() / self.params.temperature, dim=-1)
-        if self.params.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-            sorted_probs = torch.where(before < self.params.top_p, sorted_probs, 0.0)
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-        choice = torch.multinomial(probs / probs.sum(), 1, generator=self._generator)
-        return int(choice.item())
+        return sample_token(logits, self.params.temperature, self.params.top_p, self._generator)
 
     def accept(self, token: int) -> None:
         """Take the next token: stream its text, or finish on EOS / stop / length."""

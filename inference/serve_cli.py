@@ -16,8 +16,18 @@ Shutdown (SIGTERM or Ctrl-C): uvicorn's own handling would close the listening
 socket at once, so ``/ready`` could never say 503 and a load balancer would
 see refused connections. Instead the first signal starts a drain: ``/ready``
 and new generation requests answer 503 while requests in flight finish (up to
-the drain timeout); then uvicorn shuts down normally and the process exits 0.
-A second signal skips the rest of the drain.
+the drain timeout, which settings keep >= the request deadline, so every
+admitted request ends by itself); then uvicorn shuts down normally and the
+process exits 0. A second signal (or a drain that times out anyway) cuts the
+drain short: the engine's work for every request still running is cancelled,
+so each stream ends with an error event and ``[DONE]`` (counted as 503), and
+then the server shuts down.
+
+Slow and silent clients: the HTTP protocol closes a connection whose request
+head does not arrive within ``header_timeout_s`` (408 when part of it came),
+the body must arrive within ``body_timeout_s`` (408), and connections beyond
+``max_connections`` are closed (uvicorn's ``limit_concurrency`` answers 503
+to requests over the same cap). See :mod:`inference.http_protocol`.
 """
 
 from __future__ import annotations
@@ -34,11 +44,16 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from inference.server import ServerRuntime, create_app
+from inference.http_protocol import timed_protocol
+from inference.metrics import ServerMetrics
+from inference.runtime import ServerRuntime
+from inference.server import create_app
 from inference.settings import (
+    GRACE_AFTER_DRAIN_S,
     Device,
     DType,
     Environment,
+    LayerPolicy,
     ServerSettings,
     SettingsError,
     flag_name,
@@ -49,13 +64,15 @@ log = logging.getLogger("mlcicd.serve")
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # argparse's own status for a usage error
-# After the drain, how long uvicorn may still wait for responses being written.
-_GRACE_AFTER_DRAIN_S = 5.0
 
 _FLAGS: dict[str, dict[str, Any]] = {
     "model": {"help": "HF id, local directory, `builtin` or `builtin-weak` (default builtin)"},
     "device": {"choices": [d.value for d in Device]},
     "dtype": {"choices": [d.value for d in DType]},
+    "layer_policy": {
+        "choices": [p.value for p in LayerPolicy],
+        "help": "linear layers: measure packed/dense and threads at start (default), or pin",
+    },
     "max_batch_size": {"type": int},
     "batch_window_s": {"type": float, "help": "wait this long to fill a batch"},
     "queue_cap": {"type": int, "help": "waiting requests before 429"},
@@ -64,6 +81,9 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "request_deadline_s": {"type": float},
     "drain_timeout_s": {"type": float},
     "max_body_bytes": {"type": int},
+    "header_timeout_s": {"type": float, "help": "close a connection whose headers take longer"},
+    "body_timeout_s": {"type": float, "help": "answer 408 when a body takes longer"},
+    "max_connections": {"type": int, "help": "open connections before new requests get 503"},
     "port": {"type": int},
     "host": {"help": "bind address (default 127.0.0.1)"},
     "environment": {"choices": [e.value for e in Environment]},
@@ -107,6 +127,7 @@ def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -
             max_batch_size=settings.max_batch_size,
             batch_window_s=settings.batch_window_s,
             queue_cap=settings.queue_cap,
+            layer_policy=settings.layer_policy.value,
         )
     except Exception as exc:  # the CLI boundary: any load failure is a clear message, exit 2
         print(f"mlcicd serve: cannot load model {settings.model!r}: {exc}", file=sys.stderr)
@@ -158,7 +179,7 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not recorded in _captured_signals: uvicorn would re-raise it after shutdown
         # and the process would die by the signal instead of exiting 0.
-        if self._drain is None and self._loop is not None and not self.should_exit:
+        if self._loop is not None and not self.should_exit:
             self._loop.call_soon_threadsafe(self._start_drain)
         elif self.should_exit:
             self.force_exit = True
@@ -169,7 +190,11 @@ class DrainingServer(uvicorn.Server):
         if self._drain is None:
             self._drain = asyncio.create_task(self._drain_then_exit())
         else:  # a second signal: skip the rest of the drain
-            self.should_exit = True
+            self._cut_drain()
+
+    def _cut_drain(self) -> None:
+        self.runtime.cut_in_flight()
+        self.should_exit = True
 
     async def _drain_then_exit(self) -> None:
         self.runtime.begin_drain()
@@ -182,21 +207,32 @@ class DrainingServer(uvicorn.Server):
                 timeout,
                 self.runtime.in_flight,
             )
+            self.runtime.cut_in_flight()
         self.should_exit = True
 
 
-def run_server(app: FastAPI, settings: ServerSettings) -> int:
+def build_server(app: FastAPI, settings: ServerSettings) -> DrainingServer:
+    """uvicorn configured from ``settings``: timeouts, connection cap, drain."""
+    metrics: ServerMetrics = app.state.metrics
+    protocol = timed_protocol(
+        settings.header_timeout_s, settings.max_connections, lambda: metrics.record(408)
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol,
+        limit_concurrency=settings.max_connections,
         access_log=settings.access_log,
-        timeout_graceful_shutdown=int(_GRACE_AFTER_DRAIN_S),
+        timeout_graceful_shutdown=int(GRACE_AFTER_DRAIN_S),
         log_level="info",
         lifespan="on",
     )
-    runtime: ServerRuntime = app.state.runtime
-    server = DrainingServer(config, runtime, settings)
+    return DrainingServer(config, app.state.runtime, settings)
+
+
+def run_server(app: FastAPI, settings: ServerSettings) -> int:
+    server = build_server(app, settings)
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits this way when it cannot bind or start

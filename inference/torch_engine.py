@@ -17,7 +17,9 @@ padding for every remaining row are trimmed.
 
 Speed (CPU, fp32; figures in docs/performance.md, from ``python -m
 pipeline.bench.probes``): a step is mostly matrix multiplies, so :meth:`start`
-swaps the model's linear layers for oneDNN-packed ones (inference/packed_linear.py;
+swaps the model's linear layers for oneDNN-packed ones where that measures
+faster on this machine, per layer shape and with the thread count that measures
+fastest (inference/layer_tuning.py, inference/packed_linear.py;
 GPT-2-small decode step 37-41 instead of 85-88 ms at batch 16, 25-26 instead of
 37 ms at batch 1), and a few padded prefills (cut by cost) replace a forward per distinct
 prompt length. All torch work, warm-up included, runs on the one worker thread: a
@@ -57,8 +59,9 @@ from inference.engine import (
     QueueFullError,
 )
 from inference.kv_cache import cache_layers, keep_rows, pad_left
+from inference.layer_tuning import LayerChoice, LayerPolicy, tune_linear_layers
 from inference.loader import LoadedModel
-from inference.packed_linear import pack_linear_layers
+from inference.packed_linear import PACK_ROWS
 from inference.padded_prefill import padded_prefill, prefill_chunks
 from inference.sequence_state import SequenceState, accept_next_tokens
 
@@ -94,6 +97,7 @@ class TorchEngine:
         max_batch_size: int,
         batch_window_s: float,
         queue_cap: int,
+        layer_policy: LayerPolicy = "measure",
     ) -> None:
         if max_batch_size < 1 or queue_cap < 1 or batch_window_s < 0:
             raise ValueError("max_batch_size and queue_cap must be >= 1, batch_window_s >= 0")
@@ -117,7 +121,8 @@ class TorchEngine:
         self._thread: threading.Thread | None = None
         self._batch = _Batch()
         self._batch_callbacks: list[Callable[[int], None]] = []
-        self._packed_layers = 0
+        self._layer_policy: LayerPolicy = layer_policy
+        self._layer_choices: tuple[LayerChoice, ...] = ()
 
     # -- Engine protocol: metadata -------------------------------------------------
     @property
@@ -145,7 +150,12 @@ class TorchEngine:
     @property
     def packed_layers(self) -> int:
         """Linear layers running packed for oneDNN (0 before :meth:`start`, or on GPU)."""
-        return self._packed_layers
+        return sum(c.layers for c in self._layer_choices if c.layout == "packed")
+
+    @property
+    def layer_choices(self) -> tuple[LayerChoice, ...]:
+        """Per linear-layer shape: layout and threads chosen at start (metrics show them)."""
+        return self._layer_choices
 
     def count_tokens(self, text: str) -> tuple[int, ...]:
         return tuple(int(i) for i in self._tokenizer(text)["input_ids"])
@@ -186,9 +196,10 @@ class TorchEngine:
             raise RuntimeError(message) from failure[0]
 
     def _prepare(self) -> None:
-        """Pack the linear layers and serve one short request on this thread."""
-        self._packed_layers = pack_linear_layers(self._model)
-        log.info("engine: %d linear layers packed for oneDNN", self._packed_layers)
+        """Choose each layer shape's layout and threads (timed at 1 row and the decode
+        batch's, capped at ``PACK_ROWS``), then serve one short request on this thread."""
+        rows = sorted({1, min(self._max_batch, PACK_ROWS)})
+        self._layer_choices = tuple(tune_linear_layers(self._model, rows, self._layer_policy))
         warm_ids = self.count_tokens(_WARMUP_PROMPT)
         events: list[Event] = []
         params = GenerationParams(prompt=_WARMUP_PROMPT, prompt_ids=warm_ids, max_new_tokens=4)

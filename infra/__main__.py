@@ -6,6 +6,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import github_values, program
+from infra.cluster_secrets import ExternalSecrets, ExternalSecretsArgs, SecretSource, VaultStore
 from infra.config import PulumiSource, load_config
 from infra.github_repo import GitHubRepo, GitHubRepoArgs
 from infra.gpu_runners import RunnerFleet, RunnerFleetArgs
@@ -23,6 +24,16 @@ cluster = program.opts(program.kubernetes_provider(cfg))
 namespace = k8s.core.v1.Namespace("app", metadata={"name": cfg.namespace}, opts=cluster)
 ns = namespace.metadata["name"]
 tag = program.image_tag(cfg)
+store = cfg.secrets_settings
+secret_source = SecretSource("pulumi")
+if store.external:
+    secret_source = ExternalSecrets(
+        "external-secrets",
+        ExternalSecretsArgs(
+            VaultStore(store.vault_server, store.vault_path, store.vault_role, store.key_prefix)
+        ),
+        cluster,
+    ).source
 
 registry = ImageRegistry(
     "registry",
@@ -35,6 +46,7 @@ registry = ImageRegistry(
         cfg.repo_root,
         secrets.registry_password,
         secrets.registry_htpasswd,
+        secret_source,
     ),
     cluster,
 )
@@ -43,6 +55,7 @@ mlflow = MlflowServer(
     MlflowArgs(
         cfg.mlflow,
         ns,
+        secret_source,
         secrets.db_password,
         secrets.mlflow_htpasswd,
         secrets.aws_access_key_id,
@@ -59,6 +72,7 @@ monitoring = Monitoring(
         cfg.monitoring.retention,
         cfg.monitoring.grafana_dashboard,
         secrets.grafana_admin_password,
+        secret_source,
     ),
     cluster,
 )
@@ -72,7 +86,8 @@ rollout = InferenceRollout(
         registry.inference_image,
         registry.pull_secret_name,
         monitoring.prometheus_url,
-        secrets.hf_token,
+        secret_source,
+        None if store.external else secrets.hf_token,
         git_sha=tag,
         depends_on=(monitoring.release,),
     ),
@@ -86,12 +101,15 @@ runners = RunnerFleet(
         cfg.github.auth,
         cfg.github.app_id,
         cfg.github.app_installation_id,
-        secrets.github_token,
-        secrets.github_app_private_key,
+        None if store.external else secrets.github_token,
+        None if store.external else secrets.github_app_private_key,
         registry.runner_image,
         ns,
+        registry,
+        secret_source,
+        # Each one is read by a workflow step or the code it runs; the contract tests
+        # (tests/infra/test_contracts.py) fail on one that nothing reads.
         runner_env={
-            "MLCICD_ENVIRONMENT": cfg.environment,
             "MLCICD_NAMESPACE": cfg.namespace,
             "MLCICD_ENDPOINT": rollout.endpoint,
             "MLFLOW_TRACKING_URI": mlflow.tracking_uri,

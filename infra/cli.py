@@ -3,7 +3,8 @@
 Why: reviewing infrastructure changes should not need cloud credentials. ``render`` runs
 the same Pulumi program under the mock runtime with the stack's config (secrets replaced
 by placeholders and masked) and writes manifests, Helm values, GitHub settings and the
-workflow; ``diff`` compares two renders (exit 0 identical, 1 different, 2 usage).
+workflow; ``diff`` compares two renders per resource and key (:mod:`infra.render_diff`;
+exit 0 identical, 1 different, 2 usage).
 
 Unlike ``pulumi preview`` this never talks to the cluster, GitHub or the state backend,
 so it shows what the program declares, not what would change in the live stack.
@@ -18,9 +19,29 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+import tempfile
 from pathlib import Path
 
+import yaml
+
 EXIT_OK, EXIT_DIFFERENT, EXIT_USAGE = 0, 1, 2
+
+
+def _with_image_tag(stack: str, stack_file: Path | None, tag: str, into: Path) -> Path:
+    """A copy of the stack file with ``images.tag`` set, so image references do not
+    carry the checkout's commit (two commits would otherwise differ in every image)."""
+    from infra.config import PROJECT, REPO_ROOT
+    from infra.mock_runtime import RenderError
+
+    source = stack_file or REPO_ROOT / f"Pulumi.{stack}.yaml"
+    try:
+        data = yaml.safe_load(source.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise RenderError(f"{source}: {exc}") from exc
+    data.setdefault("config", {})[f"{PROJECT}:images.tag"] = tag
+    out = into / source.name
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -28,7 +49,11 @@ def _render(args: argparse.Namespace) -> int:
     from infra.render import write_render
 
     try:
-        recording = record(args.stack, stack_file=args.stack_file)
+        with tempfile.TemporaryDirectory() as scratch:
+            stack_file = args.stack_file
+            if args.image_tag:
+                stack_file = _with_image_tag(args.stack, stack_file, args.image_tag, Path(scratch))
+            recording = record(args.stack, stack_file=stack_file)
     except RenderError as exc:
         print(f"mlcicd infra render: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -41,17 +66,17 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from infra.render import diff_renders
+    from infra.render_diff import diff_renders, markdown_report
 
     for path in (args.a, args.b):
         if not path.is_dir():
             print(f"mlcicd infra diff: {path}: not a directory", file=sys.stderr)
             return EXIT_USAGE
     lines, different = diff_renders(args.a, args.b)
-    for line in lines:
-        print(line)
-    if not different:
-        print("no differences")
+    if args.format == "markdown":
+        print(markdown_report(lines, args.title), end="")
+    else:
+        print("\n".join(lines) if different else "no differences")
     return EXIT_DIFFERENT if different else EXIT_OK
 
 
@@ -99,10 +124,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     render.add_argument(
         "--stack-file", type=Path, help="use this stack file instead of Pulumi.<stack>.yaml"
     )
+    render.add_argument(
+        "--image-tag",
+        help="tag images with this instead of the commit (review renders of two commits)",
+    )
     render.set_defaults(handler=_render)
-    diff = actions.add_parser("diff", help="compare two render directories")
-    diff.add_argument("a", type=Path)
-    diff.add_argument("b", type=Path)
+    diff = actions.add_parser(
+        "diff",
+        help="compare two render directories, per resource and key",
+        description="Exit status: 0 identical, 1 different, 2 usage error.",
+    )
+    diff.add_argument("a", type=Path, help="the old render (e.g. the pull request's base)")
+    diff.add_argument("b", type=Path, help="the new render (e.g. the pull request's head)")
+    diff.add_argument(
+        "--format",
+        choices=("text", "markdown"),
+        default="text",
+        help="markdown: a heading and a diff block, for a job summary or PR comment",
+    )
+    diff.add_argument("--title", default="Infrastructure diff", help="markdown heading")
     diff.set_defaults(handler=_diff)
     workflow = actions.add_parser(
         "workflow", help="write the GitHub workflow as the prod stack commits it"

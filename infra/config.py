@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal, Protocol, cast
+from typing import Literal, cast
 
 import pulumi
 import yaml
@@ -35,17 +34,28 @@ from infra.config_model import (
     RegistrySettings,
     RunnerClass,
     Secrets,
+    SecretsSettings,
     StackConfig,
     Toleration,
     scale_set_name,
 )
+from infra.config_reader import (
+    INSTALLED_NODE_LABELS,
+    PROJECT,
+    ConfigError,
+    ConfigSource,
+    Reader,
+)
 from pipeline.source import REPO_ROOT
 
-PROJECT = "mlcicd"
 RUNNER_CLASSES = ("gpu", "cpu")
 
 __all__ = [
+    "INSTALLED_NODE_LABELS",
+    "PROJECT",
     "REPO_ROOT",
+    "ConfigError",
+    "ConfigSource",
     "GitHubSettings",
     "ImageSettings",
     "InferenceSettings",
@@ -54,6 +64,7 @@ __all__ = [
     "RegistrySettings",
     "RunnerClass",
     "Secrets",
+    "SecretsSettings",
     "StackConfig",
     "Toleration",
     "scale_set_name",
@@ -75,22 +86,11 @@ SECRET_KEYS: tuple[str, ...] = (
     "awsSecretAccessKey",
 )
 
-_TAINT = re.compile(
-    r"^([A-Za-z0-9./_-]+)(?:=([A-Za-z0-9._-]*))?:(NoSchedule|PreferNoSchedule|NoExecute)$"
-)
-_LABEL = re.compile(r"^([A-Za-z0-9./_-]+)=([A-Za-z0-9._-]*)$")
-
-
-class ConfigError(ValueError):
-    """One or more config values are missing or invalid; each line names the key."""
-
-
-class ConfigSource(Protocol):
-    """Where raw values come from: Pulumi's config, or a dict in tests."""
-
-    def get(self, key: str) -> str | None: ...
-
-    def get_secret(self, key: str) -> pulumi.Output[str] | None: ...
+# Upstream's plain MLflow image is `pip install mlflow` only, no DB driver
+# (mlflow/mlflow@0daeb821:docker/Dockerfile); the `-full` variant, from v3.9.0 on, installs
+# mlflow[extras,db,...] and so psycopg2-binary and boto3 (mlflow/mlflow@092ba8b1:
+# docker/Dockerfile.full, mlflow/mlflow@5033d12e:docker/README.md).
+UPSTREAM_MLFLOW_IMAGE = "ghcr.io/mlflow/mlflow:"
 
 
 class PulumiSource:
@@ -170,92 +170,9 @@ def stack_file_source(stack: str, root: Path = REPO_ROOT) -> DictSource:
     return DictSource(values, {key: f"placeholder-{key}" for key in SECRET_KEYS})
 
 
-class _Reader:
-    """Typed accessors that collect every problem instead of stopping at the first."""
-
-    def __init__(self, source: ConfigSource) -> None:
-        self.source = source
-        self.errors: list[str] = []
-
-    def _fail(self, key: str, message: str) -> None:
-        self.errors.append(f"{PROJECT}:{key}: {message}")
-
-    def text(self, key: str) -> str:
-        value = self.source.get(key)
-        if value is None:
-            self._fail(key, "missing (set it with `pulumi config set` or in Pulumi.yaml)")
-            return ""
-        return value
-
-    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
-        value = self.text(key)
-        if value and value not in allowed:
-            self._fail(key, f"expected one of {', '.join(allowed)}, got {json.dumps(value)}")
-        return value or allowed[0]
-
-    def integer(self, key: str, minimum: int = 0) -> int:
-        text = self.text(key)
-        try:
-            value = int(text)
-        except ValueError:
-            if text:
-                self._fail(key, f"expected integer, got {json.dumps(text)}")
-            return minimum
-        if value < minimum:
-            self._fail(key, f"must be >= {minimum}, got {value}")
-        return value
-
-    def boolean(self, key: str) -> bool:
-        text = self.text(key)
-        if text not in ("true", "false"):
-            if text:
-                self._fail(key, f"expected boolean (true or false), got {json.dumps(text)}")
-            return False
-        return text == "true"
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        text = self.text(key)
-        try:
-            value = json.loads(text) if text else []
-        except json.JSONDecodeError:
-            value = None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self._fail(key, f"expected a list of strings, got {json.dumps(text)}")
-            return ()
-        return tuple(value)
-
-    def secret(self, key: str) -> pulumi.Output[str]:
-        value = self.source.get_secret(key)
-        if value is None:
-            self._fail(key, f"missing secret (set it with `pulumi config set --secret {key}`)")
-            return pulumi.Output.secret("")
-        return value
-
-    def optional_secret(self, key: str, needed: bool) -> pulumi.Output[str] | None:
-        return self.secret(key) if needed else None
-
-    def node_selector(self, key: str) -> tuple[tuple[str, str], ...]:
-        pairs = []
-        for item in self.strings(key):
-            match = _LABEL.match(item)
-            if match is None:
-                self._fail(key, f"expected key=value, got {json.dumps(item)}")
-                continue
-            pairs.append((match.group(1), match.group(2)))
-        return tuple(pairs)
-
-    def tolerations(self, key: str) -> tuple[Toleration, ...]:
-        found = []
-        for item in self.strings(key):
-            match = _TAINT.match(item)
-            if match is None:
-                self._fail(key, f"expected key=value:Effect or key:Effect, got {json.dumps(item)}")
-                continue
-            found.append(Toleration(match.group(1), match.group(2), match.group(3)))
-        return tuple(found)
-
-
-def _runner(read: _Reader, name: Literal["gpu", "cpu"], environment: str) -> RunnerClass:
+def _runner(
+    read: Reader, name: Literal["gpu", "cpu"], environment: str, node_labels: tuple[str, ...]
+) -> RunnerClass:
     prefix = f"{name}Runner"
     runner = RunnerClass(
         name=name,
@@ -266,11 +183,11 @@ def _runner(read: _Reader, name: Literal["gpu", "cpu"], environment: str) -> Run
         cpu=read.text(f"{prefix}.cpu"),
         memory=read.text(f"{prefix}.memory"),
         job_timeout_minutes=read.integer(f"{prefix}.jobTimeoutMinutes", minimum=1),
-        node_selector=read.node_selector(f"{prefix}.nodeSelector"),
+        node_selector=read.node_selector(f"{prefix}.nodeSelector", node_labels),
         tolerations=read.tolerations(f"{prefix}.tolerations"),
     )
     if runner.min_runners > runner.max_runners:
-        read._fail(
+        read.fail(
             f"{prefix}.minRunners",
             f"must be <= {prefix}.maxRunners ({runner.max_runners}), got {runner.min_runners}",
         )
@@ -278,18 +195,19 @@ def _runner(read: _Reader, name: Literal["gpu", "cpu"], environment: str) -> Run
 
 
 def _runners(
-    read: _Reader, stage_runners: tuple[str, ...], environment: str
+    read: Reader, stage_runners: tuple[str, ...], environment: str, node_labels: tuple[str, ...]
 ) -> tuple[RunnerClass, ...]:
     names = read.strings("runnerClasses")
     runners = []
     for name in names:
         if name in RUNNER_CLASSES:
-            runners.append(_runner(read, cast(Literal["gpu", "cpu"], name), environment))
+            runner_class = cast(Literal["gpu", "cpu"], name)
+            runners.append(_runner(read, runner_class, environment, node_labels))
         else:
             known = ", ".join(RUNNER_CLASSES)
-            read._fail("runnerClasses", f"unknown runner class {json.dumps(name)} (known: {known})")
+            read.fail("runnerClasses", f"unknown runner class {json.dumps(name)} (known: {known})")
     for needed in sorted(set(stage_runners) - set(names)):
-        read._fail(
+        read.fail(
             "runnerClasses",
             f"the pipeline's stages run on {json.dumps(needed)}, which is not listed",
         )
@@ -297,6 +215,89 @@ def _runners(
 
 
 StageRunners = tuple[str, ...] | Callable[[str, str], tuple[str, ...]]
+
+
+def _github(read: Reader) -> GitHubSettings:
+    github = GitHubSettings(
+        owner=read.text("github.owner"),
+        repository=read.text("github.repository"),
+        repository_mode=read.choice(  # type: ignore[arg-type]
+            "github.repositoryMode", ("reference", "create", "adopt")
+        ),
+        reviewers=read.strings("github.reviewers"),
+        auth=read.choice("github.auth", ("token", "app")),  # type: ignore[arg-type]
+        app_id=read.text("github.appId"),
+        app_installation_id=read.text("github.appInstallationId"),
+    )
+    if github.auth == "app" and not (github.app_id and github.app_installation_id):
+        read.fail("github.appId", "github.auth = app needs github.appId and appInstallationId")
+    if github.app_id and not github.app_id.isdigit():
+        read.fail("github.appId", f"expected the App's numeric id, got {github.app_id!r}")
+    return github
+
+
+def _mlflow(read: Reader) -> MlflowSettings:
+    mlflow = MlflowSettings(
+        image=read.text("mlflow.image"),
+        artifact_store=read.choice("mlflow.artifactStore", ("pvc", "s3")),  # type: ignore[arg-type]
+        artifact_bucket=read.text("mlflow.artifactBucket"),
+        storage_size=read.text("mlflow.storageSize"),
+        username=read.text("mlflow.username"),
+        db_storage_size=read.text("mlflow.dbStorageSize"),
+    )
+    if mlflow.artifact_store == "s3" and not mlflow.artifact_bucket.startswith("s3://"):
+        read.fail("mlflow.artifactBucket", "mlflow.artifactStore = s3 needs an s3:// URI")
+    if mlflow.image.startswith(UPSTREAM_MLFLOW_IMAGE) and not mlflow.image.endswith("-full"):
+        read.fail(
+            "mlflow.image",
+            f"{mlflow.image} has no Postgres driver (psycopg2) nor boto3: upstream's plain "
+            "image is `pip install mlflow` only; use its -full variant (MLflow >= 3.9.0)",
+        )
+    return mlflow
+
+
+def _secrets_settings(read: Reader) -> SecretsSettings:
+    settings = SecretsSettings(
+        provider=read.choice(  # type: ignore[arg-type]
+            "secrets.provider", ("pulumi", "external-secrets")
+        ),
+        vault_server=read.text("externalSecrets.vaultServer"),
+        vault_path=read.text("externalSecrets.vaultPath"),
+        vault_role=read.text("externalSecrets.vaultRole"),
+        key_prefix=read.text("externalSecrets.keyPrefix"),
+    )
+    if settings.external and not settings.vault_server:
+        read.fail(
+            "externalSecrets.vaultServer", "secrets.provider = external-secrets needs a Vault URL"
+        )
+    return settings
+
+
+def _secrets(
+    read: Reader, cfg: tuple[GitHubSettings, RegistrySettings, MlflowSettings, bool, bool]
+) -> Secrets:
+    """The secret config the stack needs; in-cluster-only ones not with external-secrets."""
+    github, registry, mlflow, grafana, external = cfg
+    cluster_only = not external
+    s3 = mlflow.artifact_store == "s3"
+    return Secrets(
+        github_token=read.optional_secret("githubToken", github.auth == "token"),
+        github_app_private_key=read.optional_secret("githubAppPrivateKey", github.auth == "app"),
+        hf_token=read.secret("hfToken"),
+        kubeconfig=read.secret("kubeconfig"),
+        mlflow_password=read.optional_secret("mlflowPassword", cluster_only),
+        mlflow_htpasswd=read.optional_secret("mlflowHtpasswd", cluster_only),
+        registry_password=read.secret("registryPassword"),
+        registry_htpasswd=read.optional_secret(
+            "registryHtpasswd", cluster_only and registry.kind == "in-cluster"
+        ),
+        db_password=read.optional_secret("dbPassword", cluster_only),
+        grafana_admin_password=read.optional_secret(
+            "grafanaAdminPassword", cluster_only and grafana
+        ),
+        aws_access_key_id=read.optional_secret("awsAccessKeyId", cluster_only and s3),
+        aws_secret_access_key=read.optional_secret("awsSecretAccessKey", cluster_only and s3),
+    )
 
 
 def load_config(
@@ -310,62 +311,28 @@ def load_config(
     profile and environment giving them), so a stage on a class without a scale set is a
     config error, not a workflow that waits forever.
     """
-    read = _Reader(source if source is not None else PulumiSource())
+    read = Reader(source if source is not None else PulumiSource())
     environment = read.choice("environment", ("staging", "prod"))
     profile = read.text("pipelineProfile")
     if callable(stage_runners):
         stage_runners = stage_runners(profile, environment)
-    github = GitHubSettings(
-        owner=read.text("github.owner"),
-        repository=read.text("github.repository"),
-        repository_mode=read.choice(  # type: ignore[arg-type]
-            "github.repositoryMode", ("reference", "create", "adopt")
-        ),
-        reviewers=read.strings("github.reviewers"),
-        auth=read.choice("github.auth", ("token", "app")),  # type: ignore[arg-type]
-        app_id=read.text("github.appId"),
-        app_installation_id=read.text("github.appInstallationId"),
-    )
-    if github.auth == "app" and not (github.app_id and github.app_installation_id):
-        read._fail("github.appId", "github.auth = app needs github.appId and appInstallationId")
+    node_labels = read.strings("cluster.nodeLabels")
+    github = _github(read)
     registry = RegistrySettings(
         kind=read.choice("registry.kind", ("ghcr", "in-cluster")),  # type: ignore[arg-type]
         host=read.text("registry.host"),
         username=read.text("registry.username"),
         storage_size=read.text("registry.storageSize"),
     )
-    mlflow = MlflowSettings(
-        image=read.text("mlflow.image"),
-        artifact_store=read.choice("mlflow.artifactStore", ("pvc", "s3")),  # type: ignore[arg-type]
-        artifact_bucket=read.text("mlflow.artifactBucket"),
-        storage_size=read.text("mlflow.storageSize"),
-        username=read.text("mlflow.username"),
-        db_storage_size=read.text("mlflow.dbStorageSize"),
-    )
-    s3 = mlflow.artifact_store == "s3"
-    if s3 and not mlflow.artifact_bucket.startswith("s3://"):
-        read._fail("mlflow.artifactBucket", "mlflow.artifactStore = s3 needs an s3:// URI")
+    mlflow = _mlflow(read)
     grafana = read.boolean("monitoring.grafanaDashboard")
-    secrets = Secrets(
-        github_token=read.optional_secret("githubToken", github.auth == "token"),
-        github_app_private_key=read.optional_secret("githubAppPrivateKey", github.auth == "app"),
-        hf_token=read.secret("hfToken"),
-        kubeconfig=read.secret("kubeconfig"),
-        mlflow_password=read.secret("mlflowPassword"),
-        mlflow_htpasswd=read.secret("mlflowHtpasswd"),
-        registry_password=read.secret("registryPassword"),
-        registry_htpasswd=read.optional_secret("registryHtpasswd", registry.kind == "in-cluster"),
-        db_password=read.secret("dbPassword"),
-        grafana_admin_password=read.optional_secret("grafanaAdminPassword", grafana),
-        aws_access_key_id=read.optional_secret("awsAccessKeyId", s3),
-        aws_secret_access_key=read.optional_secret("awsSecretAccessKey", s3),
-    )
+    secrets_settings = _secrets_settings(read)
     config = StackConfig(
         environment=environment,  # type: ignore[arg-type]
         namespace=read.text("namespace"),
         profile=profile,
         github=github,
-        runners=_runners(read, stage_runners, environment),
+        runners=_runners(read, stage_runners, environment, node_labels),
         registry=registry,
         images=ImageSettings(
             build=read.boolean("images.build"),
@@ -378,7 +345,7 @@ def load_config(
             cpu=read.text("inference.cpu"),
             memory=read.text("inference.memory"),
             model=read.text("inference.model"),
-            node_selector=read.node_selector("inference.nodeSelector"),
+            node_selector=read.node_selector("inference.nodeSelector", node_labels),
             tolerations=read.tolerations("inference.tolerations"),
         ),
         mlflow=mlflow,
@@ -386,7 +353,9 @@ def load_config(
             grafana_dashboard=grafana,
             retention=read.text("monitoring.retention"),
         ),
-        secrets=secrets,
+        secrets=_secrets(read, (github, registry, mlflow, grafana, secrets_settings.external)),
+        secrets_settings=secrets_settings,
+        node_labels=node_labels,
         repo_root=repo_root,
     )
     if read.errors:

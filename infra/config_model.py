@@ -55,7 +55,8 @@ class RunnerClass:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return ("self-hosted", self.scale_set_name)
+        """The labels GitHub knows this scale set by: its name only (ARC 0.9.3)."""
+        return (self.scale_set_name,)
 
 
 @dataclass(frozen=True)
@@ -120,18 +121,37 @@ class MonitoringSettings:
 
 
 @dataclass(frozen=True)
+class SecretsSettings:
+    """``secrets.provider`` and, for ``external-secrets``, where the values live."""
+
+    provider: Literal["pulumi", "external-secrets"]
+    vault_server: str
+    vault_path: str
+    vault_role: str
+    key_prefix: str
+
+    @property
+    def external(self) -> bool:
+        return self.provider == "external-secrets"
+
+
+@dataclass(frozen=True)
 class Secrets:
-    """Secret config values; ``None`` where the stack's choices do not need one."""
+    """Secret config values; ``None`` where the stack's choices do not need one.
+
+    With ``secrets.provider = external-secrets`` the in-cluster-only ones (database,
+    htpasswd files, MLflow password, Grafana, AWS keys) are never read.
+    """
 
     github_token: pulumi.Output[str] | None
     github_app_private_key: pulumi.Output[str] | None
     hf_token: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
-    mlflow_password: pulumi.Output[str]
-    mlflow_htpasswd: pulumi.Output[str]
+    mlflow_password: pulumi.Output[str] | None
+    mlflow_htpasswd: pulumi.Output[str] | None
     registry_password: pulumi.Output[str]
     registry_htpasswd: pulumi.Output[str] | None
-    db_password: pulumi.Output[str]
+    db_password: pulumi.Output[str] | None
     grafana_admin_password: pulumi.Output[str] | None
     aws_access_key_id: pulumi.Output[str] | None
     aws_secret_access_key: pulumi.Output[str] | None
@@ -150,6 +170,8 @@ class StackConfig:
     mlflow: MlflowSettings
     monitoring: MonitoringSettings
     secrets: Secrets
+    secrets_settings: SecretsSettings
+    node_labels: tuple[str, ...] = ()
     repo_root: Path = REPO_ROOT
 
     @property

@@ -8,8 +8,20 @@ secrets; every stack owns its own deployment environment (reviewers, branch poli
 environment-scoped values). Secrets and variables are data (:func:`secret_specs`,
 :func:`variable_specs`), created in one loop.
 
-Left out: CODEOWNERS, rulesets (branch protection covers the two required checks),
-and organisation-level secrets.
+Committing the workflow under protection: ``main`` requires a reviewed pull request
+and the pull-request checks, and the workflow file is committed straight to ``main``
+through the contents API. Classic branch protection would refuse that commit (with
+``enforce_admins`` for everyone; without it still for a GitHub App, which cannot be
+an admin). So ``main`` is protected by a repository *ruleset* whose only bypass actor
+is the identity Pulumi uses (:func:`pulumi_identity`): the repository admin role with
+token auth (managing rulesets needs admin anyway), the App itself with App auth.
+Everyone else needs a PR, a review and green checks; force pushes and deletion are
+blocked for all. We chose this over opening a PR per change (a PR resource cannot
+follow its merge and deleted branch across ``pulumi up`` runs) and over protection
+without admin enforcement (it lets every admin through and still stops an App).
+tests/infra/test_contracts.py checks each committed file's branch against the rules.
+
+Left out: CODEOWNERS and organisation-level secrets and rulesets.
 """
 
 from __future__ import annotations
@@ -25,6 +37,16 @@ from infra.config import GitHubSettings
 from infra.workflow import WORKFLOW_PATH
 
 Scope = Literal["repository", "environment"]
+# GitHub's id for the built-in repository "admin" role in ruleset bypass lists.
+ADMIN_ROLE_ID = 5
+PROTECTED_BRANCH = "main"
+
+
+def pulumi_identity(settings: GitHubSettings) -> dict[str, object]:
+    """The ruleset bypass actor that is the identity the GitHub provider authenticates as."""
+    if settings.auth == "app":
+        return {"actor_type": "Integration", "actor_id": int(settings.app_id or 0)}
+    return {"actor_type": "RepositoryRole", "actor_id": ADMIN_ROLE_ID}
 
 
 @dataclass(frozen=True)
@@ -66,7 +88,7 @@ class GitHubRepo(pulumi.ComponentResource):
         managed = settings.manages_repository
         if managed:
             repo = github.Repository(
-                "repository",
+                f"{name}-repository",
                 name=settings.repository,
                 visibility="private",
                 has_issues=True,
@@ -75,34 +97,23 @@ class GitHubRepo(pulumi.ComponentResource):
                 vulnerability_alerts=True,
                 opts=pulumi.ResourceOptions(
                     parent=self,
+                    aliases=[pulumi.Alias(name="repository")],
                     protect=True,
                     import_=settings.repository if settings.repository_mode == "adopt" else None,
                 ),
             )
             repo_name = repo.name
             github.RepositoryFile(
-                "workflow",
+                f"{name}-workflow",
                 repository=repo_name,
-                branch="main",
+                branch=PROTECTED_BRANCH,
                 file=WORKFLOW_PATH,
                 content=args.workflow,
                 commit_message="ci: update the rendered ml-cicd workflow",
                 overwrite_on_create=True,
-                opts=child,
+                opts=self._renamed("workflow"),
             )
-            github.BranchProtection(
-                "main",
-                repository_id=repo.node_id,
-                pattern="main",
-                enforce_admins=True,
-                allows_force_pushes=False,
-                allows_deletions=False,
-                required_status_checks=[{"strict": True, "contexts": list(args.required_checks)}],
-                required_pull_request_reviews=[
-                    {"required_approving_review_count": 1, "dismiss_stale_reviews": True}
-                ],
-                opts=child,
-            )
+            self._protect_main(name, args, repo_name)
         env = github.RepositoryEnvironment(
             args.environment,
             repository=repo_name,
@@ -128,6 +139,37 @@ class GitHubRepo(pulumi.ComponentResource):
         self.repository = pulumi.Output.from_input(repo_name)
         self.environment = env.environment
         self.register_outputs({"repository": self.repository, "environment": self.environment})
+
+    def _renamed(self, old: str) -> pulumi.ResourceOptions:
+        """Child options keeping the child's former fixed Pulumi name as an alias."""
+        return pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(name=old)])
+
+    def _protect_main(self, name: str, args: GitHubRepoArgs, repo_name: pulumi.Input[str]) -> None:
+        """``main``: PR + one review + the PR checks; Pulumi's identity may bypass."""
+        github.RepositoryRuleset(
+            f"{name}-{PROTECTED_BRANCH}",
+            name=f"protect-{PROTECTED_BRANCH}",
+            repository=repo_name,
+            target="branch",
+            enforcement="active",
+            conditions={
+                "ref_name": {"includes": [f"refs/heads/{PROTECTED_BRANCH}"], "excludes": []}
+            },
+            bypass_actors=[{**pulumi_identity(args.settings), "bypass_mode": "always"}],
+            rules={
+                "deletion": True,
+                "non_fast_forward": True,
+                "pull_request": {
+                    "required_approving_review_count": 1,
+                    "dismiss_stale_reviews_on_push": True,
+                },
+                "required_status_checks": {
+                    "strict_required_status_checks_policy": True,
+                    "required_checks": [{"context": c} for c in args.required_checks],
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self),
+        )
 
     def _reviewers(self, usernames: Sequence[str]) -> list[dict[str, object]] | None:
         """Environment reviewers by GitHub user id, looked up from the configured logins."""

@@ -10,6 +10,30 @@ The runner pods carry the environment's in-cluster endpoints (MLflow, Prometheus
 inference service) as environment variables and run as a service account that may
 patch the inference Rollout, so the workflow needs no kubeconfig.
 
+Contracts with upstream (actions/actions-runner-controller@gha-runner-scale-set-0.9.3):
+
+- A scale set registers ONE label, its name (controllers/actions.github.com/
+  autoscalingrunnerset_controller.go L441-444), so jobs use ``runs-on: <name>`` alone.
+- ``template.spec`` keys other than containers/volumes/initContainers/
+  serviceAccountName are copied into the pod (templates/autoscalingrunnerset.yaml
+  L110-112): ``imagePullSecrets`` there covers the runner container and dind mode's
+  ``init-dind-externals`` init container, which reuses the runner image.
+- dind mode runs ``dockerd --group=$(DOCKER_GROUP_GID)`` with ``DOCKER_GROUP_GID``
+  "123" (templates/_helpers.tpl L101-106). Our runner image (runner_image/Dockerfile)
+  gives its ``docker`` group that GID, as upstream's does (actions/runner@v2.320.0:
+  images/Dockerfile L52-55), so uid 1001 can use the socket.
+
+GPU nodes: the device-plugin chart (NVIDIA/k8s-device-plugin@v0.17.0) is installed with
+GFD and its NFD subchart on (``gfd.enabled``/``nfd.enabled``; both off by default), so
+nodes get ``feature.node.kubernetes.io/pci-10de.present=true`` (NFD) and
+``nvidia.com/gpu.*`` (GFD). GFD never sets ``nvidia.com/gpu.present``; config rejects a
+selector on a label nothing sets unless ``cluster.nodeLabels`` declares it.
+
+RBAC: :data:`DEPLOYER_RULES` is exactly what ``mlcicd deploy`` and ``mlcicd rollback``
+call (abort patches ``rollouts/status``, as argoproj/argo-rollouts@v1.7.2:
+pkg/kubectl-argo-rollouts/cmd/abort/abort.go does); tests/infra/test_contracts.py
+replays both commands against the fake API and checks each call is allowed.
+
 Left out: runner groups, org-level runners, and Docker-in-Docker for the GPU class
 (only CPU runners build images).
 """
@@ -18,17 +42,38 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import charts, kube
+from infra.cluster_secrets import SecretSource
 from infra.config import RunnerClass
+from infra.image_registry import ImageRegistry
 
 CONTROLLER_NAMESPACE = "arc-systems"
 RUNNER_NAMESPACE = "arc-runners"
 CONTROLLER_RELEASE = "arc"
 RUNNER_SERVICE_ACCOUNT = "mlcicd-runner"
+DEPLOYER_ROLE = "rollout-deployer"
+# What ARC 0.9.3's dind sidecar passes to dockerd --group (see module docstring).
+ARC_DOCKER_GROUP_GID = 123
+
+DEPLOYER_RULES: tuple[dict[str, list[str]], ...] = (
+    # deploy set-image: get + JSON-patch; deploy wait: get; rollback undo: get + patch.
+    {
+        "apiGroups": ["argoproj.io"],
+        "resources": ["rollouts"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+    # rollback abort: merge-patch {"status": {"abort": true}} on the status subresource.
+    {"apiGroups": ["argoproj.io"], "resources": ["rollouts/status"], "verbs": ["patch"]},
+    {"apiGroups": ["argoproj.io"], "resources": ["analysisruns"], "verbs": ["get", "list"]},
+    # rollback undo reads the Rollout's old ReplicaSets for earlier templates.
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
+)
 
 
 @dataclass(frozen=True)
@@ -42,8 +87,20 @@ class RunnerFleetArgs:
     github_app_private_key: pulumi.Output[str] | None
     runner_image: pulumi.Input[str]
     app_namespace: pulumi.Input[str]
+    registry: ImageRegistry
+    secret_source: SecretSource
     runner_env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
-    runner_secret_env: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
+    runner_secret_env: Mapping[str, pulumi.Output[str] | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _PodRefs:
+    """Names the runner pods refer to."""
+
+    github_secret: pulumi.Input[str]
+    env_secret: pulumi.Input[str]
+    pull_secret: pulumi.Input[str]
+    account: pulumi.Input[str]
 
 
 class RunnerFleet(pulumi.ComponentResource):
@@ -55,45 +112,46 @@ class RunnerFleet(pulumi.ComponentResource):
         self, name: str, args: RunnerFleetArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("mlcicd:infra:RunnerFleet", name, None, opts)
+        self._prefix = name
         child = pulumi.ResourceOptions(parent=self)
         gpu = [r for r in args.runners if r.name == "gpu"]
+        # Cluster singletons: fixed release names on purpose (a second fleet in the same
+        # cluster must reuse them, not install a second controller).
         self.device_plugin = charts.release(
             "nvidia-device-plugin",
             charts.NVIDIA_DEVICE_PLUGIN,
             "nvidia-device-plugin",
-            {
-                "nodeSelector": dict(gpu[0].node_selector) if gpu else {},
-                "tolerations": [t.to_k8s() for t in gpu[0].tolerations] if gpu else [],
-            },
+            _device_plugin_values(gpu[0] if gpu else None),
             child,
         )
         self.controller = charts.release(
             CONTROLLER_RELEASE, charts.ARC_CONTROLLER, CONTROLLER_NAMESPACE, {}, child
         )
         namespace = k8s.core.v1.Namespace(
-            "arc-runners", metadata={"name": RUNNER_NAMESPACE}, opts=child
+            f"{name}-namespace",
+            metadata={"name": RUNNER_NAMESPACE},
+            opts=self._renamed(RUNNER_NAMESPACE),
         )
-        github_secret = self._github_secret(args, namespace)
-        env_secret = k8s.core.v1.Secret(
-            "runner-env",
-            metadata={"name": "runner-env", "namespace": namespace.metadata["name"]},
-            string_data=dict(args.runner_secret_env),
-            opts=child,
+        ns = namespace.metadata["name"]
+        refs = _PodRefs(
+            github_secret=self._github_secret(args, ns),
+            env_secret=args.secret_source.secret(
+                f"{name}-env",
+                "runner-env",
+                ns,
+                dict(args.runner_secret_env),
+                self._renamed("runner-env"),
+            ),
+            pull_secret=args.registry.pull_secret(f"{name}-registry-pull", ns, child),
+            account=self._deployer_account(args, ns),
         )
-        account = self._deployer_account(args, namespace)
         self.labels = {}
         for runner in args.runners:
             charts.release(
                 runner.scale_set_name,
                 charts.ARC_SCALE_SET,
                 RUNNER_NAMESPACE,
-                _scale_set_values(
-                    runner,
-                    args,
-                    github_secret.metadata["name"],
-                    env_secret.metadata["name"],
-                    account.metadata["name"],
-                ),
+                scale_set_values(runner, args, refs),
                 pulumi.ResourceOptions(
                     parent=self, depends_on=[self.controller, self.device_plugin]
                 ),
@@ -101,54 +159,45 @@ class RunnerFleet(pulumi.ComponentResource):
             self.labels[runner.name] = list(runner.labels)
         self.register_outputs({"labels": self.labels})
 
-    def _github_secret(
-        self, args: RunnerFleetArgs, namespace: k8s.core.v1.Namespace
-    ) -> k8s.core.v1.Secret:
+    def _renamed(self, old: str) -> pulumi.ResourceOptions:
+        """Child options keeping the child's former fixed Pulumi name as an alias."""
+        return pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(name=old)])
+
+    def _github_secret(self, args: RunnerFleetArgs, ns: pulumi.Input[str]) -> pulumi.Output[str]:
+        """The credentials ARC registers runners with (githubConfigSecret)."""
+        values: dict[str, pulumi.Input[str] | None]
         if args.auth == "app":
-            assert args.github_app_private_key is not None
-            data: dict[str, pulumi.Input[str]] = {
+            values = {
                 "github_app_id": args.app_id,
                 "github_app_installation_id": args.app_installation_id,
                 "github_app_private_key": args.github_app_private_key,
             }
         else:
-            assert args.github_token is not None
-            data = {"github_token": args.github_token}
-        return k8s.core.v1.Secret(
+            values = {"github_token": args.github_token}
+        return args.secret_source.secret(
+            f"{self._prefix}-github-config",
             "github-config",
-            metadata={"name": "github-config", "namespace": namespace.metadata["name"]},
-            string_data=data,
-            opts=pulumi.ResourceOptions(parent=self),
+            ns,
+            values,
+            self._renamed("github-config"),
         )
 
-    def _deployer_account(
-        self, args: RunnerFleetArgs, namespace: k8s.core.v1.Namespace
-    ) -> k8s.core.v1.ServiceAccount:
+    def _deployer_account(self, args: RunnerFleetArgs, ns: pulumi.Input[str]) -> pulumi.Output[str]:
         """May update the inference Rollout in the app namespace, and nothing else."""
-        child = pulumi.ResourceOptions(parent=self)
         account = k8s.core.v1.ServiceAccount(
-            RUNNER_SERVICE_ACCOUNT,
-            metadata={"name": RUNNER_SERVICE_ACCOUNT, "namespace": namespace.metadata["name"]},
-            opts=child,
+            f"{self._prefix}-service-account",
+            metadata={"name": RUNNER_SERVICE_ACCOUNT, "namespace": ns},
+            opts=self._renamed(RUNNER_SERVICE_ACCOUNT),
         )
         role = k8s.rbac.v1.Role(
-            "rollout-deployer",
-            metadata={"name": "rollout-deployer", "namespace": args.app_namespace},
-            rules=[
-                {
-                    "apiGroups": ["argoproj.io"],
-                    "resources": ["rollouts", "analysisruns"],
-                    "verbs": ["get", "list", "watch", "patch", "update"],
-                },
-                # Rollback (`mlcicd rollback`) reads old ReplicaSets for earlier templates.
-                {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list"]},
-                {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
-            ],
-            opts=child,
+            f"{self._prefix}-{DEPLOYER_ROLE}",
+            metadata={"name": DEPLOYER_ROLE, "namespace": args.app_namespace},
+            rules=[dict(rule) for rule in DEPLOYER_RULES],
+            opts=self._renamed(DEPLOYER_ROLE),
         )
         k8s.rbac.v1.RoleBinding(
-            "rollout-deployer",
-            metadata={"name": "rollout-deployer", "namespace": args.app_namespace},
+            f"{self._prefix}-{DEPLOYER_ROLE}",
+            metadata={"name": DEPLOYER_ROLE, "namespace": args.app_namespace},
             role_ref={
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "Role",
@@ -161,22 +210,32 @@ class RunnerFleet(pulumi.ComponentResource):
                     "namespace": RUNNER_NAMESPACE,
                 }
             ],
-            opts=child,
+            opts=self._renamed(DEPLOYER_ROLE),
         )
-        return account
+        return cast(pulumi.Output[str], account.metadata["name"])
 
 
-def _scale_set_values(
-    runner: RunnerClass,
-    args: RunnerFleetArgs,
-    github_secret: pulumi.Input[str],
-    env_secret: pulumi.Input[str],
-    account: pulumi.Input[str],
+def _device_plugin_values(gpu: RunnerClass | None) -> dict[str, object]:
+    """GFD and NFD on, so GPU nodes get the labels the workloads select on.
+
+    No nodeSelector: the chart's default affinity already matches NFD's
+    ``pci-10de.present`` label (values.yaml L63-84 at v0.17.0).
+    """
+    return {
+        "gfd": {"enabled": True},
+        "nfd": {"enabled": True},
+        "tolerations": [t.to_k8s() for t in gpu.tolerations] if gpu else [],
+    }
+
+
+def scale_set_values(
+    runner: RunnerClass, args: RunnerFleetArgs, refs: _PodRefs
 ) -> dict[str, object]:
+    """gha-runner-scale-set 0.9.3 values for one runner class."""
     resources = kube.resources(runner.cpu, runner.memory, runner.gpus)
     values: dict[str, object] = {
         "githubConfigUrl": args.github_url,
-        "githubConfigSecret": github_secret,
+        "githubConfigSecret": refs.github_secret,
         "runnerScaleSetName": runner.scale_set_name,
         "minRunners": runner.min_runners,
         "maxRunners": runner.max_runners,
@@ -186,7 +245,8 @@ def _scale_set_values(
         },
         "template": {
             "spec": {
-                "serviceAccountName": account,
+                "serviceAccountName": refs.account,
+                "imagePullSecrets": [{"name": refs.pull_secret}],
                 "nodeSelector": dict(runner.node_selector),
                 "tolerations": [t.to_k8s() for t in runner.tolerations],
                 "containers": [
@@ -198,7 +258,7 @@ def _scale_set_values(
                         "env": [
                             {"name": k, "value": v} for k, v in sorted(args.runner_env.items())
                         ],
-                        "envFrom": [{"secretRef": {"name": env_secret}}],
+                        "envFrom": [{"secretRef": {"name": refs.env_secret}}],
                     }
                 ],
             }

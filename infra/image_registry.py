@@ -6,6 +6,11 @@ image (root ``Dockerfile``) and the runner image (``runner_image/``) are tagged 
 git sha; when ``images.build`` is on, ``pulumi_docker.Image`` builds them and their
 digests become stack outputs (``images.push`` off = build only, ``skip_push``).
 
+Pull secrets: every pod that runs one of these images names a ``dockerconfigjson``
+Secret for the registry host in its own namespace: ``registry-pull`` here (the app
+namespace) and, through :meth:`ImageRegistry.pull_secret`, one in ``arc-runners`` for
+the runner pods (whose dind init container reuses the runner image).
+
 Left out: TLS for the in-cluster registry (terminate it at your ingress), garbage
 collection, and image signing.
 """
@@ -23,10 +28,12 @@ import pulumi_docker as docker
 import pulumi_kubernetes as k8s
 
 from infra import kube
+from infra.cluster_secrets import SecretSource
 from infra.config import ImageSettings, RegistrySettings
 
 REGISTRY_IMAGE = "registry:2.8.3"
 PULL_SECRET = "registry-pull"
+WORKLOAD_TIMEOUTS = pulumi.CustomTimeouts(create="10m", update="10m")
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class ImageRegistryArgs:
     repo_root: Path
     password: pulumi.Output[str]
     htpasswd: pulumi.Output[str] | None
+    secret_source: SecretSource
 
 
 def _docker_config(server: str, username: str, password: pulumi.Output[str]) -> pulumi.Output[str]:
@@ -59,22 +67,14 @@ class ImageRegistry(pulumi.ComponentResource):
         self, name: str, args: ImageRegistryArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("mlcicd:infra:ImageRegistry", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        self._prefix = name
+        self._args = args
         self.host = args.registry.host
         if args.registry.kind == "in-cluster":
-            self._in_cluster(args)
-        pull = k8s.core.v1.Secret(
-            PULL_SECRET,
-            metadata={"name": PULL_SECRET, "namespace": args.namespace},
-            type="kubernetes.io/dockerconfigjson",
-            string_data={
-                ".dockerconfigjson": _docker_config(
-                    self.host, args.registry.username, args.password
-                )
-            },
-            opts=child,
+            self._in_cluster(name, args)
+        self.pull_secret_name = self.pull_secret(
+            f"{name}-pull", args.namespace, pulumi.ResourceOptions(parent=self)
         )
-        self.pull_secret_name = pull.metadata["name"]
         base = f"{self.host}/{args.repository_path}"
         self.inference_image = self._image(args, "inference-server", base, args.repo_root)
         self.runner_image = self._image(
@@ -86,6 +86,26 @@ class ImageRegistry(pulumi.ComponentResource):
                 "inferenceImage": self.inference_image,
                 "runnerImage": self.runner_image,
             }
+        )
+
+    def pull_secret(
+        self, resource_name: str, namespace: pulumi.Input[str], opts: pulumi.ResourceOptions
+    ) -> pulumi.Output[str]:
+        """A ``registry-pull`` dockerconfigjson Secret for this registry in ``namespace``."""
+        args = self._args
+        config = (
+            None
+            if args.secret_source.external
+            else _docker_config(self.host, args.registry.username, args.password)
+        )
+        return args.secret_source.secret(
+            resource_name,
+            PULL_SECRET,
+            namespace,
+            {".dockerconfigjson": config},
+            opts,
+            secret_type="kubernetes.io/dockerconfigjson",
+            remote=PULL_SECRET,
         )
 
     def _image(
@@ -117,74 +137,76 @@ class ImageRegistry(pulumi.ComponentResource):
         built = image.image_name if not args.images.push else image.repo_digest
         return cast(pulumi.Output[str], built)
 
-    def _in_cluster(self, args: ImageRegistryArgs) -> None:
+    def _in_cluster(self, name: str, args: ImageRegistryArgs) -> None:
         child = pulumi.ResourceOptions(parent=self)
-        assert args.htpasswd is not None
-        app = "registry"
-        auth = k8s.core.v1.Secret(
-            "registry-htpasswd",
-            metadata=kube.meta("registry-htpasswd", args.namespace, app),
-            string_data={"htpasswd": args.htpasswd},
-            opts=child,
+        app = name
+        auth = args.secret_source.secret(
+            f"{name}-htpasswd",
+            f"{name}-htpasswd",
+            args.namespace,
+            {"htpasswd": args.htpasswd},
+            child,
+            kube.labels(app),
         )
         volume = k8s.core.v1.PersistentVolumeClaim(
-            "registry-data",
-            metadata=kube.meta("registry-data", args.namespace, app),
-            spec=kube.pvc_template("registry-data", args.registry.storage_size)["spec"],
+            f"{name}-data",
+            metadata=kube.skip_await(kube.meta(f"{name}-data", args.namespace, app)),
+            spec=kube.pvc_template(f"{name}-data", args.registry.storage_size)["spec"],
             opts=child,
         )
-        k8s.apps.v1.Deployment(
-            "registry",
-            metadata=kube.meta("registry", args.namespace, app),
-            spec={
-                "replicas": 1,
-                "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": {"app": app}},
-                "template": {
-                    "metadata": {"labels": kube.labels(app)},
-                    "spec": {
-                        "securityContext": {"runAsUser": 1000, "fsGroup": 1000},
-                        "containers": [
-                            {
-                                "name": "registry",
-                                "image": REGISTRY_IMAGE,
-                                "ports": [{"name": "http", "containerPort": 5000}],
-                                "env": [
-                                    {"name": "REGISTRY_AUTH", "value": "htpasswd"},
-                                    {"name": "REGISTRY_AUTH_HTPASSWD_REALM", "value": "mlcicd"},
-                                    {
-                                        "name": "REGISTRY_AUTH_HTPASSWD_PATH",
-                                        "value": "/auth/htpasswd",
-                                    },
-                                ],
-                                "volumeMounts": [
-                                    {"name": "data", "mountPath": "/var/lib/registry"},
-                                    {"name": "auth", "mountPath": "/auth", "readOnly": True},
-                                ],
-                                "readinessProbe": kube.http_probe("/", "http"),
-                                "livenessProbe": kube.http_probe("/", "http", period_s=30),
-                                "resources": kube.resources("250m", "512Mi"),
-                                "securityContext": kube.RESTRICTED_CONTAINER,
-                            }
-                        ],
-                        "volumes": [
-                            {
-                                "name": "data",
-                                "persistentVolumeClaim": {"claimName": volume.metadata["name"]},
-                            },
-                            {"name": "auth", "secret": {"secretName": auth.metadata["name"]}},
-                        ],
-                    },
-                },
-            },
-            opts=child,
+        deployment = k8s.apps.v1.Deployment(
+            name,
+            metadata=kube.meta(name, args.namespace, app),
+            spec=_registry_spec(app, volume.metadata["name"], auth),
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=WORKLOAD_TIMEOUTS),
         )
         k8s.core.v1.Service(
-            "registry",
-            metadata=kube.meta("registry", args.namespace, app),
+            name,
+            metadata=kube.meta(name, args.namespace, app),
             spec={
                 "selector": {"app": app},
                 "ports": [{"name": "http", "port": 5000, "targetPort": "http"}],
             },
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment]),
         )
+
+
+def _registry_spec(
+    app: str, claim: pulumi.Input[str], auth_secret: pulumi.Input[str]
+) -> dict[str, object]:
+    """One ``distribution`` registry pod: htpasswd auth, data on the PVC."""
+    env = {
+        "REGISTRY_AUTH": "htpasswd",
+        "REGISTRY_AUTH_HTPASSWD_REALM": "mlcicd",
+        "REGISTRY_AUTH_HTPASSWD_PATH": "/auth/htpasswd",
+    }
+    container = {
+        "name": "registry",
+        "image": REGISTRY_IMAGE,
+        "ports": [{"name": "http", "containerPort": 5000}],
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/var/lib/registry"},
+            {"name": "auth", "mountPath": "/auth", "readOnly": True},
+        ],
+        "readinessProbe": kube.http_probe("/", "http"),
+        "livenessProbe": kube.http_probe("/", "http", period_s=30),
+        "resources": kube.resources("250m", "512Mi"),
+        "securityContext": kube.RESTRICTED_CONTAINER,
+    }
+    return {
+        "replicas": 1,
+        "strategy": {"type": "Recreate"},
+        "selector": {"matchLabels": {"app": app}},
+        "template": {
+            "metadata": {"labels": kube.labels(app)},
+            "spec": {
+                "securityContext": {"runAsUser": 1000, "fsGroup": 1000},
+                "containers": [container],
+                "volumes": [
+                    {"name": "data", "persistentVolumeClaim": {"claimName": claim}},
+                    {"name": "auth", "secret": {"secretName": auth_secret}},
+                ],
+            },
+        },
+    }

@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 PART_OF = {"app.kubernetes.io/part-of": "mlcicd"}
+# Tells pulumi-kubernetes not to wait for the object's readiness: set where readiness
+# belongs to another resource that Pulumi does wait for (or, for a Rollout's Services,
+# to Argo Rollouts and `mlcicd deploy wait`).
+SKIP_AWAIT = "pulumi.com/skipAwait"
 
 
 def labels(app: str) -> dict[str, str]:
@@ -19,6 +23,12 @@ def labels(app: str) -> dict[str, str]:
 def meta(name: str, namespace: Any, app: str) -> dict[str, Any]:
     """``namespace`` is usually the Namespace resource's name Output (an implicit dependency)."""
     return {"name": name, "namespace": namespace, "labels": labels(app)}
+
+
+def skip_await(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` with the ``pulumi.com/skipAwait: "true"`` annotation added."""
+    annotations = {**metadata.get("annotations", {}), SKIP_AWAIT: "true"}
+    return {**metadata, "annotations": annotations}
 
 
 def http_probe(path: str, port: int | str, period_s: int = 10, failures: int = 3) -> dict[str, Any]:

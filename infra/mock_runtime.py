@@ -89,23 +89,19 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _run(request: dict[str, Any]) -> dict[str, Any]:
-    import pulumi
-    from pulumi.runtime import config as runtime_config
-    from pulumi.runtime import rpc, settings
-    from pulumi.runtime.mocks import MockMonitor
-    from pulumi.runtime.stack import run_pulumi_func
-    from pulumi.runtime.sync_await import _sync_await
+def _timeouts(request: Any) -> dict[str, str]:
+    """The resource's ``customTimeouts`` (only the operations that have one)."""
+    if not request.HasField("customTimeouts"):
+        return {}
+    timeouts = request.customTimeouts
+    found = {op: getattr(timeouts, op) for op in ("create", "update", "delete")}
+    return {op: value for op, value in found.items() if value}
 
-    root = Path(request["root"])
-    values, secrets = stack_config(
-        request["stack"],
-        root,
-        Path(request["stack_file"]) if request.get("stack_file") else None,
-        request.get("secrets"),
-    )
-    runtime_config.set_all_config(values, [f"{PROJECT}:{k}" for k in secrets])
-    records: list[dict[str, Any]] = []
+
+def _monitor(mocks: Any, records: list[dict[str, Any]]) -> Any:
+    """A mock monitor that also keeps every registration (parent, deps, options)."""
+    from pulumi.runtime import rpc
+    from pulumi.runtime.mocks import MockMonitor
 
     class RecordingMonitor(MockMonitor):
         def RegisterResource(self, request: Any) -> Any:
@@ -121,10 +117,19 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
                     "provider": request.provider or None,
                     "importId": request.importId or None,
                     "protect": bool(request.protect),
+                    "ignoreChanges": sorted(request.ignoreChanges),
+                    "customTimeouts": _timeouts(request),
                     "inputs": _plain(rpc.deserialize_properties(request.object)),
                 }
             )
             return response
+
+    return RecordingMonitor(mocks)
+
+
+def _mocks() -> Any:
+    """Resource state = inputs, plus the few outputs the program reads back."""
+    import pulumi
 
     class Mocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
@@ -145,13 +150,32 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
                 return {"id": str(number), "login": user}, []
             return {}, []
 
-    mocks = Mocks()
+    return Mocks()
+
+
+def _run(request: dict[str, Any]) -> dict[str, Any]:
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+    from pulumi.runtime import settings
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    root = Path(request["root"])
+    values, secrets = stack_config(
+        request["stack"],
+        root,
+        Path(request["stack_file"]) if request.get("stack_file") else None,
+        request.get("secrets"),
+    )
+    runtime_config.set_all_config(values, [f"{PROJECT}:{k}" for k in secrets])
+    records: list[dict[str, Any]] = []
+    mocks = _mocks()
     pulumi.runtime.set_mocks(
         mocks,
         project=PROJECT,
         stack=request["stack"],
         preview=False,
-        monitor=RecordingMonitor(mocks),
+        monitor=_monitor(mocks, records),
     )
     outputs: dict[str, Any] = {}
 

@@ -24,15 +24,18 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import charts, kube
-from infra.analysis import SCRAPE_JOB
-from pipeline.canary.analysis import checks_from_gate
-from pipeline.canary.promql import (
+from inference.metrics import (
+    GENERATED_TOKENS_TOTAL,
+    QUEUE_DEPTH,
     REQUEST_DURATION,
     REQUESTS_TOTAL,
     TIME_TO_FIRST_TOKEN,
-    CanaryQueries,
 )
+from infra import charts, kube
+from infra.analysis import SCRAPE_JOB
+from infra.cluster_secrets import SecretSource
+from pipeline.canary.analysis import checks_from_gate
+from pipeline.canary.promql import CanaryQueries
 from pipeline.definition import PipelineDefinition
 
 NAMESPACE = "monitoring"
@@ -56,6 +59,7 @@ class MonitoringArgs:
     retention: str
     grafana: bool
     grafana_admin_password: pulumi.Output[str] | None
+    secret_source: SecretSource
 
 
 def recording_and_alert_rules(definition: PipelineDefinition, app: str) -> list[dict[str, Any]]:
@@ -147,10 +151,36 @@ def dashboard(app: str) -> dict[str, Any]:
             panel(
                 4,
                 "Generated tokens/s",
-                f"sum by (version) (rate(inference_generated_tokens_total{{{sel}}}[5m]))",
+                f"sum by (version) (rate({GENERATED_TOKENS_TOTAL}{{{sel}}}[5m]))",
                 "short",
             ),
-            panel(5, "Queue depth", f"sum by (version) (inference_queue_depth{{{sel}}})", "short"),
+            panel(5, "Queue depth", f"sum by (version) ({QUEUE_DEPTH}{{{sel}}})", "short"),
+        ],
+    }
+
+
+def pod_monitor_spec(app: str) -> dict[str, Any]:
+    """Scrape ``app``'s pods on their ``http`` port, keeping ``version`` and ``app``."""
+    return {
+        "selector": {"matchLabels": {"app": app}},
+        "podMetricsEndpoints": [
+            {
+                "port": "http",
+                "path": "/metrics",
+                "interval": "15s",
+                "relabelings": [
+                    {
+                        "sourceLabels": ["__meta_kubernetes_pod_label_version"],
+                        "targetLabel": "version",
+                    },
+                    {
+                        "sourceLabels": ["__meta_kubernetes_pod_label_app"],
+                        "targetLabel": "app",
+                    },
+                    # The job label `mlcicd canary analyze` selects by default.
+                    {"targetLabel": "job", "replacement": SCRAPE_JOB},
+                ],
+            }
         ],
     }
 
@@ -164,6 +194,7 @@ class Monitoring(pulumi.ComponentResource):
     ) -> None:
         super().__init__("mlcicd:infra:Monitoring", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        # The monitoring namespace and the release are cluster singletons: fixed names.
         namespace = k8s.core.v1.Namespace(
             NAMESPACE, metadata={"name": NAMESPACE, "labels": kube.PART_OF}, opts=child
         )
@@ -174,19 +205,6 @@ class Monitoring(pulumi.ComponentResource):
             "podMonitorSelectorNilUsesHelmValues": False,
             "serviceMonitorSelectorNilUsesHelmValues": False,
         }
-        grafana: dict[str, Any] = {"enabled": args.grafana}
-        if args.grafana:
-            secret = k8s.core.v1.Secret(
-                "grafana-admin",
-                metadata={"name": "grafana-admin", "namespace": ns},
-                string_data={
-                    "admin-user": "admin",
-                    "admin-password": args.grafana_admin_password or "",
-                },
-                opts=child,
-            )
-            grafana["admin"] = {"existingSecret": secret.metadata["name"]}
-            grafana["sidecar"] = {"dashboards": {"enabled": True, "searchNamespace": "ALL"}}
         self.release = charts.release(
             RELEASE,
             charts.KUBE_PROMETHEUS_STACK,
@@ -194,38 +212,53 @@ class Monitoring(pulumi.ComponentResource):
             {
                 "fullnameOverride": RELEASE,
                 "prometheus": {"prometheusSpec": spec},
-                "grafana": grafana,
+                "grafana": self._grafana(name, args, ns),
             },
             child,
         )
+        self._scrape_and_rules(args)
+        self.prometheus_url = PROMETHEUS_URL
+        self.register_outputs({"prometheusUrl": self.prometheus_url})
+
+    def _grafana(self, name: str, args: MonitoringArgs, ns: pulumi.Input[str]) -> dict[str, Any]:
+        """Grafana's chart values; with Grafana on, its admin Secret and the dashboard."""
+        if not args.grafana:
+            return {"enabled": False}
+        secret = args.secret_source.secret(
+            f"{name}-grafana-admin",
+            "grafana-admin",
+            ns,
+            {"admin-user": "admin", "admin-password": args.grafana_admin_password},
+            pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(name="grafana-admin")]),
+            kube.PART_OF,
+        )
+        k8s.core.v1.ConfigMap(
+            f"{name}-dashboard",
+            metadata={
+                "name": "inference-dashboard",
+                "namespace": ns,
+                "labels": {"grafana_dashboard": "1", **kube.PART_OF},
+            },
+            data={"inference.json": json.dumps(dashboard(args.app), indent=2)},
+            opts=pulumi.ResourceOptions(
+                parent=self, aliases=[pulumi.Alias(name="inference-dashboard")]
+            ),
+        )
+        return {
+            "enabled": True,
+            "admin": {"existingSecret": secret},
+            "sidecar": {"dashboards": {"enabled": True, "searchNamespace": "ALL"}},
+        }
+
+    def _scrape_and_rules(self, args: MonitoringArgs) -> None:
+        """The PodMonitor and PrometheusRule: custom resources, so after the chart's CRDs."""
         after_crds = pulumi.ResourceOptions(parent=self, depends_on=[self.release])
         k8s.apiextensions.CustomResource(
             f"{args.app}-pods",
             api_version=MONITORING_API,
             kind="PodMonitor",
             metadata=kube.meta(args.app, args.app_namespace, args.app),
-            spec={
-                "selector": {"matchLabels": {"app": args.app}},
-                "podMetricsEndpoints": [
-                    {
-                        "port": "http",
-                        "path": "/metrics",
-                        "interval": "15s",
-                        "relabelings": [
-                            {
-                                "sourceLabels": ["__meta_kubernetes_pod_label_version"],
-                                "targetLabel": "version",
-                            },
-                            {
-                                "sourceLabels": ["__meta_kubernetes_pod_label_app"],
-                                "targetLabel": "app",
-                            },
-                            # The job label `mlcicd canary analyze` selects by default.
-                            {"targetLabel": "job", "replacement": SCRAPE_JOB},
-                        ],
-                    }
-                ],
-            },
+            spec=pod_monitor_spec(args.app),
             opts=after_crds,
         )
         k8s.apiextensions.CustomResource(
@@ -236,16 +269,3 @@ class Monitoring(pulumi.ComponentResource):
             spec={"groups": recording_and_alert_rules(args.definition, args.app)},
             opts=after_crds,
         )
-        if args.grafana:
-            k8s.core.v1.ConfigMap(
-                "inference-dashboard",
-                metadata={
-                    "name": "inference-dashboard",
-                    "namespace": ns,
-                    "labels": {"grafana_dashboard": "1", **kube.PART_OF},
-                },
-                data={"inference.json": json.dumps(dashboard(args.app), indent=2)},
-                opts=child,
-            )
-        self.prometheus_url = PROMETHEUS_URL
-        self.register_outputs({"prometheusUrl": self.prometheus_url})

@@ -2,23 +2,24 @@
 
 Layout of a render directory:
 
-- ``index.yaml``: every resource (type, name, parent, dependsOn, provider, import id);
+- ``index.yaml``: every resource (type, name, parent, dependsOn, provider, import id,
+  protect, ignoreChanges, customTimeouts);
 - ``kubernetes/<kind>-<pulumi name>.yaml``: each Kubernetes object as a manifest;
 - ``helm/<release>.yaml``: chart, repository, version, namespace and values;
 - ``github/settings.yaml``: repository, environments, secrets (masked), variables,
-  branch protection; ``github/workflows/ml-cicd.yml`` and ``github/actionlint.yaml``;
+  the branch ruleset; ``github/workflows/ml-cicd.yml`` and ``github/actionlint.yaml``;
 - ``docker/images.yaml``, ``providers.yaml``, ``outputs.yaml``.
 
 Every secret is masked as ``***``: values wrapped as secrets by the Pulumi runtime, and
 any string containing a planted secret placeholder. A render is deterministic, so two
-renders diff cleanly (``mlcicd infra diff``).
+renders of the same code are byte-identical and diff cleanly (``mlcicd infra diff``,
+:mod:`infra.render_diff`).
 
 Left out: Helm chart templating (values are shown, not the chart's expanded output).
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import shutil
 from collections.abc import Iterable, Mapping
@@ -68,6 +69,10 @@ def _file_name(*parts: str) -> str:
     return _SAFE.sub("_", "-".join(p for p in parts if p)) + ".yaml"
 
 
+def _identity(entry: Mapping[str, Any]) -> tuple[str, str]:
+    return str(entry.get("type", "")), str(entry.get("name", ""))
+
+
 def write_render(recording: Mapping[str, Any], out: Path) -> list[Path]:
     """Write ``recording`` (from :func:`infra.mock_runtime.record`) under ``out``."""
     secrets = list(recording["secrets"].values())
@@ -82,10 +87,12 @@ def write_render(recording: Mapping[str, Any], out: Path) -> list[Path]:
                 "type": res["type"],
                 "name": res["name"],
                 "parent": _short(res["parent"]),
-                "dependsOn": [_short(d) for d in res["dependsOn"]],
+                "dependsOn": sorted(str(_short(d)) for d in res["dependsOn"]),
                 "provider": _short(res["provider"].rsplit("::", 1)[0]) if res["provider"] else None,
                 "import": res["importId"],
                 "protect": res["protect"],
+                "ignoreChanges": res.get("ignoreChanges", []),
+                "customTimeouts": res.get("customTimeouts", {}),
             }
         )
         kind = res["type"]
@@ -112,12 +119,14 @@ def write_render(recording: Mapping[str, Any], out: Path) -> list[Path]:
             images.append({"name": res["name"], **inputs})
         elif kind.startswith("pulumi:providers:"):
             providers.append({"type": kind, "name": res["name"], "inputs": inputs})
-    files["index.yaml"] = _dump(index)
-    files["github/settings.yaml"] = _dump(github_settings)
+    # The engine registers resources concurrently, so recording order varies between
+    # runs; sorted lists keep two renders of the same code byte-identical.
+    files["index.yaml"] = _dump(sorted(index, key=_identity))
+    files["github/settings.yaml"] = _dump(sorted(github_settings, key=_identity))
     files["github/workflows/ml-cicd.yml"] = mask(recording["workflow"], secrets)
     files["github/actionlint.yaml"] = recording["actionlint"]
-    files["docker/images.yaml"] = _dump(images)
-    files["providers.yaml"] = _dump(providers)
+    files["docker/images.yaml"] = _dump(sorted(images, key=_identity))
+    files["providers.yaml"] = _dump(sorted(providers, key=_identity))
     files["outputs.yaml"] = _dump(mask(recording["outputs"], secrets))
     written = []
     for relative, text in sorted(files.items()):
@@ -126,21 +135,3 @@ def write_render(recording: Mapping[str, Any], out: Path) -> list[Path]:
         path.write_text(text)
         written.append(path)
     return written
-
-
-def diff_renders(a: Path, b: Path) -> tuple[list[str], bool]:
-    """(report lines, whether anything differs): unified diff per file + added/removed."""
-    files_a = {p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file()}
-    files_b = {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()}
-    lines: list[str] = []
-    for name in sorted(files_a - files_b):
-        lines.append(f"removed: {name}")
-    for name in sorted(files_b - files_a):
-        lines.append(f"added: {name}")
-    for name in sorted(files_a & files_b):
-        old = (a / name).read_text().splitlines(keepends=True)
-        new = (b / name).read_text().splitlines(keepends=True)
-        lines.extend(
-            line.rstrip("\n") for line in difflib.unified_diff(old, new, f"a/{name}", f"b/{name}")
-        )
-    return lines, bool(lines)

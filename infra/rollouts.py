@@ -5,10 +5,26 @@ whose CRDs the argo-rollouts chart installs. Pulumi cannot infer that ordering (
 pulumi-kubernetes pitfall: the first ``up`` fails with "no matches for kind Rollout"),
 so both depend on the Helm release, and the Rollout on the template it references.
 
+Awaits: ``pulumi up`` does not wait for inference pods. Their readiness belongs to the
+Rollout (Argo Rollouts' controller, then ``mlcicd deploy wait`` in the workflow): the
+pods need two Helm releases, a CUDA image pull and up to a 600 s startup probe, more
+than Pulumi's 10-minute Service await. So the two Services and the Rollout carry
+``pulumi.com/skipAwait: "true"`` (the Rollout too, in case the provider's generic
+await for custom resources is switched on), and a first ``up`` on an empty cluster
+finishes once the objects are accepted.
+
+Child names derive from the component's ``name`` (``f"{name}-secrets"``); the old
+Pulumi names are kept as aliases so existing stacks are not replaced. The Kubernetes
+names of the Rollout and its Services stay ``inference-server``: the workflow and
+``mlcicd deploy`` address them by that name.
+
 Shutdown: Kubernetes sends SIGTERM after ``preStop`` (a short sleep, so endpoints are
 removed before the server stops accepting), then the server drains for up to the
-definition's ``serving.drain_timeout_s``; ``terminationGracePeriodSeconds`` covers
-both with a margin, so in-flight generations finish instead of being killed.
+definition's ``serving.drain_timeout_s`` (which the definition keeps >= the request
+deadline, so every admitted request can end), then uvicorn has
+``GRACE_AFTER_DRAIN_S`` to write what is left. ``terminationGracePeriodSeconds``
+covers all three with a margin, so in-flight generations finish instead of being
+killed; tests/infra checks this on the rendered Rollout.
 
 Left out: traffic routing through a mesh or ingress (weights are approximated by pod
 counts), HPA, and a PodDisruptionBudget (add one with more than two replicas).
@@ -22,7 +38,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from inference.settings import GRACE_AFTER_DRAIN_S
 from infra import analysis, charts, kube
+from infra.cluster_secrets import SecretSource
 from infra.config import InferenceSettings
 from pipeline.definition import PipelineDefinition
 from pipeline.serving import serving_env
@@ -31,11 +49,12 @@ NAMESPACE = "argo-rollouts"
 APP = analysis.ROLLOUT_NAME
 PORT = 8000
 PRESTOP_SLEEP_S = 5
-GRACE_MARGIN_S = 10
+GRACE_MARGIN_S = 5
 
 
 def termination_grace_seconds(definition: PipelineDefinition) -> int:
-    return math.ceil(definition.serving.drain_timeout_s) + PRESTOP_SLEEP_S + GRACE_MARGIN_S
+    drain = math.ceil(definition.serving.drain_timeout_s)
+    return PRESTOP_SLEEP_S + drain + math.ceil(GRACE_AFTER_DRAIN_S) + GRACE_MARGIN_S
 
 
 @dataclass(frozen=True)
@@ -47,7 +66,8 @@ class RolloutsArgs:
     image: pulumi.Input[str]
     pull_secret: pulumi.Input[str]
     prometheus_url: str
-    hf_token: pulumi.Output[str]
+    secret_source: SecretSource
+    hf_token: pulumi.Output[str] | None
     git_sha: str = "unknown"
     depends_on: tuple[pulumi.Resource, ...] = ()
 
@@ -70,35 +90,43 @@ class InferenceRollout(pulumi.ComponentResource):
             {"installCRDs": True, "dashboard": {"enabled": False}},
             child,
         )
-        for service in (APP, f"{APP}-canary"):
+        for suffix, service in (("service", APP), ("canary-service", f"{APP}-canary")):
             k8s.core.v1.Service(
-                service,
-                metadata=kube.meta(service, ns, APP),
+                f"{name}-{suffix}",
+                metadata=kube.skip_await(kube.meta(service, ns, APP)),
                 spec={
                     "selector": {"app": APP},
                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
                 },
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(name=service)]),
             )
-        secret = k8s.core.v1.Secret(
-            "inference-secrets",
-            metadata=kube.meta("inference-secrets", ns, APP),
-            string_data={"HF_TOKEN": args.hf_token},
-            opts=child,
+        secret = args.secret_source.secret(
+            f"{name}-secrets",
+            f"{name}-secrets",
+            ns,
+            {"HF_TOKEN": args.hf_token},
+            child,
+            kube.labels(APP),
         )
         template = k8s.apiextensions.CustomResource(
-            "analysis-template",
+            f"{name}-analysis-template",
             **_split(analysis.analysis_template(args.definition, args.prometheus_url, ns)),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.controller]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.controller],
+                aliases=[pulumi.Alias(name="analysis-template")],
+            ),
         )
         k8s.apiextensions.CustomResource(
-            "rollout",
+            f"{name}-rollout",
             api_version=analysis.ARGO_API_VERSION,
             kind="Rollout",
-            metadata=kube.meta(APP, ns, APP),
-            spec=self._spec(args, secret.metadata["name"]),
+            metadata=kube.skip_await(kube.meta(APP, ns, APP)),
+            spec=self._spec(args, secret),
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[self.controller, template, *args.depends_on]
+                parent=self,
+                depends_on=[self.controller, template, *args.depends_on],
+                aliases=[pulumi.Alias(name="rollout")],
             ),
         )
         self.endpoint = pulumi.Output.concat(f"http://{APP}.", ns, ".svc.cluster.local")
@@ -108,64 +136,13 @@ class InferenceRollout(pulumi.ComponentResource):
         self.register_outputs({"endpoint": self.endpoint, "canaryEndpoint": self.canary_endpoint})
 
     def _spec(self, args: RolloutsArgs, secret_name: pulumi.Input[str]) -> dict[str, object]:
-        inference = args.inference
-        env = {
-            "MLCICD_MODEL": inference.model,
-            "MLCICD_HOST": "0.0.0.0",
-            "MLCICD_PORT": str(PORT),
-            "MLCICD_ENVIRONMENT": args.environment,
-            # The image carries the server alone; the definition's limits come in as env.
-            **serving_env(args.definition.serving),
-            "MLCICD_DEVICE": "cuda" if inference.gpus else "cpu",
-            "HF_HUB_OFFLINE": "0",
-            # Shown as inference_build_info{git_sha}; the image is tagged with it too.
-            "MLCICD_GIT_SHA": args.git_sha,
-        }
         return {
-            "replicas": inference.replicas,
+            "replicas": args.inference.replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": {"app": APP}},
             "template": {
                 "metadata": {"labels": kube.labels(APP)},
-                "spec": {
-                    "terminationGracePeriodSeconds": termination_grace_seconds(args.definition),
-                    "imagePullSecrets": [{"name": args.pull_secret}],
-                    "nodeSelector": dict(inference.node_selector),
-                    "tolerations": [t.to_k8s() for t in inference.tolerations],
-                    "affinity": {
-                        "podAntiAffinity": {
-                            "preferredDuringSchedulingIgnoredDuringExecution": [
-                                {
-                                    "weight": 100,
-                                    "podAffinityTerm": {
-                                        "topologyKey": "kubernetes.io/hostname",
-                                        "labelSelector": {"matchLabels": {"app": APP}},
-                                    },
-                                }
-                            ]
-                        }
-                    },
-                    "containers": [
-                        {
-                            "name": "inference",
-                            "image": args.image,
-                            "command": ["mlcicd", "serve"],
-                            "ports": [{"name": "http", "containerPort": PORT}],
-                            "env": [{"name": k, "value": v} for k, v in env.items()],
-                            "envFrom": [{"secretRef": {"name": secret_name}}],
-                            "resources": kube.resources(
-                                inference.cpu, inference.memory, inference.gpus
-                            ),
-                            "startupProbe": kube.http_probe("/health", "http", 10, 60),
-                            "livenessProbe": kube.http_probe("/health", "http", 15, 3),
-                            "readinessProbe": kube.http_probe("/ready", "http", 5, 2),
-                            "lifecycle": {
-                                "preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}
-                            },
-                            "securityContext": kube.RESTRICTED_CONTAINER,
-                        }
-                    ],
-                },
+                "spec": _pod_spec(args, secret_name),
             },
             "strategy": {
                 "canary": {
@@ -177,6 +154,57 @@ class InferenceRollout(pulumi.ComponentResource):
                 }
             },
         }
+
+
+def _server_env(args: RolloutsArgs) -> dict[str, str]:
+    inference = args.inference
+    return {
+        "MLCICD_MODEL": inference.model,
+        "MLCICD_HOST": "0.0.0.0",
+        "MLCICD_PORT": str(PORT),
+        "MLCICD_ENVIRONMENT": args.environment,
+        # The image carries the server alone; the definition's limits come in as env.
+        **serving_env(args.definition.serving),
+        "MLCICD_DEVICE": "cuda" if inference.gpus else "cpu",
+        "HF_HUB_OFFLINE": "0",
+        # Shown as inference_build_info{git_sha}; the image is tagged with it too.
+        "MLCICD_GIT_SHA": args.git_sha,
+    }
+
+
+def _pod_spec(args: RolloutsArgs, secret_name: pulumi.Input[str]) -> dict[str, object]:
+    inference = args.inference
+    spread = {
+        "weight": 100,
+        "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {"app": APP}},
+        },
+    }
+    server = {
+        "name": "inference",
+        "image": args.image,
+        "command": ["mlcicd", "serve"],
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "env": [{"name": k, "value": v} for k, v in _server_env(args).items()],
+        "envFrom": [{"secretRef": {"name": secret_name}}],
+        "resources": kube.resources(inference.cpu, inference.memory, inference.gpus),
+        "startupProbe": kube.http_probe("/health", "http", 10, 60),
+        "livenessProbe": kube.http_probe("/health", "http", 15, 3),
+        "readinessProbe": kube.http_probe("/ready", "http", 5, 2),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}},
+        "securityContext": kube.RESTRICTED_CONTAINER,
+    }
+    return {
+        "terminationGracePeriodSeconds": termination_grace_seconds(args.definition),
+        "imagePullSecrets": [{"name": args.pull_secret}],
+        "nodeSelector": dict(inference.node_selector),
+        "tolerations": [t.to_k8s() for t in inference.tolerations],
+        "affinity": {
+            "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [spread]}
+        },
+        "containers": [server],
+    }
 
 
 def _split(manifest: dict[str, object]) -> dict[str, object]:

@@ -10,10 +10,18 @@ action pinned to a commit SHA; no ``${{ github.event.* }}`` or ``${{ ... }}`` va
 inside ``run:`` (values reach scripts through ``env:`` only); production only from
 ``main`` in the ``production`` environment, whose reviewers GitHub enforces.
 
-Runners: ``runs-on`` is ``[self-hosted, <scale set>]`` of the stage's runner class.
+Runners: ``runs-on`` is the name of the stage's runner scale set, alone. ARC 0.9.3
+registers a scale set with exactly one label, its name
+(actions/actions-runner-controller@gha-runner-scale-set-0.9.3:
+controllers/actions.github.com/autoscalingrunnerset_controller.go L441-444), and GitHub's
+docs say "You cannot use additional labels to target runners created by ARC", so
+``[self-hosted, <name>]`` may never match.
 The scale sets run in the cluster of the environment they serve, and their pods carry
 the in-cluster endpoints (MLflow, Prometheus, the inference service) as environment
 variables, so the workflow holds no kubeconfig and no cluster URL.
+
+Review jobs (the infra preview, the infra and integration tests, the release report)
+come from :mod:`infra.workflow_review`; shared steps from :mod:`infra.workflow_steps`.
 
 Left out: matrix builds, PRs from forks deploying anything (deploy jobs need ``main``).
 """
@@ -27,21 +35,14 @@ from typing import Any
 import yaml
 
 from infra import workflow_actions as actions
+from infra import workflow_review as review
 from infra.analysis import ROLLOUT_NAME, SCRAPE_JOB
 from infra.config import scale_set_name
+from infra.workflow_steps import REPORTS_DIR, checkout, install, model_cache, step
 from pipeline.definition import PipelineDefinition, Stage
 
 WORKFLOW_PATH = ".github/workflows/ml-cicd.yml"
-# A change under any of these paths runs the GPU job on a pull request.
-MODEL_PATHS = (
-    "inference/",
-    "pipeline/",
-    "pipeline.toml",
-    "requirements.lock",
-    "Dockerfile",
-)
-MODEL_CACHE_PATHS = ("~/.cache/mlcicd", "~/.cache/huggingface")
-REPORTS_DIR = "gate-reports"
+BUILD_CACHE_TAG = "buildcache"
 ON_MAIN = "github.event_name != 'pull_request' && github.ref == 'refs/heads/main'"
 GITHUB_ENVIRONMENTS = {"staging": "staging", "prod": "production"}
 
@@ -53,8 +54,9 @@ class RunnerSpec:
     runner_class: str
     timeout_minutes: int
 
-    def labels(self, environment: str) -> list[str]:
-        return ["self-hosted", scale_set_name(environment, self.runner_class)]
+    def runs_on(self, environment: str) -> str:
+        """The scale set's name: the one label ARC registers (see the module docstring)."""
+        return scale_set_name(environment, self.runner_class)
 
 
 def runner_environment(stage: Stage) -> str:
@@ -62,64 +64,19 @@ def runner_environment(stage: Stage) -> str:
     return stage.environment or "staging"
 
 
-def _step(name: str, run: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, **extra, "run": run}
-
-
-def _checkout(fetch_depth: int = 1) -> dict[str, Any]:
-    return {
-        "name": "Check out",
-        "uses": actions.CHECKOUT.uses,
-        "with": {"persist-credentials": False, "fetch-depth": fetch_depth},
-    }
-
-
-def _install(definition: PipelineDefinition) -> list[dict[str, Any]]:
-    python = f"python{definition.pipeline.python_version}"
-    return [
-        {
-            "name": "Cache pip downloads",
-            "uses": actions.CACHE.uses,
-            "with": {
-                "path": "~/.cache/pip",
-                "key": "pip-${{ runner.os }}-${{ hashFiles('requirements.lock') }}",
-            },
-        },
-        _step(
-            "Install the project",
-            f"{python} -m venv .venv\n"
-            ".venv/bin/pip install -r requirements.lock\n"
-            ".venv/bin/pip install --no-deps -e .\n"
-            'echo "$PWD/.venv/bin" >> "$GITHUB_PATH"\n',
-        ),
-    ]
-
-
-def _model_cache() -> dict[str, Any]:
-    return {
-        "name": "Cache models",
-        "uses": actions.CACHE.uses,
-        "with": {
-            "path": "\n".join(MODEL_CACHE_PATHS),
-            "key": "model-${{ vars.MODEL_REF }}-"
-            "${{ hashFiles('inference/builtin/**', 'inference/builtin_model.py') }}",
-        },
-    }
-
-
 def _gate_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, Any]]:
     steps: list[dict[str, Any]] = []
     env = {"MODEL_REF": "${{ vars.MODEL_REF }}", "HF_TOKEN": "${{ secrets.HF_TOKEN }}"}
     if "quality" in stage.gates:
         steps.append(
-            _step(
+            step(
                 "Fetch the champion's quality results",
                 f"mlcicd registry champion-results --out {REPORTS_DIR}/champion-quality.json"
                 " --allow-missing\n",
             )
         )
         steps.append(
-            _step(
+            step(
                 definition.gate_title("quality"),
                 "champion=()\n"
                 f"if [ -f {REPORTS_DIR}/champion-quality.json ]; then\n"
@@ -132,7 +89,7 @@ def _gate_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, 
         )
     if "latency" in stage.gates:
         steps.append(
-            _step(
+            step(
                 definition.gate_title("latency"),
                 # Paired with the champion when there is one (the model its results name).
                 "champion=()\n"
@@ -178,33 +135,49 @@ def _build_steps(definition: PipelineDefinition) -> list[dict[str, Any]]:
                 "push": True,
                 "tags": f"{image}:${{{{ github.sha }}}}",
                 "build-args": "GIT_SHA=${{ github.sha }}",
+                # Layers from the registry: a rebuild after a code-only change reuses the
+                # dependency layers. mode=max exports every stage's layers, not only the last.
+                "cache-from": f"type=registry,ref={image}:{BUILD_CACHE_TAG}",
+                "cache-to": f"type=registry,ref={image}:{BUILD_CACHE_TAG},mode=max",
             },
         },
-        _step(
+        step(
             "Image reference",
             'echo "image=$IMAGE:$GITHUB_SHA" >> "$GITHUB_OUTPUT"\n'
             'echo "digest=$DIGEST" >> "$GITHUB_OUTPUT"\n',
             id="image",
             env={"IMAGE": image, "DIGEST": "${{ steps.build.outputs.digest }}"},
         ),
-        *_install(definition),
+        *install(definition),
         {
             "name": "Fetch gate reports",
             "uses": actions.DOWNLOAD_ARTIFACT.uses,
             "with": {"name": REPORTS_DIR, "path": REPORTS_DIR},
         },
-        _step(
+        step(
             f"Register the model in {definition.pipeline.registered_model}",
             'mlcicd registry register --model "$MODEL_REF" --git-sha "$GITHUB_SHA" '
             '--image "$IMAGE" --image-digest "$DIGEST" '
-            f"--gate-result {REPORTS_DIR}/quality.json --gate-result {REPORTS_DIR}/latency.json\n",
+            f"--gate-result {REPORTS_DIR}/quality.json --gate-result {REPORTS_DIR}/latency.json "
+            f"--out {REPORTS_DIR}\n",
             env={
                 "MODEL_REF": "${{ vars.MODEL_REF }}",
                 "IMAGE": "${{ steps.image.outputs.image }}",
                 "DIGEST": "${{ steps.image.outputs.digest }}",
             },
         ),
+        _keep("release", f"{REPORTS_DIR}/release.json"),
     ]
+
+
+def _keep(name: str, path: str) -> dict[str, Any]:
+    """Upload a report for the release report job (which downloads every artifact)."""
+    return {
+        "name": f"Keep {path}",
+        "if": "always()",
+        "uses": actions.UPLOAD_ARTIFACT.uses,
+        "with": {"name": name, "path": path, "retention-days": 30, "if-no-files-found": "ignore"},
+    }
 
 
 def _deploy_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, Any]]:
@@ -223,26 +196,27 @@ def _deploy_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str
     )
     wait = f'mlcicd deploy wait --namespace "$MLCICD_NAMESPACE" --rollout {ROLLOUT_NAME}\n'
     if stage.action != "canary-rollout":
-        return [_step(f"Deploy to {environment}", f"{set_image}\n{wait}", env=image_env)]
+        return [step(f"Deploy to {environment}", f"{set_image}\n{wait}", env=image_env)]
     gate = definition.canary
     return [
-        _step(
+        step(
             f"Start the canary ({', '.join(f'{s.set_weight}%' for s in gate.steps)})",
             f"{set_image}\n",
             env=image_env,
         ),
-        _step(
+        step(
             definition.gate_title("canary"),
             f'mlcicd canary analyze --profile "$MLCICD_PROFILE" --environment {environment} '
             f'--prometheus-url "$PROMETHEUS_URL" --job {SCRAPE_JOB} --canary canary '
             f"--stable stable --out {REPORTS_DIR}/canary.json\n",
         ),
-        _step("Wait for the rollout", wait),
-        _step(
+        _keep("canary", f"{REPORTS_DIR}/canary.json"),
+        step("Wait for the rollout", wait),
+        step(
             "Promote in the registry",
             'mlcicd registry promote --reason "canary passed in run $GITHUB_RUN_ID"\n',
         ),
-        _step(
+        step(
             "Roll back on failure",
             f'mlcicd rollback --rollout {ROLLOUT_NAME} --namespace "$MLCICD_NAMESPACE" '
             '--reason "canary failed in run $GITHUB_RUN_ID"\n',
@@ -254,15 +228,15 @@ def _deploy_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str
 def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> dict[str, Any]:
     needs = list(stage.needs)
     job: dict[str, Any] = {
-        "runs-on": runner.labels(runner_environment(stage)),
+        "runs-on": runner.runs_on(runner_environment(stage)),
         "timeout-minutes": runner.timeout_minutes,
         "permissions": {"contents": "read"},
     }
-    steps = [_checkout(), *_install(definition)]
+    steps = [checkout(), *install(definition)]
     if stage.runner == "gpu":
         needs = ["changes", *needs]
         job["if"] = f"needs.changes.outputs.model == 'true' || ({ON_MAIN})"
-        steps.insert(1, _model_cache())
+        steps.insert(1, model_cache())
     if stage.action == "build-and-register":
         job["if"] = ON_MAIN
         job["permissions"] = {"contents": "read", "packages": "write"}
@@ -270,7 +244,7 @@ def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> di
             "image": "${{ steps.image.outputs.image }}",
             "digest": "${{ steps.image.outputs.digest }}",
         }
-        steps = [_checkout(), *_build_steps(definition)]
+        steps = [checkout(), *_build_steps(definition)]
     if stage.environment is not None:
         job["if"] = ON_MAIN
         job["environment"] = GITHUB_ENVIRONMENTS[stage.environment]
@@ -278,7 +252,7 @@ def _job(definition: PipelineDefinition, stage: Stage, runner: RunnerSpec) -> di
             needs.append("build")
     if stage.action in ("deploy", "canary-rollout"):
         steps += _deploy_steps(definition, stage)
-    steps += [_step(command.name, command.run + "\n") for command in stage.commands]
+    steps += [step(command.name, command.run + "\n") for command in stage.commands]
     steps += _gate_steps(definition, stage)
     if needs:
         job["needs"] = needs
@@ -291,54 +265,30 @@ def pull_request_checks(definition: PipelineDefinition) -> tuple[str, ...]:
     return tuple(s.id for s in definition.stages if s.environment is None and s.action is None)
 
 
-def _changes_job(runner: RunnerSpec) -> dict[str, Any]:
-    pattern = "|".join(p.replace(".", "\\.") for p in MODEL_PATHS)
-    script = (
-        'if [ "$GITHUB_EVENT_NAME" != "pull_request" ]; then\n'
-        '  echo "model=true" >> "$GITHUB_OUTPUT"\n'
-        "  exit 0\n"
-        "fi\n"
-        'git fetch --no-tags --depth=1 origin "$BASE_REF"\n'
-        'if git diff --name-only "origin/$BASE_REF" HEAD | grep -qE '
-        f"'^({pattern})'; then\n"
-        '  echo "model=true" >> "$GITHUB_OUTPUT"\n'
-        "else\n"
-        '  echo "model=false" >> "$GITHUB_OUTPUT"\n'
-        "fi\n"
-    )
-    return {
-        "runs-on": runner.labels("staging"),
-        "timeout-minutes": runner.timeout_minutes,
-        "permissions": {"contents": "read"},
-        "outputs": {"model": "${{ steps.filter.outputs.model }}"},
-        "steps": [
-            _checkout(fetch_depth=0),
-            _step(
-                "Did model or inference code change?",
-                script,
-                id="filter",
-                env={"BASE_REF": "${{ github.base_ref }}"},
-            ),
-        ],
-    }
-
-
 def workflow(definition: PipelineDefinition, runners: Mapping[str, RunnerSpec]) -> dict[str, Any]:
     """The workflow as data; ``runners`` maps a runner class (gpu, cpu) to its spec."""
     missing = sorted({s.runner for s in definition.stages} - set(runners))
     if missing:
         raise KeyError(f"no runner spec for runner class(es) {', '.join(missing)}")
-    jobs: dict[str, Any] = {}
-    has_gpu_job = any(stage.runner == "gpu" for stage in definition.stages)
-    if has_gpu_job:
-        jobs["changes"] = _changes_job(runners["cpu"] if "cpu" in runners else runners["gpu"])
+    cpu = runners["cpu"] if "cpu" in runners else runners["gpu"]
+    jobs: dict[str, Any] = {
+        "changes": review.changes_job(cpu.runs_on("staging"), cpu.timeout_minutes)
+    }
     for stage in definition.stages:
         jobs[stage.id] = _job(definition, stage, runners[stage.runner])
+    jobs["infra-review"] = review.infra_review_job(definition)
+    jobs.update(review.test_jobs(definition, ON_MAIN))
+    stage_ids = [stage.id for stage in definition.stages]
+    jobs["release-report"] = review.report_job(definition, cpu.runs_on("staging"), stage_ids)
     return {
         "name": definition.pipeline.name,
         "on": {
             "push": {"branches": ["main"]},
-            "pull_request": {"branches": ["main"]},
+            # labeled: adding the integration label runs the integration tests.
+            "pull_request": {
+                "branches": ["main"],
+                "types": ["opened", "synchronize", "reopened", "labeled"],
+            },
             "workflow_dispatch": {},
         },
         "permissions": {},
@@ -378,9 +328,9 @@ def render_workflow(definition: PipelineDefinition, runners: Mapping[str, Runner
 
 def runner_labels(definition: PipelineDefinition, runners: Mapping[str, RunnerSpec]) -> list[str]:
     """Every custom label the workflow uses (for actionlint's ``self-hosted-runner``)."""
-    labels = {runners["cpu" if "cpu" in runners else "gpu"].labels("staging")[1]}
+    labels = {runners["cpu" if "cpu" in runners else "gpu"].runs_on("staging")}
     for stage in definition.stages:
-        labels.add(runners[stage.runner].labels(runner_environment(stage))[1])
+        labels.add(runners[stage.runner].runs_on(runner_environment(stage)))
     return sorted(labels)
 
 

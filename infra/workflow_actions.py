@@ -41,7 +41,28 @@ BUILD_PUSH = PinnedAction(
     "docker/build-push-action", "4f58ea79222b3b9dc2c8bbdd6debcef730109a75", "v6.9.0"
 )
 
-ALL = (CHECKOUT, CACHE, UPLOAD_ARTIFACT, DOWNLOAD_ARTIFACT, SETUP_BUILDX, LOGIN, BUILD_PUSH)
+SETUP_PYTHON = PinnedAction(
+    "actions/setup-python", "a26af69be951a213d495a4c3e4e4022e16d87065", "v5.6.0"
+)
+# The official Pulumi action, for the live preview of a pull request's infra change.
+PULUMI = PinnedAction("pulumi/actions", "8582a9e8cc630786854029b4e09281acd6794b58", "v6.6.1")
+# One comment per header, edited in place on each push (not a new comment per push).
+STICKY_COMMENT = PinnedAction(
+    "marocchino/sticky-pull-request-comment", "773744901bac0e8cbb5a0dc842800d45e9b2b405", "v2.9.4"
+)
+
+ALL = (
+    CHECKOUT,
+    CACHE,
+    UPLOAD_ARTIFACT,
+    DOWNLOAD_ARTIFACT,
+    SETUP_BUILDX,
+    LOGIN,
+    BUILD_PUSH,
+    SETUP_PYTHON,
+    PULUMI,
+    STICKY_COMMENT,
+)
 _BY_USES = {action.uses: action for action in ALL}
 _USES_LINE = re.compile(r"^(\s*(?:- )?uses: )(\S+)$", re.MULTILINE)
 

@@ -29,6 +29,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from inference.settings import ServerSettings
@@ -152,6 +153,16 @@ class Serving(_Strict):
     drain_timeout_s: float = Field(default=_server_default("drain_timeout_s"), gt=0)
     request_deadline_s: float = Field(default=_server_default("request_deadline_s"), gt=0)
 
+    @model_validator(mode="after")
+    def _drain_covers_deadline(self) -> Serving:
+        if self.drain_timeout_s < self.request_deadline_s:
+            raise ValueError(
+                f"serving.drain_timeout_s ({self.drain_timeout_s:g}) must be >= "
+                f"serving.request_deadline_s ({self.request_deadline_s:g}): a shorter drain "
+                "cuts requests the server admitted"
+            )
+        return self
+
 
 BenchMetric = Literal[
     "tokens_per_s",
@@ -160,7 +171,10 @@ BenchMetric = Literal[
     "e2e_p99_over_p50",
     "rss_over_weights_gib",
     "server_errors",
+    "tokens_per_s_vs_peer",
+    "itl_p50_vs_peer_step",
 ]
+PeerQuantization = Literal["float32", "int8"]
 
 
 class BenchTarget(_Strict):
@@ -171,6 +185,9 @@ class BenchTarget(_Strict):
     model: str
     concurrency: int = Field(ge=1)
     metric: BenchMetric
+    # The peer's batch size a ``*_vs_peer*`` metric compares against (default:
+    # ``concurrency``), e.g. our 64 clients against CTranslate2's batch 32.
+    peer_batch: int | None = Field(default=None, ge=1)
     min: float | None = None
     max: float | None = None
 
@@ -192,6 +209,10 @@ class Bench(_Strict):
     min_requests: int = Field(ge=1)
     warmup_requests: int = Field(ge=0)
     cell_budget_s: float = Field(gt=0)
+    # The CTranslate2 peer (pipeline/bench/peer.py): the conversions timed, and
+    # how many calls each figure is the median of. The targets compare with float32.
+    peer_quantizations: tuple[PeerQuantization, ...]
+    peer_repeats: int = Field(ge=1)
     targets: tuple[BenchTarget, ...] = ()
 
 
@@ -315,7 +336,33 @@ def resolve(
     environment: str | None = None,
     source: Path = DEFAULT_DEFINITION,
 ) -> PipelineDefinition:
-    """Merge base, profile and environment tables and validate the result."""
+    """Merge base, profile and environment tables and validate the result.
+
+    The whole file is validated, not only the combination asked for: a bad value
+    in any profile or environment is an error under every profile, so a typo in
+    ``[profiles.builtin.canary]`` cannot hide until someone runs that profile.
+    """
+    chosen = _resolve_one(raw, profile, environment, source)
+    for other_profile, other_environment in _combinations(raw):
+        if (other_profile, other_environment) != (chosen.profile, environment):
+            _resolve_one(raw, other_profile, other_environment, source)
+    return chosen
+
+
+def _combinations(raw: dict[str, Any]) -> list[tuple[str, str | None]]:
+    profiles = raw.get("profiles", {})
+    environments = raw.get("environments", {})
+    if not isinstance(profiles, dict) or not isinstance(environments, dict):
+        return []
+    return [(p, e) for p in sorted(profiles) for e in [None, *sorted(environments)]]
+
+
+def _resolve_one(
+    raw: dict[str, Any],
+    profile: str | None,
+    environment: str | None,
+    source: Path,
+) -> PipelineDefinition:
     raw = dict(raw)
     profiles = raw.pop("profiles", {})
     environments = raw.pop("environments", {})

@@ -119,17 +119,58 @@ class ManagedProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
         """Signal the child's whole process group, then SIGKILL it if it lingers."""
-        if self.running():
-            _signal_group(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        # Grandchildren that outlived the leader (a server's workers) go too.
-        _signal_group(self.proc.pid, signal.SIGKILL)
+        code = stop_group(self.proc, sig, timeout_s)
         self._log.close()
-        return int(self.proc.returncode)
+        return code
+
+
+def run_to_log(
+    argv: Sequence[str] | str,
+    log_path: Path,
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    stop_timeout_s: float = 10.0,
+) -> int:
+    """Run a command to its end in its own session, its output in ``log_path``.
+
+    Why its own session: a SIGTERM or Ctrl-C aimed at the caller must stop the
+    command's whole tree (pytest and the servers it starts), not just its leader,
+    and the caller decides when: any exception while waiting (KeyboardInterrupt
+    included) stops the group, SIGTERM then SIGKILL, before it propagates.
+    """
+    with log_path.open("wb") as handle:
+        proc = subprocess.Popen(
+            argv if isinstance(argv, str) else list(argv),
+            shell=isinstance(argv, str),
+            cwd=cwd,
+            env=dict(env),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            proc.wait()
+        except BaseException:
+            stop_group(proc, signal.SIGTERM, stop_timeout_s)
+            raise
+        return stop_group(proc, signal.SIGTERM, stop_timeout_s)
+
+
+def stop_group(proc: subprocess.Popen[bytes], sig: int, timeout_s: float) -> int:
+    """Stop a session leader's group: ``sig``, then SIGKILL if it lingers.
+
+    Grandchildren that outlived the leader (a server's workers) are killed too.
+    """
+    if proc.poll() is None:
+        _signal_group(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+    _signal_group(proc.pid, signal.SIGKILL)
+    return int(proc.returncode)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from inference import serve_cli
-from inference.settings import BUILTIN_MODELS, env_name
+from inference.settings import env_name
+from pipeline.cli_args import profile_for
 from pipeline.definition import DefinitionError, Serving, load_definition
 from pipeline.exit_codes import EXIT_USAGE
 from pipeline.processes import ManagedProcess, free_port
@@ -32,9 +33,9 @@ READY_TIMEOUT_S = 300.0
 
 
 def default_profile(model: str) -> str | None:
-    """The profile whose limits a model is served with unless one is named: built-ins
-    use ``builtin``, anything else the definition's default profile."""
-    return "builtin" if model in BUILTIN_MODELS else None
+    """The profile whose limits a model is served with unless one is named: the one
+    default-profile rule of every command (:func:`pipeline.cli_args.profile_for`)."""
+    return profile_for(None, model)
 
 
 def serving_env(serving: Serving) -> dict[str, str]:

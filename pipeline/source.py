@@ -48,3 +48,11 @@ def git_dirty(cwd: Path = REPO_ROOT) -> bool | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return bool(done.stdout.strip()) if done.returncode == 0 else None
+
+
+def git_commit_time(cwd: Path = REPO_ROOT) -> int | None:
+    """The checked-out commit's time (seconds since the epoch): a reproducible build's clock."""
+    if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    out = git("log", "-1", "--format=%ct", cwd=cwd)
+    return int(out) if out and out.isdigit() else None

@@ -9,9 +9,21 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-APT_PACKAGES=(prometheus docker-registry buildah skopeo nginx shellcheck)
+# chromium: the release report test renders report.html in a real headless browser.
+APT_PACKAGES=(prometheus docker-registry buildah skopeo nginx shellcheck chromium)
+has_browser() {
+  local name
+  for name in chromium chromium-browser google-chrome; do
+    command -v "$name" >/dev/null && return 0
+  done
+  return 1
+}
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
+  # GitHub's Ubuntu runners ship Chrome already (and Ubuntu's chromium package is a snap).
+  if [ "$pkg" = chromium ] && has_browser; then
+    continue
+  fi
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -34,13 +46,15 @@ pip_install() {
   .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 }
 
-stamp="$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+stamp="$(cat requirements.lock requirements-peer.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat .venv/.mlcicd-installed 2>/dev/null || true)" != "$stamp" ]; then
   echo "setup: installing Python dependencies (torch 2.13.0 CPU first, then requirements.lock)"
   pip_install --upgrade pip
   # torch first and pinned: an unpinned torch, pulled in by transformers, is a multi-GB CUDA build.
   pip_install torch==2.13.0
   pip_install -r requirements.lock
+  # The optional `peer` extra (CTranslate2 for `mlcicd bench`), so its tests run too.
+  pip_install -r requirements-peer.lock
   # (the editable build warns about package-named folders, which is the point of it)
   PYTHONWARNINGS=ignore pip_install --no-deps -e .
   echo "$stamp" > .venv/.mlcicd-installed

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: install, lint, format check, types, tests.
+# With arguments, runs `pytest ARGS` instead of the tiers below.
 # Test fixtures start the real services they need (mlflow server, prometheus,
 # docker-registry, the inference server) on free loopback ports.
 set -euo pipefail
@@ -10,4 +11,16 @@ export PATH="$ROOT/.venv/bin:$PATH"
 echo "== ruff check";  ruff check .
 echo "== ruff format"; ruff format --check .
 echo "== mypy";        mypy
-echo "== pytest";      pytest "$@"
+if (($#)); then
+  echo "== pytest $*"; pytest "$@"; exit
+fi
+# Parallel tier (pytest-xdist, one worker per core; MLCICD_TEST_WORKERS=0 runs it serially):
+# pure logic and offline renders, whose session fixtures each worker builds for itself.
+# Tests marked `serial` join the serial tier.
+echo "== pytest (parallel tier)"
+pytest tests/unit tests/infra -m "not serial" -n "${MLCICD_TEST_WORKERS:-auto}" --dist loadgroup
+# Serial tier: tests that start real services and models in session fixtures, or time
+# things (latency gates, canary analysis), which workers sharing the cores would skew.
+echo "== pytest (serial tier)"
+pytest tests/unit tests/infra -m serial
+pytest tests/inference tests/integration

@@ -3,7 +3,8 @@
 Why three forms: the JSON is the record (every cell, every target, the machine
 and the exact server command lines), the markdown table is what a reviewer
 reads and what ``docs/performance.md`` quotes, and the plot shows the shape:
-throughput and p99 latency against concurrency, ours vs the baseline, per model.
+throughput and p99 latency against concurrency, ours vs the baseline, per model,
+with the peer's (CTranslate2's) throughput against batch size beside them.
 
 A run is labelled noisy when any cell saw more than ``NOISY_FOREIGN_CORES``
 cores busy outside the benchmark; the label is in all three outputs.
@@ -19,9 +20,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pipeline.bench.peer import PeerCell
 from pipeline.bench.targets import GIB, NOISY_FOREIGN_CORES, Cell, TargetOutcome
 
-MARKERS = {"ours": "o-", "baseline": "s--"}
+MARKERS = {"ours": "o-", "baseline": "s--", "peer-float32": "^:", "peer-int8": "v:"}
 
 
 def build_document(
@@ -33,6 +35,7 @@ def build_document(
     floors: dict[str, dict[str, Any]],
     servers: dict[str, str],
     cells: Sequence[Cell],
+    peers: Sequence[PeerCell],
     targets: Sequence[TargetOutcome],
     started_at: str,
     duration_s: float,
@@ -50,6 +53,7 @@ def build_document(
         "model_floors": floors,
         "servers": servers,
         "cells": [asdict(c) for c in cells],
+        "peers": [asdict(p) for p in peers],
         "targets": [asdict(t) for t in targets],
     }
 
@@ -77,15 +81,26 @@ def _value(value: float | None, bound: str) -> str:
     return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
 
 
+def _machine_line(machine: dict[str, Any]) -> str:
+    """CPU, ISA (and any cap), memory, torch and its kernels, oneDNN, the peer, GPU."""
+    forced = machine.get("isa_forced")
+    return (
+        f"Machine: {machine['nproc']} CPUs ({machine['cpu_model']}), ISA {machine['isa']} "
+        f"({', '.join(machine['cpu_flags'])})"
+        f"{'; every library capped to ' + forced + ' for this run' if forced else ''}, "
+        f"{machine['memory_gib']} GiB RAM, torch {machine['torch']} "
+        f"({machine['torch_threads']} threads, kernels {machine['torch_cpu_capability']}), "
+        f"oneDNN {machine['onednn']}, CTranslate2 {machine['ctranslate2'] or 'not installed'}, "
+        f"GPU: {machine['cuda'] or 'none'}.  "
+    )
+
+
 def render_markdown(document: dict[str, Any]) -> str:
     """The figures table and the targets table, as markdown."""
-    machine = document["machine"]
     lines = [
         f"Command: `{document['command']}`  ",
         f"Started {document['started_at']}, took {document['duration_s']:.0f} s.  ",
-        f"Machine: {machine['nproc']} CPUs ({machine['cpu_model']}), "
-        f"{machine['memory_gib']} GiB RAM, torch {machine['torch']} "
-        f"({machine['torch_threads']} threads), GPU: {machine['cuda'] or 'none'}.  ",
+        _machine_line(document["machine"]),
         (
             f"**NOISY RUN**: up to {document['max_foreign_cpu_cores']:.2f} cores were busy "
             "outside the benchmark during a measurement."
@@ -126,6 +141,7 @@ def render_markdown(document: dict[str, Any]) -> str:
             f"GFLOP per token = compute ceiling {floor['compute_ceiling_tokens_per_s']:.0f} "
             "tokens/s.  "
         )
+    lines += _peer_lines(document)
     lines += [
         "",
         "| target | bound | measured | status | how |",
@@ -139,6 +155,67 @@ def render_markdown(document: dict[str, Any]) -> str:
             f"| {target['detail']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _ratio(ours: float | None, other: float | None) -> str:
+    if not ours or not other:
+        return "n/a"
+    return f"{ours / other:.2f}x"
+
+
+def _peer_lines(document: dict[str, Any]) -> list[str]:
+    """The peer's own table, then ours against the peer and the naive server per level."""
+    peers = document.get("peers", [])
+    if not peers:
+        return []
+    lines = [
+        "",
+        "Peer: CTranslate2 `generate_batch` in process (no HTTP), same weights converted, "
+        "greedy, the same prompts and new tokens; median of the calls.",
+        "",
+        "| model | peer | batch | tokens/s | decode step ms | first token ms | calls "
+        "| threads | note |",
+        "|---|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for p in peers:
+        head = f"| {p['model']} | {p['quantization']} | {p['batch']} |"
+        if p["skipped"]:
+            lines.append(f"{head} - | - | - | 0 | {p['threads']} | {p['skipped']} |")
+            continue
+        lines.append(
+            f"{head} {p['tokens_per_s']:.1f} | {p['step_ms']:.1f} | {p['first_token_ms']:.0f} "
+            f"| {p['runs']} | {p['threads']} | {p['note'] or ''} |"
+        )
+    peer_at = {(p["model"], p["quantization"], p["batch"]): p for p in peers if not p["skipped"]}
+    base_at = {
+        (c["model"], c["concurrency"]): c
+        for c in document["cells"]
+        if c["server"] == "baseline" and not c["skipped"]
+    }
+    lines += [
+        "",
+        "Ours (HTTP, concurrency c) over the peer at batch c and over the naive server at c:",
+        "",
+        "| model | c | ours tokens/s | vs peer fp32 | vs peer int8 | vs naive "
+        "| ours ITL p50 ms | over peer fp32 step |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for c in document["cells"]:
+        if c["server"] != "ours" or c["skipped"]:
+            continue
+        key = (c["model"], c["concurrency"])
+        fp32 = peer_at.get((*key[:1], "float32", key[1]), {})
+        int8 = peer_at.get((*key[:1], "int8", key[1]), {})
+        naive = base_at.get(key, {})
+        itl = c["itl_ms"]["p50_ms"] if c["itl_ms"] else None
+        lines.append(
+            f"| {c['model']} | {c['concurrency']} | {c['tokens_per_s']:.1f} "
+            f"| {_ratio(c['tokens_per_s'], fp32.get('tokens_per_s'))} "
+            f"| {_ratio(c['tokens_per_s'], int8.get('tokens_per_s'))} "
+            f"| {_ratio(c['tokens_per_s'], naive.get('tokens_per_s'))} "
+            f"| {'n/a' if itl is None else f'{itl:.1f}'} | {_ratio(itl, fp32.get('step_ms'))} |"
+        )
+    return lines
 
 
 def render_plot(document: dict[str, Any], path: Path) -> None:
@@ -161,6 +238,15 @@ def render_plot(document: dict[str, Any], path: Path) -> None:
         left.plot(xs, [c["tokens_per_s"] for c in cells], style, label=label)
         p99s = [c["e2e_ms"]["p99_ms"] / 1000 if c["e2e_ms"] else float("nan") for c in cells]
         right.plot(xs, p99s, style, label=label)
+    peer_series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for peer in document.get("peers", []):
+        if not peer["skipped"]:
+            peer_series.setdefault((peer["model"], peer["quantization"]), []).append(peer)
+    for (model, quantization), peers in sorted(peer_series.items()):
+        peers.sort(key=lambda p: p["batch"])
+        style = MARKERS.get(f"peer-{quantization}", "^:")
+        left.plot([p["batch"] for p in peers], [p["tokens_per_s"] for p in peers], style,
+                  label=f"{model} - CTranslate2 {quantization} (batch)")  # fmt: skip
     for axis, title, unit in (
         (left, "Aggregate throughput", "tokens/s"),
         (right, "End-to-end latency p99", "seconds"),
@@ -175,7 +261,8 @@ def render_plot(document: dict[str, Any], path: Path) -> None:
     noisy = " (NOISY RUN)" if document["noisy"] else ""
     machine = document["machine"]
     fig.suptitle(
-        f"mlcicd bench: ours vs naive pipeline baseline, {machine['nproc']} CPUs{noisy}",
+        f"mlcicd bench: ours vs naive baseline vs CTranslate2, {machine['nproc']} CPUs, "
+        f"{machine.get('isa_forced') or machine.get('isa', '')}{noisy}",
         fontsize=11,
     )
     fig.tight_layout()

@@ -1,4 +1,4 @@
-"""The moving parts of ``mlcicd bench``: real server processes, sampling, the run loop.
+"""The moving parts of ``mlcicd bench``: real server processes, the peer, sampling, the loop.
 
 Why separate from :mod:`pipeline.bench.targets`: that module is the pure arithmetic
 (plans, aggregation, targets) and is unit-tested without processes; this one
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import platform
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import psutil
 
 from pipeline import serving
+from pipeline.bench.peer import PeerCell, run_peer
 from pipeline.bench.targets import GIB, SERVERS, Cell, ServerKind, cell_from_load, plan_requests
 from pipeline.definition import Bench, load_definition
 from pipeline.load.generator import run_load
@@ -301,34 +301,39 @@ def _measure_level(
     return cell_from_load(model, kind, result, peak, foreign, plan.note)
 
 
-def machine_info() -> dict[str, Any]:
-    """What the figures were measured on: cores, CPU model, memory, torch and its threads."""
-    import torch
+def peer_batches(bench: Bench, model: str, concurrency: Sequence[int]) -> list[int]:
+    """The peer's batch sizes: our concurrency levels, plus any target's ``peer_batch``."""
+    extra = {t.peer_batch for t in bench.targets if t.model == model and t.peer_batch}
+    return sorted(set(concurrency) | extra)
 
-    cpu_model, flags = "", list[str]()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not cpu_model:
-                cpu_model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = [f for f in value.split() if f in wanted]
-    cpu_model = cpu_model or platform.processor() or "unknown"
-    cuda = torch.cuda.is_available()
-    return {
-        "nproc": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model,
-        "cpu_flags": flags,
-        "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "cuda": torch.cuda.get_device_name(0) if cuda else None,
-        "load_average_start": list(os.getloadavg()),
-    }
+
+def measure_peer(
+    bench: Bench, model: str, concurrency: Sequence[int], threads: int, progress: Progress
+) -> list[PeerCell]:
+    """CTranslate2 at every quantization of the bench table, one fresh process each."""
+    cells: list[PeerCell] = []
+    for quantization in bench.peer_quantizations:
+        started = time.monotonic()
+        found = run_peer(
+            model, quantization, peer_batches(bench, model, concurrency),
+            bench.max_new_tokens, bench.peer_repeats, threads, bench.cell_budget_s,
+        )  # fmt: skip
+        cells.extend(found)
+        for cell in found:
+            shown = cell.skipped or (
+                f"{cell.tokens_per_s:.1f} tok/s, step {cell.step_ms:.1f} ms, "
+                f"first token {cell.first_token_ms:.0f} ms"
+            )
+            progress(f"[{model}/peer-{quantization}] batch {cell.batch}: {shown}")
+        progress(f"[{model}/peer-{quantization}] done in {time.monotonic() - started:.0f} s")
+    return cells
+
+
+def _is_quantized_candidate(model: str) -> bool:
+    from inference.quantize import read_marker
+
+    directory = Path(model)
+    return directory.is_dir() and read_marker(directory) is not None
 
 
 def run_bench(
@@ -339,28 +344,34 @@ def run_bench(
     progress: Progress,
     servers: Sequence[ServerKind] = SERVERS,
     torch_threads: int | None = None,
-) -> tuple[list[Cell], dict[str, dict[str, Any]]]:
-    """(cells, :func:`model_floor` per model) for every model x server, one server at a time.
+    peer: bool = True,
+) -> tuple[list[Cell], dict[str, dict[str, Any]], list[PeerCell]]:
+    """(cells, :func:`model_floor` per model, peer cells), one process at a time.
 
     ``torch_threads`` sets ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` for both
-    servers alike (and torch's threads for the bare-model timing here).
+    servers alike (and torch's threads for the bare-model timing here); the
+    peer gets as many threads as torch uses here, so all sides use the same cores.
     """
+    import torch
+
     env: dict[str, str] | None = None
     if torch_threads is not None:
-        import torch
-
         torch.set_num_threads(torch_threads)
         env = {"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)}
     cells: list[Cell] = []
     floors: dict[str, dict[str, Any]] = {}
+    peers: list[PeerCell] = []
     for model in models:
         progress(f"[{model}] loading once: weights size, bare decode step, compute ceiling")
         floors[model] = model_floor(model)
         progress(f"[{model}] {floors[model]}")
+        if peer and not _is_quantized_candidate(model):  # the peer times its own int8
+            threads = torch.get_num_threads()
+            peers.extend(measure_peer(bench, model, concurrency, threads, progress))
         for kind in servers:
             started = time.monotonic()
             cells.extend(
                 measure_server(kind, model, bench, concurrency, log_dir, progress, env=env)
             )
             progress(f"[{model}/{kind}] done in {time.monotonic() - started:.0f} s")
-    return cells, floors
+    return cells, floors, peers

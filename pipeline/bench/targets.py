@@ -1,4 +1,4 @@
-"""``mlcicd bench``: our server against the naive pipeline baseline, in one run.
+"""``mlcicd bench``: our server against the naive baseline and the peer, in one run.
 
 Why in one run on one machine: a speed-up is only meaningful when both sides
 met the same CPU, the same load from neighbours and the same model bytes. For
@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pipeline.bench.peer import PeerCell
 from pipeline.definition import Bench, BenchTarget
 from pipeline.load.generator import LoadResult
 
@@ -158,8 +159,40 @@ def _find(cells: Sequence[Cell], model: str, server: ServerKind, concurrency: in
     return None
 
 
+def find_peer(
+    peers: Sequence[PeerCell], model: str, batch: int, quantization: str = "float32"
+) -> PeerCell | None:
+    for peer in peers:
+        if (peer.model, peer.quantization, peer.batch) == (model, quantization, batch):
+            return peer
+    return None
+
+
+def _vs_peer(
+    target: BenchTarget, ours: Cell, peers: Sequence[PeerCell]
+) -> tuple[float | None, str]:
+    """Our figure over CTranslate2's fp32 figure at ``peer_batch`` (default: our concurrency)."""
+    batch = target.peer_batch or target.concurrency
+    peer = find_peer(peers, target.model, batch)
+    if peer is None or not peer.measured:
+        why = peer.skipped if peer is not None and peer.skipped else "not measured"
+        return None, f"CTranslate2 float32 batch {batch}: {why}"
+    if target.metric == "tokens_per_s_vs_peer":
+        return (
+            ours.tokens_per_s / peer.tokens_per_s,
+            f"{ours.tokens_per_s:.1f} vs {peer.tokens_per_s:.1f} tokens/s (batch {batch})",
+        )
+    if ours.itl_ms is None:
+        return None, "no inter-token gaps were recorded"
+    itl = float(ours.itl_ms["p50_ms"])
+    return itl / peer.step_ms, f"{itl:.1f} ms vs {peer.step_ms:.1f} ms per step (batch {batch})"
+
+
 def _metric(
-    target: BenchTarget, cells: Sequence[Cell], weights_bytes: dict[str, int]
+    target: BenchTarget,
+    cells: Sequence[Cell],
+    weights_bytes: dict[str, int],
+    peers: Sequence[PeerCell],
 ) -> tuple[float | None, str]:
     """(value, how it was obtained or why it is missing) for one target."""
     ours = _find(cells, target.model, "ours", target.concurrency)
@@ -168,6 +201,8 @@ def _metric(
         reason = ours.skipped if ours is not None and ours.skipped else "no successful requests"
         return None, f"our server was not measured for {where}: {reason}"
     metric = target.metric
+    if metric in ("tokens_per_s_vs_peer", "itl_p50_vs_peer_step"):
+        return _vs_peer(target, ours, peers)
     if metric == "tokens_per_s":
         return ours.tokens_per_s, f"{ours.ok} requests in {ours.duration_s:.1f} s"
     if metric == "speedup_vs_baseline":
@@ -202,12 +237,15 @@ def _metric(
 
 
 def evaluate_targets(
-    targets: Sequence[BenchTarget], cells: Sequence[Cell], weights_bytes: dict[str, int]
+    targets: Sequence[BenchTarget],
+    cells: Sequence[Cell],
+    weights_bytes: dict[str, int],
+    peers: Sequence[PeerCell] = (),
 ) -> list[TargetOutcome]:
     """Judge every target against the measured cells; a missing cell is NOT MEASURED."""
     outcomes = []
     for target in targets:
-        value, detail = _metric(target, cells, weights_bytes)
+        value, detail = _metric(target, cells, weights_bytes, peers)
         bound: Literal["min", "max"] = "min" if target.min is not None else "max"
         threshold = target.min if target.min is not None else target.max
         assert threshold is not None

@@ -47,6 +47,7 @@ from pipeline.canary.measure import (
     traffic_note,
 )
 from pipeline.canary.promql import CanaryQueries, RelativeQueries
+from pipeline.cli_args import add_definition, add_environment, add_profile
 from pipeline.definition import (
     DefinitionError,
     PipelineDefinition,
@@ -273,9 +274,19 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("canary", help="canary analysis against Prometheus")
+    parser = subparsers.add_parser(
+        "canary",
+        help="canary analysis against Prometheus",
+        description="Judge a canary from Prometheus metrics, as Argo Rollouts' analysis does.",
+    )
     actions = parser.add_subparsers(dest="canary_command", required=True, metavar="ACTION")
-    ana = actions.add_parser("analyze", help="measure and judge a canary (Argo semantics)")
+    ana = actions.add_parser(
+        "analyze",
+        help="measure and judge a canary (Argo semantics)",
+        description="Measure the canary's success rate, error rate and latencies in "
+        "Prometheus every interval, with the definition's thresholds and Argo's limits. "
+        "Exit 0 successful, 1 failed, 3 inconclusive, 2 usage error.",
+    )
     ana.add_argument("--prometheus-url", required=True, help="e.g. http://127.0.0.1:9090")
     ana.add_argument("--job", default="inference", help="job label (default: inference)")
     ana.add_argument("--version", help="version label value of the release to judge")
@@ -284,9 +295,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--stable", help="version label of the stable release: the canary is judged against it"
     )
     ana.add_argument("--version-label", default="version", help="label name (default: version)")
-    ana.add_argument("--profile", help="definition profile (default: the file's default)")
-    ana.add_argument("--environment", help="staging or prod (limits differ)")
-    ana.add_argument("--definition", help="pipeline definition (default: pipeline.toml)")
+    add_profile(ana)
+    add_environment(ana, "staging or prod: their limits differ")
+    add_definition(ana)
     ana.add_argument("--interval", help="override the measurement interval, e.g. 2s")
     ana.add_argument("--count", type=int, help="override the number of measurements")
     ana.add_argument("--out", help="also write the verdict JSON here")

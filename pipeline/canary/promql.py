@@ -29,9 +29,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-REQUESTS_TOTAL = "inference_requests_total"
-REQUEST_DURATION = "inference_request_duration_seconds"
-TIME_TO_FIRST_TOKEN = "inference_time_to_first_token_seconds"
+from inference.metrics import (
+    CLIENT_ERROR,
+    ERROR,
+    REQUEST_DURATION,
+    REQUESTS_TOTAL,
+    SUCCESS,
+    TIME_TO_FIRST_TOKEN,
+)
 
 
 @dataclass(frozen=True)
@@ -51,11 +56,11 @@ class CanaryQueries:
     @property
     def request_count(self) -> str:
         """Requests the server judged (client mistakes, status="client_error", excluded)."""
-        return self._count('status!="client_error"')
+        return self._count(f'status!="{CLIENT_ERROR}"')
 
     @property
     def success_rate(self) -> str:
-        ok = self._count('status="success"')
+        ok = self._count(f'status="{SUCCESS}"')
         return f"({ok} or vector(0)) / ({self.request_count} > 0)"
 
     @property
@@ -79,7 +84,7 @@ class CanaryQueries:
     @property
     def error_count(self) -> str:
         """Server errors in the window; 0, not empty, when there were none."""
-        errors = self._count('status="error"')
+        errors = self._count(f'status="{ERROR}"')
         return f"({errors} or vector(0))"
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import httpx
 
+from pipeline.cli_args import add_definition, add_out_dir, add_profile, profile_for
 from pipeline.definition import DefinitionError, PipelineDefinition, load_definition
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.gates.checks import load_suite
@@ -192,7 +193,8 @@ def judge_once(
 def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     """Every (condition, release) cell; the report is rewritten after each, so a long
     calibration that is stopped still leaves the cells it finished."""
-    definition = load_definition(args.profile, None, args.definition)
+    # The releases are built-in models, so the profile defaults to builtin.
+    definition = load_definition(profile_for(args.profile, CHAMPION), None, args.definition)
     requests = args.requests or definition.latency.requests
     warmup = definition.latency.warmup_requests if args.warmup is None else args.warmup
     tallies: list[Tally] = []
@@ -284,10 +286,15 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 def add_parser(gates: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = gates.add_parser(
-        "calibrate", help="measure the gates' false-reject and false-accept rates"
+        "calibrate",
+        help="measure the gates' false-reject and false-accept rates",
+        description="Judge a known-good release and known-bad ones (300 ms latency, 5%% "
+        "errors, builtin-weak) N times each with the quality and latency gates, quiet and "
+        "with a one-core CPU hog; report false rejects and false accepts with Wilson "
+        "intervals. Exit 0 when no verdict was wrong, 1 otherwise.",
     )
-    parser.add_argument("--profile", default="builtin", help="definition profile (builtin)")
-    parser.add_argument("--definition", type=Path, help="pipeline definition file")
+    add_profile(parser)
+    add_definition(parser)
     parser.add_argument("--runs", type=int, default=20, help="judgements per release and condition")
     parser.add_argument("--requests", type=int, help="latency requests per side (definition's)")
     parser.add_argument("--warmup", type=int, help="latency warm-up requests (definition's)")
@@ -299,5 +306,5 @@ def add_parser(gates: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=["quality", "latency"],
         help="the gates a release must pass (default both, as in the pipeline)",
     )
-    parser.add_argument("--out", type=Path, default=Path("reports/calibration"))
+    add_out_dir(parser, Path("reports/calibration"), "calibration.json and calibration.md")
     parser.set_defaults(handler=calibrate_command)

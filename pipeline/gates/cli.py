@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from pipeline.cli_args import add_definition, add_environment, add_out_dir, add_profile, profile_for
 from pipeline.definition import DefinitionError, PipelineDefinition, load_definition
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.gates.checks import Case, SuiteError, load_suite
@@ -57,16 +58,15 @@ def _err(message: str) -> None:
 
 
 def _definition(args: argparse.Namespace) -> PipelineDefinition:
-    return load_definition(args.profile, args.environment, args.definition)
+    profile = profile_for(args.profile, args.model)
+    return load_definition(profile, args.environment, args.definition)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", help="definition profile (default: the file's default)")
-    parser.add_argument("--environment", help="definition environment (staging, prod)")
-    parser.add_argument(
-        "--definition", type=Path, help="pipeline definition file (default: pipeline.toml)"
-    )
-    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="report directory")
+    add_profile(parser)
+    add_environment(parser)
+    add_definition(parser)
+    add_out_dir(parser, Path(DEFAULT_OUT), "the gate's reports")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--model", help="builtin, builtin-weak, a model directory or a HF id")
     target.add_argument("--url", help="a running inference server, e.g. http://127.0.0.1:8000")
@@ -75,10 +75,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    gate = subparsers.add_parser("gate", help="run a release gate (quality, latency)")
+    gate = subparsers.add_parser(
+        "gate",
+        help="run a release gate (quality, latency)",
+        description="Judge a model by one release gate, thresholds from the pipeline "
+        "definition. Exit 0 pass, 1 fail, 2 usage or configuration error.",
+    )
     gates = gate.add_subparsers(dest="gate", required=True, metavar="GATE")
 
-    quality = gates.add_parser("quality", help="run the eval suite and judge the pass rate")
+    quality = gates.add_parser(
+        "quality",
+        help="run the eval suite and judge the pass rate",
+        description="Run the definition's eval suite against a model (in process) or a "
+        "server, judge the pass rate and, given the champion's results, the paired "
+        "regression against it.",
+    )
     _common(quality)
     quality.add_argument("--suite", type=Path, help="JSONL suite (default: the definition's)")
     quality.add_argument(
@@ -88,7 +99,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     quality.set_defaults(handler=quality_command)
 
-    latency = gates.add_parser("latency", help="load-test a server and judge its latency")
+    latency = gates.add_parser(
+        "latency",
+        help="load-test a server and judge its latency",
+        description="Load-test a server (started here for --model, or at --url) and judge "
+        "time to first token, mean latency and error rate. A --url where nothing "
+        "answers is a usage error (exit 2), not a failed gate.",
+    )
     _common(latency)
     load = latency.add_mutually_exclusive_group()
     load.add_argument("--concurrency", type=int, help="closed-loop workers (default: definition)")
@@ -225,6 +242,21 @@ def quality_command(args: argparse.Namespace) -> int:
 # -- latency -------------------------------------------------------------------------
 
 
+def _cannot_connect(url: str) -> str | None:
+    """Why ``url`` cannot be reached at all, or None if something answers HTTP there.
+
+    A server that is not there is a usage error (exit 2), not a failed gate: a
+    gate judges a release, and there is no release to judge.
+    """
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=5.0)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
+        return str(exc) or type(exc).__name__
+    except httpx.HTTPError:
+        return None  # it answered, if badly: the gate will judge that
+    return None
+
+
 @contextmanager
 def served(
     definition: PipelineDefinition,
@@ -263,6 +295,11 @@ def latency_command(args: argparse.Namespace) -> int:
     except (DefinitionError, ValueError) as exc:
         _err(f"mlcicd gate latency: {exc}")
         return EXIT_USAGE
+    for given in (args.url, args.champion_url):
+        unreachable = _cannot_connect(given) if given else None
+        if unreachable:
+            _err(f"mlcicd gate latency: cannot connect to {given}: {unreachable}")
+            return EXIT_USAGE
     device = ["--device", args.device, "--dtype", args.dtype]
     try:
         with ExitStack() as stack:

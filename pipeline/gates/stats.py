@@ -120,6 +120,22 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     return min(1.0, 2.0 * float(tail))
 
 
+def paired_difference_interval(
+    regressions: int, improvements: int, paired: int, z: float = Z_95
+) -> Interval:
+    """Wald interval for a paired difference of pass rates (champion minus candidate).
+
+    Only discordant pairs carry information: the difference is (b - c) / n and its
+    variance (b + c - (b - c)^2 / n) / n^2 (paired proportions, Agresti ch. 10).
+    """
+    if paired <= 0:
+        return Interval(-1.0, 1.0)
+    b, c, n = regressions, improvements, paired
+    diff = (b - c) / n
+    half = z * math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+    return Interval(max(-1.0, diff - half), min(1.0, diff + half))
+
+
 def one_sided_z(confidence: float) -> float:
     """The normal quantile for a one-sided bound at ``confidence`` (0.95 -> 1.645)."""
     if not 0.5 <= confidence < 1.0:

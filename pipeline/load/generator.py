@@ -216,9 +216,11 @@ async def _one_request(
                 except ValueError:
                     return record(False, status_code=200, error_kind="protocol", error=payload)
                 if "error" in chunk:
-                    # The server's mid-stream failure event: {"error": message, "type": kind}.
-                    kind = f"stream_{chunk.get('type') or 'error'}"
-                    error = str(chunk["error"])[:300]
+                    # A mid-stream failure event, OpenAI's {"error": {"message", "code", ...}}.
+                    found = chunk["error"]
+                    error_of: dict[str, Any] = found if isinstance(found, dict) else {}
+                    kind = f"stream_{error_of.get('code') or chunk.get('type') or 'error'}"
+                    error = str(error_of.get("message") or found)[:300]
                     return record(False, status_code=200, error_kind=kind, error=error)
                 usage = chunk.get("usage")
                 if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
@@ -266,6 +268,8 @@ async def run_load(
             "max_tokens": max_new_tokens,
             "temperature": 0.0,
             "stream": True,
+            # OpenAI's way to ask for the usage chunk the token counts come from.
+            "stream_options": {"include_usage": True},
         }
         if fixed_tokens:
             data["min_tokens"] = max_new_tokens

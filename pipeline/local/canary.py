@@ -23,6 +23,11 @@ the same decisions are taken with real parts on one machine:
 A Rollout's first deploy in Argo skips the steps; likewise, when the registry
 has no champion yet, the candidate takes all traffic and is analysed alone
 before it is promoted.
+
+When the candidate is already the champion (the same commit and model released
+again: same version, same digest), the stage is a no-op by policy: there is no
+second release to compare, so it says so and changes nothing. A rejected
+candidate is recorded in the registry (who, when, why) as a promotion is.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ from pathlib import Path
 
 from pipeline.definition import (
     CanaryGate,
-    PipelineDefinition,
     Stage,
     duration_seconds,
     load_definition,
@@ -43,6 +47,7 @@ from pipeline.load.generator import BackgroundLoad
 from pipeline.local.context import RunContext, StageFailed
 from pipeline.local.image_bundle import PushedImage
 from pipeline.local.services import ScrapeTarget, Service, TrafficSplitter, start_prometheus
+from pipeline.registry.client import default_actor
 
 # Prometheus' increase() extrapolates and loses a new series' first count, and the
 # servers lag the schedule on a busy machine: aim this much above the minimum.
@@ -88,14 +93,9 @@ def traffic_plan(gate: CanaryGate, rate: float) -> str:
     )
 
 
-def champion_image(
-    runner: RunContext, definition: PipelineDefinition
-) -> tuple[str, PushedImage] | None:
+def champion_image(runner: RunContext) -> tuple[str, PushedImage] | None:
     """The champion's version and its image, read from the model registry."""
-    from pipeline.registry.client import ModelRegistry
-
-    registry = ModelRegistry(runner.services["mlflow"].url, definition.pipeline.registered_model)
-    found = registry.champion_image()
+    found = runner.registry().champion_image()
     if found is None:
         return None
     version, reference, digest = found
@@ -110,18 +110,31 @@ class CanaryRollout:
     def __init__(self, runner: RunContext, stage: Stage) -> None:
         self.runner = runner
         self.stage = stage
-        self.definition = load_definition(runner.options.profile, stage.environment)
+        self.definition = load_definition(
+            runner.options.profile, stage.environment, runner.options.definition
+        )
         self.canary = self.definition.canary
         self.compare_with_stable = False  # set once the stable and canary are deployed
 
     # -- registry -------------------------------------------------------------
 
     def champion(self) -> tuple[str, PushedImage] | None:
-        return champion_image(self.runner, self.definition)
+        return champion_image(self.runner)
 
-    def registry(self, record_name: str, *args: str) -> None:
-        with self.runner.step(self.stage.id, record_name) as record:
-            self.runner.run_logged(record, self.runner.mlcicd("registry", *args))
+    def promote(self, version: str) -> None:
+        reason = f"canary analysis successful (run {self.runner.run_id})"
+        with self.runner.step(self.stage.id, f"Promote v{version} to champion") as record:
+            actor = default_actor()
+            change = self.runner.registry().promote(version, actor, reason)
+            record.detail = f"by {actor}; was v{change.previous or 'none'}"
+
+    def reject(self, version: str, verdict: str) -> None:
+        """Record the failed release in the registry; a failure here must not hide the verdict."""
+        reason = f"canary {verdict} (run {self.runner.run_id})"
+        with self.runner.step(self.stage.id, f"Record v{version} as rejected") as record:
+            actor = default_actor()
+            self.runner.registry().reject(version, actor, reason)
+            record.detail = f"by {actor}: {reason}"
 
     # -- the rollout ----------------------------------------------------------
 
@@ -145,6 +158,16 @@ class CanaryRollout:
         candidate = runner.state.image
         if candidate is None or runner.state.model_version is None:
             raise StageFailed("no registered image to roll out")
+        if runner.state.already_champion:
+            version = runner.state.model_version
+            with runner.step(self.stage.id, "Canary rollout") as record:
+                record.status = "skipped"
+                record.detail = (
+                    f"v{version} ({candidate.digest[:19]}...) is already the champion: "
+                    "nothing to roll out (policy: a re-release is a no-op)"
+                )
+            runner.report.outcome = f"no change: v{version} is already the champion"
+            return
         champion = self.champion()
         with runner.step(self.stage.id, "Deploy stable and canary (pull by digest)") as record:
             if champion is None:
@@ -200,22 +223,17 @@ class CanaryRollout:
         if verdict != "successful":
             splitter.set_weight(None, 0)
             runner.report.outcome = f"rolled back: canary {verdict}"
+            self.reject(runner.state.model_version, verdict)
             raise StageFailed(f"canary {verdict}: traffic returned to stable, not promoted")
-        self.registry(
-            f"Promote v{runner.state.model_version} to champion",
-            "promote",
-            "--version",
-            str(runner.state.model_version),
-            "--reason",
-            f"canary analysis successful (run {runner.run_id})",
-        )
+        self.promote(runner.state.model_version)
         runner.report.outcome = f"promoted v{runner.state.model_version} to champion"
 
     def analyse(self, number: int, weight: int, pause_s: int, prometheus_url: str) -> str:
         name = f"Step {number}: {weight}% canary, pause {pause_s}s, analysis"
         with self.runner.step(self.stage.id, name) as record:
             time.sleep(pause_s)
-            out = self.runner.reports / f"canary-step-{number}.json"
+            # The weight in the name labels the step in the release report.
+            out = self.runner.reports / f"canary-step-{number}-w{weight}.json"
             # Against the stable when there is one; a first release is judged alone.
             versions = (
                 ["--canary", "canary", "--stable", "stable"]
@@ -244,16 +262,32 @@ class CanaryRollout:
                 EXIT_FAILED: "failed",
                 EXIT_INCONCLUSIVE: "inconclusive",
             }[code]
-            record.detail = verdict + _summary(out)
+            record.detail = verdict if code != EXIT_OK else f"{verdict}: {canary_line(out)}"
             if code != EXIT_OK:
                 record.status = "failed" if code == EXIT_FAILED else "inconclusive"
+                record.why = canary_line(out)
             return verdict
 
 
-def _summary(path: Path) -> str:
+def canary_line(path: Path) -> str:
+    """Each metric's last measurement and phase, on one line, from the analysis JSON.
+
+    e.g. ``success-rate 0.929 Failed, error-rate 0.0707 Failed, p99-latency 0.094 Successful``;
+    an inconclusive or errored measurement adds its message (``fewer than 10 requests``).
+    """
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return ""
-    reasons = data.get("reasons") or []
-    return f" ({'; '.join(reasons)})" if reasons else ""
+        return "no analysis written (see the log)"
+    parts = []
+    for metric in data.get("metrics") or []:
+        last = (metric.get("measurements") or [{}])[-1]
+        value = last.get("value")
+        shown = f"{value:.3g}" if isinstance(value, int | float) else last.get("raw", "n/a")
+        note = (
+            f" ({last['message']})"
+            if metric.get("phase") != "Successful" and last.get("message")
+            else ""
+        )
+        parts.append(f"{metric.get('name')} {shown} {metric.get('phase')}{note}")
+    return ", ".join(parts) or str(data.get("verdict", "no measurements"))

@@ -11,12 +11,17 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from pipeline.definition import PipelineDefinition
+from pipeline.local.cache import StepCache
 from pipeline.local.image_bundle import PushedImage
 from pipeline.local.report import Console, RunReport, StepRecord
 from pipeline.local.services import Service
 from pipeline.source import REPO_ROOT
+
+if TYPE_CHECKING:
+    from pipeline.registry.client import ModelRegistry
 
 
 class StageFailed(Exception):
@@ -34,6 +39,11 @@ class RunOptions:
     # tests) but run every gate, action and deploy smoke test: for when those commands
     # already ran, e.g. inside the test suite.
     skip_commands: bool = False
+    definition: Path | None = None  # None: pipeline.toml
+    # The last environment deployed to: "staging" stops before any prod stage.
+    environment: str | None = None
+    use_cache: bool = True  # --no-cache turns it off
+    keep_runs: int = 20  # run directories kept under <state-dir>/runs
 
 
 @dataclass
@@ -42,13 +52,18 @@ class RunState:
 
     image: PushedImage | None = None
     model_version: str | None = None
-    staging_url: str | None = None
+    # The registered version is the registry's champion already (a re-release).
+    already_champion: bool = False
 
 
 class RunContext(Protocol):
     """The runner as a stage sees it (implemented by :class:`pipeline.local.runner.LocalRunner`)."""
 
     options: RunOptions
+    definition: PipelineDefinition
+    git_sha: str
+    branch: str
+    cache: StepCache
     state: RunState
     services: dict[str, Service]
     console: Console
@@ -66,6 +81,14 @@ class RunContext(Protocol):
     ) -> int: ...  # fmt: skip
 
     def mlcicd(self, *args: str) -> list[str]: ...
+
+    def env(self, **extra: str) -> dict[str, str]: ...
+
+    def registry(self) -> ModelRegistry: ...
+
+    def fingerprint(self) -> str: ...
+
+    def cached(self, record: StepRecord, key: str, inputs: Sequence[str]) -> bool: ...
 
     def deploy_image(self, name: str, image: PushedImage, *extra_args: str) -> Service: ...
 

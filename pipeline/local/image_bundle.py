@@ -11,6 +11,15 @@ so what serves is exactly what the registry holds. There is no container
 engine here either, so the unpacked bundle runs on the host's Python; in a
 cluster the root ``Dockerfile`` image runs instead (built by the workflow).
 
+Reproducible: the same commit and model give the same digest, so re-releasing a
+commit re-addresses the image the registry already holds instead of minting a
+new one. What could vary between two builds is pinned: every file's time and
+the image's creation time are ``timestamp`` (the commit's time; buildah
+``commit --timestamp``); files are owned by 0:0 (``copy --chown``) with their
+modes normalised; the build context is a fresh copy without caches; labels are
+sorted and say what was built (commit, model hash), never which run built it;
+and the build history, which records the builder's paths, is omitted.
+
 Left out: image signing, SBOMs, multi-arch manifests.
 """
 
@@ -77,15 +86,20 @@ def build_and_push(
     labels: dict[str, str],
     storage: Path,
     workdir: Path,
+    timestamp: int = 0,
 ) -> PushedImage:
-    """Build the bundle image and push it; returns the registry's digest."""
+    """Build the bundle image and push it; returns the registry's digest.
+
+    ``timestamp`` (seconds since the epoch) is every file's and the image's time.
+    """
     storage.mkdir(parents=True, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
     base = ["buildah", *_storage_args(storage)]
     container = _run([*base, "from", "scratch"])
     try:
-        _run([*base, "copy", container, str(model_dir), "/model"])
-        _run([*base, "copy", container, str(_stage_source(source_root, workdir)), "/app"])
+        model = _stage_copy(model_dir, workdir / "model")
+        for src, dest in ((model, "/model"), (_stage_source(source_root, workdir), "/app")):
+            _run([*base, "copy", "--chown", "0:0", container, str(src), dest])
         config = [
             *base,
             "config",
@@ -98,7 +112,8 @@ def build_and_push(
             config += ["--label", f"{key}={value}"]
         _run([*config, container])
         local = f"localhost/{repository}:{tag}"
-        _run([*base, "commit", "--rm", container, local])
+        _run([*base, "commit", "--rm", "--omit-history", "--identity-label=false",
+              "--timestamp", str(timestamp), container, local])  # fmt: skip
     except ImageError:
         subprocess.run([*base, "rm", container], capture_output=True, check=False)
         raise
@@ -130,7 +145,27 @@ def _stage_source(source_root: Path, workdir: Path) -> Path:
             shutil.copytree(path, context / item, ignore=ignore)
         else:
             shutil.copy2(path, context / item)
+    _normalise_modes(context)
     return context
+
+
+def _stage_copy(source: Path, dest: Path) -> Path:
+    """A copy of ``source`` with normalised modes (hidden files, such as locks, left out)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(".*"))
+    _normalise_modes(dest)
+    return dest
+
+
+def _normalise_modes(root: Path) -> None:
+    """0755 for directories and executables, 0644 for other files: the umask must not
+    change the digest."""
+    for path in sorted(root.rglob("*")):
+        if path.is_dir() or path.stat().st_mode & 0o100:
+            path.chmod(0o755)
+        else:
+            path.chmod(0o644)
+    root.chmod(0o755)
 
 
 def pull_and_unpack(image: PushedImage, dest: Path, workdir: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""`mlcicd run`: the whole pipeline on this machine (local_runner.py says what each stage does)."""
+"""`mlcicd run`: the whole pipeline on this machine (runner.py says what each stage does)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli_args import add_definition, add_environment, add_profile, profile_for, stage_ids
 from pipeline.definition import DefinitionError, load_definition
+from pipeline.exit_codes import EXIT_USAGE
 from pipeline.source import REPO_ROOT
 
 
@@ -18,15 +20,29 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "Run every stage of the pipeline definition on this machine: code quality, "
             "model tests and gates, image build and push to a local OCI registry, model "
             "registration in MLflow, staging deploy and smoke tests, and a canary rollout "
-            "judged by Prometheus, ending in promotion or rollback."
+            "judged by Prometheus, ending in promotion or rollback. One run at a time per "
+            "state directory; SIGINT, SIGTERM and SIGHUP stop it cleanly (exit 130)."
         ),
     )
-    parser.add_argument("--profile", default="builtin", help="definition profile (default builtin)")
+    add_profile(parser)
+    add_definition(parser)
+    add_environment(
+        parser,
+        "the last environment to deploy to: staging stops before any prod stage "
+        "(default: every stage)",
+    )
     parser.add_argument(
         "--model",
         default="builtin",
         help="candidate model: builtin, builtin-weak (a release the gates must block) or a "
-        "local directory",
+        "local directory (default: builtin)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="make the candidate the --model's weights served int8 (inference/quantize.py): "
+        "judged by the same gates against the fp32 champion, promoted or blocked on evidence",
     )
     parser.add_argument(
         "--canary-fault",
@@ -38,15 +54,34 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--state-dir",
         type=Path,
         default=REPO_ROOT / ".mlcicd",
-        help="where MLflow, the registry and run logs keep their data",
+        metavar="DIR",
+        help="where MLflow, the registry, the step cache and run logs keep their data "
+        "(default: .mlcicd)",
     )
+    ids = stage_ids()
     parser.add_argument(
-        "--skip", action="append", default=[], metavar="STAGE", help="skip a stage by id"
+        "--skip",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help=f"skip a stage by id; repeat to skip several (stages: {', '.join(ids)})",
     )
     parser.add_argument(
         "--skip-commands",
         action="store_true",
         help="skip lint and test commands (not deploy smoke tests); run every gate and action",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="re-run every step, even one whose inputs are unchanged since it last passed",
+    )
+    parser.add_argument(
+        "--keep-runs",
+        type=int,
+        default=20,
+        metavar="N",
+        help="keep the last N run directories under STATE_DIR/runs (default: 20; 0 keeps all)",
     )
     parser.set_defaults(handler=_run)
 
@@ -55,22 +90,52 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline.local.context import RunOptions
     from pipeline.local.runner import LocalRunner
 
+    profile = profile_for(args.profile, args.model)
     try:
-        definition = load_definition(args.profile)
+        definition = load_definition(profile, None, args.definition)
     except DefinitionError as exc:
-        print(f"error: {exc}")
-        return 2
-    known = {stage.id for stage in definition.stages}
-    unknown = sorted(set(args.skip) - known)
+        print(f"mlcicd run: {exc}")
+        return EXIT_USAGE
+    known = [stage.id for stage in definition.stages]
+    unknown = sorted(set(args.skip) - set(known))
     if unknown:
-        print(f"error: --skip {', '.join(unknown)}: no such stage (stages: {', '.join(known)})")
-        return 2
+        print(
+            f"mlcicd run: --skip {', '.join(unknown)}: no such stage (stages: {', '.join(known)})"
+        )
+        return EXIT_USAGE
+    candidate = args.model
+    if args.quantize is not None:
+        try:
+            candidate = str(_quantized_candidate(args.model, args.quantize, args.state_dir))
+        except (ValueError, OSError) as exc:
+            print(f"mlcicd run: --quantize {args.quantize}: {exc}")
+            return EXIT_USAGE
+        print(f"candidate: {candidate} ({args.model} served {args.quantize})")
     options = RunOptions(
-        profile=args.profile,
-        candidate=args.model,
+        profile=definition.profile,
+        candidate=candidate,
         canary_fault=args.canary_fault,
         state_dir=args.state_dir.resolve(),
         skip_stages=tuple(args.skip),
         skip_commands=args.skip_commands,
+        definition=args.definition.resolve() if args.definition else None,
+        environment=args.environment,
+        use_cache=not args.no_cache,
+        keep_runs=args.keep_runs,
     )
     return LocalRunner(options).run()
+
+
+def _quantized_candidate(model: str, quantization: str, state_dir: Path) -> Path:
+    """The ``--model``'s directory copied and marked ``quantization`` (inference/quantize.py).
+
+    A directory of its own, so the gates, the image, the registry and the canary
+    treat it as the model change it is; its content hash differs from the source's.
+    """
+    from inference.loader import model_directory
+    from inference.quantize import quantized_model_dir
+
+    _, directory = model_directory(model)
+    if directory is None:
+        raise ValueError(f"--model {model}: the local pipeline ships local models only")
+    return quantized_model_dir(directory, "int8", state_dir.resolve() / "candidates")

@@ -8,18 +8,21 @@ its action, exactly as the rendered workflow does in GitHub Actions:
 - commands: the definition's shell commands (ruff, mypy, pytest ...);
 - gates: ``mlcicd gate quality`` / ``mlcicd gate latency`` (the same CLI the
   workflow calls), thresholds from the definition; they run as child processes
-  because each loads a model or starts servers, as its workflow job does;
-- ``build-and-register``: a bundle image built with buildah and pushed to a
-  real OCI registry, then the model version registered in a real MLflow with
-  its lineage (see image_bundle.py for why it is a bundle image);
-- ``deploy``: the image pulled back by digest and served as the staging
-  endpoint, which the stage's smoke tests then hit;
-- ``canary-rollout``: see local_canary.py.
+  because each loads a model or starts servers, as its workflow job does; the
+  runner reads their typed JSON results, never their console output;
+- ``build-and-register``, ``deploy``: see release.py;
+- ``canary-rollout``: see canary.py.
 
 MLflow's database and the registry's storage persist under ``--state-dir`` so
 a second run finds the first run's champion; everything else lives in a fresh
 run directory under ``<state-dir>/runs/`` with one log per step. The first
-stage that fails stops the run (exit 1), and nothing started is left running.
+stage that fails stops the run (exit 1). However the run ends (a failure,
+Ctrl-C, SIGTERM, SIGHUP, even SIGKILL), nothing it started is left running and,
+short of SIGKILL, its summary is written (lifecycle.py says how). One run at a
+time holds a state directory (lock.py).
+
+A step whose inputs are unchanged since it last passed in this state directory
+is reported ``cached`` with the hash it matched (cache.py), unless ``--no-cache``.
 
 Deliberately not done here: running the GitHub-hosted parts (checkout, caches,
 environment approvals); the GPU profile's numbers (no GPU on this machine).
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,23 +41,26 @@ from pathlib import Path
 
 from pipeline import source
 from pipeline.definition import Command, PipelineDefinition, Stage, load_definition
+from pipeline.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from pipeline.local import gate_steps, release
+from pipeline.local.cache import StepCache, source_fingerprint
 from pipeline.local.context import RunOptions, RunState, StageFailed
-from pipeline.local.image_bundle import PushedImage, build_and_push, pull_and_unpack
+from pipeline.local.lifecycle import Reaper, signals_interrupt
+from pipeline.local.lock import StateLocked, acquire
 from pipeline.local.report import Console, RunReport, StepRecord
 from pipeline.local.services import Service, start_mlflow, start_registry
+from pipeline.processes import run_to_log
 from pipeline.registry.client import ModelRegistry
-from pipeline.registry.lineage import build_lineage
-from pipeline.serving import start_server
 from pipeline.source import REPO_ROOT
-
-BUNDLE_REPOSITORY = "mlcicd/inference-bundle"
 
 
 class LocalRunner:
     def __init__(self, options: RunOptions, console: Console | None = None) -> None:
         self.options = options
         self.console = console or Console()
-        self.definition: PipelineDefinition = load_definition(options.profile)
+        self.definition: PipelineDefinition = load_definition(
+            options.profile, None, options.definition
+        )
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.git_sha = source.git_sha() or "unknown"
         self.branch = source.git_branch() or "unknown"
@@ -63,10 +68,11 @@ class LocalRunner:
         self.run_dir = options.state_dir / "runs" / self.run_id
         self.logs = self.run_dir / "logs"
         self.reports = self.run_dir / "reports"
-        self.logs.mkdir(parents=True, exist_ok=True)
         self.report = RunReport(self.run_id, options.profile, options.candidate, self.git_sha)
         self.state = RunState()
         self.services: dict[str, Service] = {}
+        self.cache = StepCache(options.state_dir / "state" / "cache", enabled=options.use_cache)
+        self._fingerprint: str | None = None
         self._exit = ExitStack()
 
     # -- plumbing -------------------------------------------------------------
@@ -85,15 +91,37 @@ class LocalRunner:
         return env
 
     def mlcicd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "mlcicd", *args]
+        definition = (
+            ["--definition", str(self.options.definition)] if self.options.definition else []
+        )
+        return [sys.executable, "-m", "mlcicd", *args, *definition]
+
+    def registry(self) -> ModelRegistry:
+        """The run's MLflow model registry, in process."""
+        return ModelRegistry(self.services["mlflow"].url, self.definition.pipeline.registered_model)
+
+    def fingerprint(self) -> str:
+        """The checkout's content (tracked and untracked, not ignored files): a cache input."""
+        if self._fingerprint is None:
+            self._fingerprint = source_fingerprint(REPO_ROOT)
+        return self._fingerprint
 
     @contextmanager
     def step(self, stage: str, name: str) -> Iterator[StepRecord]:
+        """One step: its console lines, a heartbeat while it runs, its record in the report.
+
+        A ``KeyboardInterrupt`` (Ctrl-C, SIGTERM, SIGHUP) marks it ``interrupted``,
+        never ``passed``; any other exception fails it and stops the stage.
+        """
         record = StepRecord(stage, name, "passed", 0.0)
         self.console.start(name)
         started = time.monotonic()
         try:
-            yield record
+            with self.console.heartbeat(name, started):
+                yield record
+        except KeyboardInterrupt:
+            record.status = "interrupted"
+            raise
         except StageFailed as exc:
             record.status = "failed"
             record.detail = record.detail or str(exc)
@@ -106,8 +134,8 @@ class LocalRunner:
             record.seconds = time.monotonic() - started
             self.report.steps.append(record)
             self.console.done(record)
-            if record.status == "failed" and record.log:
-                self.console.failure_log(Path(record.log))
+            if record.status in ("failed", "inconclusive"):
+                self.console.why(record, self.run_dir)
 
     def run_logged(
         self,
@@ -116,52 +144,111 @@ class LocalRunner:
         ok_codes: Sequence[int] = (0,),
         **env: str,
     ) -> int:
-        """Run a command with its output in the step's log; fail the step on a bad exit."""
+        """Run a command with its output in the step's log; fail the step on a bad exit.
+
+        The command runs in its own session; if the run is interrupted, its whole
+        process tree is stopped before the interruption goes on.
+        """
         index = len(self.report.steps) + 1
         slug = re.sub(r"[^a-z0-9]+", "-", record.name.lower()).strip("-")[:40]
         log = self.logs / f"{index:02d}-{record.stage}-{slug}.log"
         record.log = str(log)
-        with log.open("wb") as handle:
-            done = subprocess.run(
-                argv,
-                shell=isinstance(argv, str),
-                cwd=REPO_ROOT,
-                env=self.env(**env),
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        if done.returncode not in ok_codes:
-            raise StageFailed(f"exit {done.returncode}")
-        return done.returncode
+        code = run_to_log(argv, log, env=self.env(**env), cwd=REPO_ROOT)
+        if code not in ok_codes:
+            raise StageFailed(f"exit {code}")
+        return code
+
+    def cached(self, record: StepRecord, key: str, inputs: Sequence[str]) -> bool:
+        """True (and the step marked ``cached``) if these inputs already passed here."""
+        hit = self.cache.lookup(key, inputs)
+        if hit is None:
+            return False
+        record.status = "cached"
+        record.detail = f"inputs {hit.digest[:12]} unchanged since run {hit.run_id}"
+        return True
 
     # -- the pipeline ---------------------------------------------------------
 
     def run(self) -> int:
+        """Lock the state directory, run the stages, always write the summary."""
+        try:
+            lock = acquire(self.options.state_dir)
+        except StateLocked as exc:
+            self.console.error(f"mlcicd run: {exc}")
+            return EXIT_USAGE
+        try:
+            if lock.stale_owner:
+                self.console.info(f"took over a stale lock left by {lock.stale_owner}")
+            return self._run_locked()
+        finally:
+            lock.release()
+
+    def _run_locked(self) -> int:
+        self.logs.mkdir(parents=True, exist_ok=True)
         stages = self.definition.stages
+        reaper = Reaper(str(self.run_dir))
         self.console.info(
             f"run {self.run_id}: profile {self.options.profile}, candidate "
             f"{self.options.candidate}, {len(stages)} stages, logs in {self.logs}"
         )
-        outcome, code = "passed", 0
+        outcome, code = "passed", EXIT_OK
         try:
-            with self._exit:
-                for index, stage in enumerate(stages, start=1):
-                    self.console.stage(index, len(stages), stage.id, stage.title)
-                    if stage.id in self.options.skip_stages:
-                        self.skip(stage, "skipped by --skip")
-                        continue
-                    self.run_stage(stage)
-                outcome = self.report.outcome if self.report.outcome != "running" else "passed"
-        except StageFailed as exc:
-            outcome, code = f"failed: {exc}", 1
-        except KeyboardInterrupt:
-            outcome, code = "interrupted", 130
-        self.report.outcome = outcome
-        summary = self.report.write(self.run_dir)
+            with signals_interrupt(self.console.info) as guard:
+                try:
+                    with self._exit:
+                        try:
+                            self._walk(stages)
+                        finally:
+                            guard.disarm()  # stopping services must not be cut short
+                    outcome = self.report.outcome if self.report.outcome != "running" else "passed"
+                except StageFailed as exc:
+                    outcome, code = f"failed: {exc}", EXIT_FAILED
+                except KeyboardInterrupt as exc:
+                    outcome, code = f"interrupted ({exc or 'SIGINT'})", EXIT_INTERRUPTED
+                self.report.outcome = outcome
+                self.report.seconds = self.console.elapsed_s()
+                self.report.not_run = self._not_run(stages)
+                summary = self.report.write(self.run_dir)
+        finally:
+            reaper.close()
         self.console.info(f"outcome: {outcome}")
         self.console.info(f"summary: {summary}")
+        self.cache.prune_runs(self.options.state_dir / "runs", self.options.keep_runs)
+        self.write_release_report()
         return code
+
+    def write_release_report(self) -> None:
+        """The report CI writes to the job summary (``mlcicd report``), as report.md/.html."""
+        from pipeline.report.cli import write_report
+
+        try:
+            facts = {"run_id": self.run_id, "git_sha": self.git_sha}
+            files = write_report(self.reports, self.run_dir, facts)
+        except Exception as exc:  # the run's outcome stands; say why the report is missing
+            self.console.info(f"release report not written: {type(exc).__name__}: {exc}")
+            return
+        self.console.info(f"release report: {files.markdown}, {files.html}")
+
+    def _walk(self, stages: Sequence[Stage]) -> None:
+        for index, stage in enumerate(stages, start=1):
+            self.console.stage(index, len(stages), stage.id, stage.title)
+            why = self.why_skipped(stage)
+            if why:
+                self.skip(stage, why)
+                continue
+            self.run_stage(stage)
+
+    def why_skipped(self, stage: Stage) -> str | None:
+        if stage.id in self.options.skip_stages:
+            return "skipped by --skip"
+        last = self.options.environment
+        if last == "staging" and stage.environment == "prod":
+            return "not deployed: --environment staging stops before prod"
+        return None
+
+    def _not_run(self, stages: Sequence[Stage]) -> list[str]:
+        seen = {step.stage for step in self.report.steps}
+        return [stage.id for stage in stages if stage.id not in seen]
 
     def skip(self, stage: Stage, why: str) -> None:
         record = StepRecord(stage.id, stage.title, "skipped", 0.0, why)
@@ -173,21 +260,30 @@ class LocalRunner:
             self.ensure_services()
         if stage.action != "deploy":  # a deploy stage's commands test the deployed endpoint
             for command in self.commands(stage):
-                with self.step(stage.id, command.name) as record:
-                    self.run_logged(record, command.run)
+                self.run_command(stage, command)
         for gate in stage.gates:
             if gate == "quality":
-                self.gate_quality(stage)
+                gate_steps.quality(self, stage)
             elif gate == "latency":
-                self.gate_latency(stage)
+                gate_steps.latency(self, stage)
         if stage.action == "build-and-register":
-            self.build_and_register(stage)
+            release.build_and_register(self, stage)
         elif stage.action == "deploy":
-            self.deploy_staging(stage)
+            release.deploy_staging(self, stage)
         elif stage.action == "canary-rollout":
             from pipeline.local.canary import CanaryRollout
 
             CanaryRollout(self, stage).run()
+
+    def run_command(self, stage: Stage, command: Command, **env: str) -> None:
+        """A shell command of the definition; cached when the checkout and command are unchanged."""
+        with self.step(stage.id, command.name) as record:
+            inputs = [self.fingerprint(), command.run, *(f"{k}={v}" for k, v in env.items())]
+            key = f"{stage.id}/{command.name}"
+            if self.cached(record, key, inputs):
+                return
+            self.run_logged(record, command.run, (0,), **env)
+            self.cache.store(key, inputs, self.run_id)
 
     def commands(self, stage: Stage) -> tuple[Command, ...]:
         if self.options.skip_commands and stage.commands and stage.action is None:
@@ -212,170 +308,5 @@ class LocalRunner:
                 self.services["registry"] = service
                 record.detail = service.url
 
-    # -- gates ----------------------------------------------------------------
-
-    def gate_quality(self, stage: Stage) -> None:
-        champion = self.reports / "champion-quality.json"
-        with self.step(stage.id, "Fetch the champion's quality results") as record:
-            self.run_logged(
-                record,
-                self.mlcicd(
-                    "registry", "champion-results", "--out", str(champion),
-                    "--profile", self.options.profile, "--allow-missing",
-                ),
-            )  # fmt: skip
-            record.detail = "found" if champion.exists() else "no champion yet"
-        compare = ["--champion-results", str(champion)] if champion.exists() else []
-        with self.step(stage.id, self.definition.gate_title("quality")) as record:
-            out = self.reports / "quality"
-            code = self.run_logged(
-                record,
-                self.mlcicd(
-                    "gate", "quality", "--model", self.options.candidate,
-                    "--profile", self.options.profile, "--out", str(out), *compare,
-                ),
-                ok_codes=(0, 1),
-            )  # fmt: skip
-            record.detail = f"report {out / 'quality.md'}"
-            if code != 0:
-                raise StageFailed("quality gate failed")
-
-    def gate_latency(self, stage: Stage) -> None:
-        champion = self.champion_for_latency(stage)
-        compare = ["--champion-url", champion.url] if champion is not None else []
-        name = self.definition.gate_title("latency")
-        with self.step(stage.id, name) as record:
-            out = self.reports / "latency"
-            code = self.run_logged(
-                record,
-                self.mlcicd(
-                    "gate",
-                    "latency",
-                    "--model",
-                    self.options.candidate,
-                    "--profile",
-                    self.options.profile,
-                    "--out",
-                    str(out),
-                    *compare,
-                ),
-                ok_codes=(0, 1),
-            )
-            record.detail = f"report {out / 'latency.md'}"
-            if code != 0:
-                raise StageFailed("latency gate failed")
-        if champion is not None:
-            champion.stop()
-
-    def champion_for_latency(self, stage: Stage) -> Service | None:
-        """The registry's champion, served from its image beside the candidate, or None.
-
-        Why: the latency gate judges the candidate against the champion measured on
-        the same machine at the same time (pipeline/gates/latency.py), not against a
-        number that a busy machine alone can break.
-        """
-        from pipeline.local.canary import champion_image
-
-        with self.step(stage.id, "Serve the champion for the paired latency gate") as record:
-            found = champion_image(self, self.definition)
-            if found is None:
-                record.detail = "no champion yet: the absolute limits judge alone"
-                return None
-            version, image = found
-            service = self.deploy_image("latency-champion", image, "--environment", "prod")
-            record.detail = f"champion v{version} at {service.url}"
-            return service
-
-    # -- actions --------------------------------------------------------------
-
-    def candidate_dir(self) -> Path:
-        ref = self.options.candidate
-        if ref in ("builtin", "builtin-weak"):
-            from inference.builtin_model import ensure_builtin_model
-
-            return ensure_builtin_model("weak" if ref == "builtin-weak" else "default")
-        path = Path(ref)
-        if not path.is_dir():
-            raise StageFailed(f"--model {ref}: the local pipeline ships local models only")
-        return path
-
-    def build_and_register(self, stage: Stage) -> None:
-        registry_host = self.services["registry"].url.removeprefix("http://")
-        model_dir = self.candidate_dir()
-        from inference.loader import directory_content_hash
-
-        model_hash = directory_content_hash(model_dir)
-        with self.step(stage.id, "Build and push image (buildah)") as record:
-            image = build_and_push(
-                model_dir=model_dir,
-                source_root=REPO_ROOT,
-                registry_host=registry_host,
-                repository=BUNDLE_REPOSITORY,
-                tag=self.git_sha[:12],
-                labels={
-                    "org.opencontainers.image.revision": self.git_sha,
-                    "io.mlcicd.model.hash": model_hash,
-                    "io.mlcicd.pipeline.run": self.run_id,
-                },
-                storage=self.options.state_dir / "state" / "buildah",
-                workdir=self.run_dir / "build",
-            )
-            self.state.image = image
-            record.detail = image.pinned
-        with self.step(stage.id, "Register model version (MLflow)") as record:
-            gate_results = [
-                self.reports / "quality" / "quality.json",
-                self.reports / "latency" / "latency.json",
-            ]
-            lineage = build_lineage(
-                model=self.options.candidate,
-                model_dir=model_dir,
-                git_sha=self.git_sha,
-                git_branch=self.branch,
-                image=image.reference,
-                image_digest=image.digest,
-                pipeline_run_id=self.run_id,
-                gate_results=[path for path in gate_results if path.exists()],
-            )
-            registry = ModelRegistry(
-                self.services["mlflow"].url, self.definition.pipeline.registered_model
-            )
-            done = registry.register(lineage)
-            self.state.model_version = str(done.version)
-            record.detail = f"version {done.version}" + ("" if done.created else " (already)")
-        self.report.facts["image"] = image.pinned
-        self.report.facts["model version"] = str(self.state.model_version)
-
-    def deploy_image(self, name: str, image: PushedImage, *extra_args: str) -> Service:
-        """Pull ``image`` by digest, unpack it and serve it as the image would; stopped at exit.
-
-        The unpacked image holds ``inference/`` alone, started as its command is, with the
-        definition's serving limits for the environment passed in as env (as the Rollout does).
-        """
-        dest = self.run_dir / "deploy" / name
-        pull_and_unpack(image, dest, self.run_dir / "deploy" / f"{name}-pull")
-        environment = _flag_value(extra_args, "--environment")
-        definition_env = environment if environment in ("staging", "prod") else None
-        limits = load_definition(self.options.profile, definition_env).serving
-        env = self.env(PYTHONPATH=str(dest / "app"), MLCICD_GIT_SHA=self.git_sha)
-        server = start_server(
-            f"server-{name}", str(dest / "model"), self.logs, limits,
-            args=extra_args, env=env, cwd=dest / "app", ready_timeout_s=180,
-        )  # fmt: skip
-        self.on_exit(server.stop)
-        return Service(server.process, server.url)
-
-    def deploy_staging(self, stage: Stage) -> None:
-        if self.state.image is None:
-            raise StageFailed("no image was built in this run")
-        with self.step(stage.id, "Deploy to staging (pull by digest, serve)") as record:
-            service = self.deploy_image("staging", self.state.image, "--environment", "staging")
-            self.state.staging_url = service.url
-            record.detail = service.url
-        for command in self.commands(stage):
-            with self.step(stage.id, command.name) as record:
-                self.run_logged(record, command.run, MLCICD_ENDPOINT=service.url)
-
-
-def _flag_value(args: Sequence[str], flag: str) -> str | None:
-    return next((args[i + 1] for i, a in enumerate(args[:-1]) if a == flag), None)
+    def deploy_image(self, name: str, image: release.PushedImage, *extra_args: str) -> Service:
+        return release.deploy_image(self, name, image, *extra_args)

@@ -2,7 +2,9 @@
 
 The registered model's name comes from the pipeline definition
 (``pipeline.registered_model``); ``--registered-model`` overrides it (tests,
-forks). The tracking server is ``--tracking-uri`` or ``MLFLOW_TRACKING_URI``;
+forks). The tracking server is ``--tracking-uri`` or ``MLFLOW_TRACKING_URI``,
+else the local pipeline's state (``.mlcicd/state``, read directly from its
+sqlite store, so ``mlcicd registry show`` works after ``mlcicd run`` ends);
 ``MLFLOW_TRACKING_TOKEN`` (and MLflow's other auth variables) are read by MLflow
 itself, never by this module.
 
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli_args import add_definition, add_out_dir, add_profile
 from pipeline.definition import DefinitionError, load_definition
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.registry.client import (
@@ -28,8 +31,12 @@ from pipeline.registry.client import (
     ModelRegistry,
     RegistryError,
     default_actor,
+    local_tracking_uri,
 )
-from pipeline.registry.lineage import Lineage, LineageError, build_lineage
+from pipeline.registry.lineage import Lineage, LineageError, build_lineage, release_facts
+from pipeline.source import REPO_ROOT
+
+RELEASE_FACTS = "release.json"
 
 
 class _UsageError(ValueError):
@@ -39,7 +46,13 @@ class _UsageError(ValueError):
 def _registry(args: argparse.Namespace) -> ModelRegistry:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        raise _UsageError("no tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+        uri = local_tracking_uri(args.state_dir)
+        if uri is None:
+            raise _UsageError(
+                "no tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI "
+                f"(and no local pipeline state in {args.state_dir}: run `mlcicd run` first)"
+            )
+        print(f"mlcicd registry: reading the local pipeline state ({uri})", file=sys.stderr)
     name = args.registered_model
     if not name:
         definition = load_definition(args.profile, None, args.definition)
@@ -96,6 +109,10 @@ def _register(args: argparse.Namespace) -> int:
             else ""
         )
         print(f"  {metric.key} = {metric.value}{judged}")
+    if args.out:
+        facts = release_facts(lineage, registry.name, str(done.version))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / RELEASE_FACTS).write_text(json.dumps(facts, indent=2) + "\n")
     return EXIT_OK
 
 
@@ -174,22 +191,43 @@ def _champion_results(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow server (default: $MLFLOW_TRACKING_URI, else the local pipeline's "
+        "state under --state-dir)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=REPO_ROOT / ".mlcicd",
+        metavar="DIR",
+        help="the local pipeline's state, read when no tracking URI is given (default: .mlcicd)",
+    )
     parser.add_argument("--registered-model", help="default: pipeline.registered_model")
     parser.add_argument("--experiment", help="MLflow experiment (default: the model's name)")
-    parser.add_argument("--definition", help="pipeline definition (default: pipeline.toml)")
-    parser.add_argument("--profile", help="definition profile (default: the file's default)")
+    add_definition(parser)
+    add_profile(parser)
 
 
 def _who(parser: argparse.ArgumentParser, reason_required: bool) -> None:
-    parser.add_argument("--actor", help="who (default: $GITHUB_ACTOR or $USER)")
+    parser.add_argument("--actor", help="who (default: $GITHUB_ACTOR, else the OS user)")
     parser.add_argument("--reason", required=reason_required, default="", help="why")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("registry", help="the MLflow model registry")
+    parser = subparsers.add_parser(
+        "registry",
+        help="the MLflow model registry",
+        description="Register model versions with their lineage, promote and roll back the "
+        "champion, and show what the registry holds.",
+    )
     actions = parser.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
-    reg = actions.add_parser("register", help="register a model version (idempotent)")
+    reg = actions.add_parser(
+        "register",
+        help="register a model version (idempotent)",
+        description="Register a model version with its lineage (git, model, image, gate "
+        "results) and make it the challenger; the same git sha and model give the same version.",
+    )
     _common(reg)
     reg.add_argument(
         "--model",
@@ -217,27 +255,51 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a `mlcicd gate ... --out` result (stored whole) or "
         "{name: value | {value, threshold}} (repeatable)",
     )
+    add_out_dir(reg, None, "the release facts, release.json, for `mlcicd report`")
     reg.set_defaults(action=_register, handler=_run)
 
-    pro = actions.add_parser("promote", help=f"point {CHAMPION} at a version")
+    pro = actions.add_parser(
+        "promote",
+        help=f"point {CHAMPION} at a version",
+        description=f"Point the {CHAMPION} alias at a version and record who, when and why.",
+    )
     _common(pro)
     pro.add_argument("--version", help=f"default: the {CHALLENGER}")
     _who(pro, reason_required=False)
     pro.set_defaults(action=_promote, handler=_run)
 
-    back = actions.add_parser("rollback", help=f"move {CHAMPION} back to the previous one")
+    back = actions.add_parser(
+        "rollback",
+        help=f"move {CHAMPION} back to the previous one",
+        description=f"Move the {CHAMPION} alias back to the previous champion, recorded.",
+    )
     _common(back)
     _who(back, reason_required=True)
     back.set_defaults(action=_rollback, handler=_run)
 
-    show = actions.add_parser("show", help="aliases, versions and lineage")
+    show = actions.add_parser(
+        "show",
+        help="aliases, versions and lineage",
+        description="Print the aliases, the champion history (who promoted, rolled back or "
+        "rejected what, and why) and every version with its lineage.",
+    )
     _common(show)
     show.add_argument("--json", action="store_true")
     show.set_defaults(action=_show, handler=_run)
 
-    champ = actions.add_parser("champion-results", help="fetch the champion's gate results")
+    champ = actions.add_parser(
+        "champion-results",
+        help="fetch the champion's gate results",
+        description="Download the gate results the champion was registered with, for the "
+        "quality gate's paired comparison.",
+    )
     _common(champ)
-    champ.add_argument("--out", required=True, help="where to write the JSON")
+    champ.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="the JSON file to write (a file: the rendered workflow tests for it)",
+    )
     champ.add_argument("--gate", default="quality")
     champ.add_argument("--alias", default=CHAMPION)
     champ.add_argument(

@@ -89,8 +89,23 @@ def now_utc() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
+def local_tracking_uri(state_dir: Path) -> str | None:
+    """The MLflow store ``mlcicd run`` keeps under ``state_dir``, read directly (sqlite),
+    so the local pipeline's registry can be inspected after a run without a server.
+    None when no run has written one there."""
+    db = state_dir / "state" / "mlflow" / "mlflow.db"
+    return f"sqlite:///{db}" if db.is_file() else None
+
+
 def default_actor() -> str:
-    return os.environ.get("GITHUB_ACTOR") or os.environ.get("USER") or "unknown"
+    """Who acts: ``$GITHUB_ACTOR`` in a workflow, else the OS user (``$USER`` may be unset)."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for this uid (some containers)
+        user = ""
+    return os.environ.get("GITHUB_ACTOR") or os.environ.get("USER") or user or "unknown"
 
 
 def _is_unreachable(exc: BaseException) -> bool:
@@ -247,7 +262,8 @@ class ModelRegistry:
                 if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                     return None
                 raise
-        return model.aliases.get(alias) if model.aliases else None
+        found = (model.aliases or {}).get(alias)
+        return None if found is None else str(found)  # the sqlite store gives ints
 
     @staticmethod
     def _history(model: Any) -> tuple[list[str], list[dict[str, str]]]:
@@ -272,7 +288,7 @@ class ModelRegistry:
         """Point ``champion`` at ``version`` (default: the challenger) and record it."""
         with self._errors("promoting"):
             model = self.client.get_registered_model(self.name)
-            aliases = dict(model.aliases or {})
+            aliases = _aliases(model)
             target = version or aliases.get(CHALLENGER)
             if target is None:
                 raise RegistryError(f"{self.name}: no challenger to promote; pass --version")
@@ -296,7 +312,7 @@ class ModelRegistry:
         """Move ``champion`` back to the previous champion and record who, when and why."""
         with self._errors("rolling back"):
             model = self.client.get_registered_model(self.name)
-            current = model.aliases.get(CHAMPION) if model.aliases else None
+            current = _aliases(model).get(CHAMPION)
             stack, events = self._history(model)
             if stack and current != stack[-1]:
                 # An earlier promote/rollback wrote its intent but not the alias.
@@ -317,6 +333,18 @@ class ModelRegistry:
             self.client.set_registered_model_alias(self.name, CHAMPION, target)
             self._record(target, "restored", actor, reason, now_utc())
         return ChampionChange(current, target, changed=current != target)
+
+    def reject(self, version: str, actor: str, reason: str) -> None:
+        """Record that ``version`` was not released (a failed canary): on the version and in
+        the champion events, so a failed release is as visible as a promotion."""
+        with self._errors("recording a rejected release"):
+            model = self.client.get_registered_model(self.name)
+            stack, events = self._history(model)
+            when = now_utc()
+            current = _aliases(model).get(CHAMPION)
+            events.append(_event("reject", version, current, actor, when, reason))
+            self._write_history(stack, events)
+            self._record(version, "rejected", actor, reason, when)
 
     # --- reading -----------------------------------------------------------
 
@@ -339,7 +367,7 @@ class ModelRegistry:
         return {
             "name": self.name,
             "tracking_uri": self.uri,
-            "aliases": dict(sorted((model.aliases or {}).items())),
+            "aliases": dict(sorted(_aliases(model).items())),
             "champion_history": stack,
             "events": events,
             "versions": rows,
@@ -369,6 +397,11 @@ class ModelRegistry:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(Path(local).read_bytes())
         return version
+
+
+def _aliases(model: Any) -> dict[str, str]:
+    """alias -> version, versions as strings whatever the store (sqlite gives ints)."""
+    return {str(k): str(v) for k, v in (model.aliases or {}).items()}
 
 
 def _event(

@@ -97,6 +97,28 @@ class Lineage:
         return tags
 
 
+RELEASE_FORMAT = "mlcicd.release/v1"
+
+
+def release_facts(lineage: Lineage, registered_model: str, version: str) -> dict[str, Any]:
+    """What the release report shows of a registration (``mlcicd registry register --out``)."""
+    return {
+        "format": RELEASE_FORMAT,
+        "registered_model": registered_model,
+        "version": version,
+        "git_sha": lineage.git_sha,
+        "git_branch": lineage.git_branch,
+        "model": {
+            "kind": lineage.model.kind,
+            "ref": lineage.model.ref,
+            "revision": lineage.model.revision,
+        },
+        "image": lineage.image,
+        "image_digest": lineage.image_digest,
+        "run_id": lineage.pipeline_run_id,
+    }
+
+
 def _number(value: float) -> str:
     return repr(float(value)) if not float(value).is_integer() else str(int(value))
 

@@ -20,6 +20,7 @@ import argparse
 import sys
 from typing import Any
 
+from pipeline.cli_args import duration_arg
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.rollout.deploy import (
     DEFAULT_CONTAINER,
@@ -94,7 +95,7 @@ def _handle(args: argparse.Namespace) -> int:
         except DeployUsageError as exc:
             return _fail(command, str(exc), EXIT_USAGE)
     elif args.timeout_s <= 0 or args.poll_s <= 0:
-        return _fail(command, "--timeout-s and --poll-s must be > 0", EXIT_USAGE)
+        return _fail(command, "--timeout and --poll must be > 0", EXIT_USAGE)
     try:
         api = _client(args)
     except KubeConfigError as exc:
@@ -112,20 +113,39 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def add_arguments(
     actions: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
-    set_image_parser = actions.add_parser("set-image", help="point the Rollout at a new image")
+    set_image_parser = actions.add_parser(
+        "set-image",
+        help="point the Rollout at a new image",
+        description="Point the Argo Rollout's container at an image pinned by digest; the "
+        "Rollout then starts its canary steps.",
+    )
     _common(set_image_parser)
     set_image_parser.add_argument("--image", required=True, help="REF@sha256:<digest>")
     set_image_parser.add_argument(
         "--container", default=DEFAULT_CONTAINER, help="container name in the pod template"
     )
-    wait = actions.add_parser("wait", help="wait until the Rollout is Healthy or Degraded")
+    wait = actions.add_parser(
+        "wait",
+        help="wait until the Rollout is Healthy or Degraded",
+        description="Poll the Argo Rollout until it is Healthy (exit 0) or Degraded (exit 1).",
+    )
     _common(wait)
-    wait.add_argument("--timeout-s", type=float, default=900.0, help="give up after (seconds)")
-    wait.add_argument("--poll-s", type=float, default=5.0, help="poll interval (seconds)")
+    wait.add_argument(
+        "--timeout", type=duration_arg, default=900.0, dest="timeout_s", metavar="DURATION",
+        help="give up after this long, e.g. 15m (default: 15m)",
+    )  # fmt: skip
+    wait.add_argument(
+        "--poll", type=duration_arg, default=5.0, dest="poll_s", metavar="DURATION",
+        help="poll interval, e.g. 5s (default: 5s)",
+    )  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("deploy", help="set the Rollout's image; wait for it")
+    parser = subparsers.add_parser(
+        "deploy",
+        help="set the Rollout's image; wait for it",
+        description="Deploy to a cluster: set the Argo Rollout's image, then wait for it.",
+    )
     actions = parser.add_subparsers(dest="deploy_command", required=True, metavar="ACTION")
     add_arguments(actions)
     parser.set_defaults(handler=_handle)

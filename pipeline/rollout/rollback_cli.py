@@ -9,7 +9,7 @@ only once its canary has passed, so an aborted canary never was the champion.
 
 A rerun after a partial failure is safe: abort is idempotent, ``undo
 --to-revision N`` sends nothing once the template matches, and
-``--registry-only`` (or ``--no-kubernetes``) redoes just the registry step.
+``--no-kubernetes`` redoes just the registry step.
 
 Exit codes: 0 done; 1 the Kubernetes API or the registry failed (the message
 names which and what was already done); 2 usage or configuration error.
@@ -128,7 +128,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", help="kubeconfig context")
     parser.add_argument(
         "--no-kubernetes",
-        "--registry-only",
         dest="no_kubernetes",
         action="store_true",
         help="only move the registry's champion back",
@@ -142,11 +141,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow server (default: $MLFLOW_TRACKING_URI)")
     parser.add_argument("--registered-model", help="default: pipeline.registered_model")
     parser.add_argument("--definition", help="pipeline definition (default: pipeline.toml)")
-    parser.add_argument("--actor", help="who (default: $GITHUB_ACTOR or $USER)")
+    parser.add_argument("--actor", help="who (default: $GITHUB_ACTOR, else the OS user)")
     parser.add_argument("--reason", required=True, help="why (recorded in the registry)")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("rollback", help="roll back the Argo Rollout and the champion")
+    parser = subparsers.add_parser(
+        "rollback",
+        help="roll back the Argo Rollout and the champion",
+        description="Abort a canary in progress or undo the Argo Rollout, and move the "
+        "registry's champion alias back to the previous champion.",
+    )
     add_arguments(parser)
     parser.set_defaults(handler=_handle)

@@ -201,10 +201,10 @@ def test_warm_up_failing_with_a_base_exception_is_reported_to_everyone_waiting(
 ) -> None:
     import inference.torch_engine as torch_engine
 
-    def interrupted(model: Any) -> int:
+    def interrupted(*args: Any) -> int:
         raise SystemExit(3)
 
-    monkeypatch.setattr(torch_engine, "pack_linear_layers", interrupted)
+    monkeypatch.setattr(torch_engine, "tune_linear_layers", interrupted)
     engine = TorchEngine(builtin_loaded, max_batch_size=2, batch_window_s=0.0, queue_cap=4)
     loop = asyncio.new_event_loop()
     try:

@@ -67,7 +67,12 @@ def random_gpt2(
 def _compare(
     loaded: LoadedModel, max_new_tokens: int, *, packed: bool = False, **kwargs: Any
 ) -> list[str]:
-    engine = TorchEngine(loaded, max_batch_size=16, batch_window_s=0.02, queue_cap=64)
+    # Packed layers are pinned where they are the fast path under test; otherwise
+    # the engine measures (and may run a shape on fewer threads).
+    policy = "packed" if packed else "measure"
+    engine = TorchEngine(
+        loaded, max_batch_size=16, batch_window_s=0.02, queue_cap=64, layer_policy=policy
+    )
     engine.start()
     assert (engine.packed_layers > 0) == packed  # the fast path under test is the one served
     try:

@@ -141,3 +141,42 @@ def test_unknown_pipeline_profile_names_the_key() -> None:
 
     with pytest.raises(ConfigError, match=f"{PROJECT}:pipelineProfile: .*profiles.tpu"):
         load_config(_source({"pipelineProfile": "tpu"}), stage_runner_classes)
+
+
+def test_a_node_selector_on_a_label_nothing_sets_is_an_error() -> None:
+    """nvidia.com/gpu.present: GFD never sets it (only the GPU Operator or an admin)."""
+    message = _error({"inference.nodeSelector": ["nvidia.com/gpu.present=true"]})
+    assert f"{PROJECT}:inference.nodeSelector: no node gets label nvidia.com/gpu.present" in message
+    declared = {
+        "inference.nodeSelector": ["nvidia.com/gpu.present=true"],
+        "cluster.nodeLabels": ["nvidia.com/gpu.present"],
+    }
+    cfg = load_config(_source(declared))
+    assert cfg.inference.node_selector == (("nvidia.com/gpu.present", "true"),)
+
+
+def test_upstream_mlflow_image_without_driver_is_an_error() -> None:
+    message = _error({"mlflow.image": "ghcr.io/mlflow/mlflow:v3.17.2"})
+    assert (
+        f"{PROJECT}:mlflow.image: ghcr.io/mlflow/mlflow:v3.17.2 has no Postgres driver" in message
+    )
+    # An image of your own (built with psycopg2 and boto3) is your call.
+    load_config(_source({"mlflow.image": "registry.example/mlflow:3.17.2-pg"}))
+
+
+def test_external_secrets_needs_vault_and_reads_no_cluster_secret() -> None:
+    message = _error({"secrets.provider": "external-secrets"})
+    assert f"{PROJECT}:externalSecrets.vaultServer: secrets.provider = external-secrets" in message
+    cfg = load_config(
+        _source(
+            {
+                "secrets.provider": "external-secrets",
+                "externalSecrets.vaultServer": "https://vault.example:8200",
+            }
+        )
+    )
+    secrets = cfg.secrets
+    assert cfg.secrets_settings.external
+    assert secrets.db_password is None and secrets.mlflow_htpasswd is None
+    assert secrets.mlflow_password is None and secrets.grafana_admin_password is None
+    assert secrets.hf_token is not None  # still a GitHub Actions secret

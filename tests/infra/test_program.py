@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from inference.settings import GRACE_AFTER_DRAIN_S
 from infra.analysis import analysis_template, rollout_steps
 from infra.monitoring import PROMETHEUS_URL
 from infra.rollouts import termination_grace_seconds
@@ -25,6 +26,7 @@ COMPONENTS = {
 ROLLOUT = "kubernetes:argoproj.io/v1alpha1:Rollout"
 TEMPLATE = "kubernetes:argoproj.io/v1alpha1:AnalysisTemplate"
 RELEASE = "kubernetes:helm.sh/v3:Release"
+NFD_GPU_LABEL = "feature.node.kubernetes.io/pci-10de.present"
 
 pytestmark = pytest.mark.slow
 
@@ -58,12 +60,12 @@ def test_every_component_is_present_and_parents_its_children(
 @pytest.mark.parametrize("stack", STACKS)
 def test_crds_come_before_custom_resources(recordings: dict[str, Any], stack: str) -> None:
     recording = recordings[stack]
-    rollout = one(recording, ROLLOUT, "rollout")
+    rollout = one(recording, ROLLOUT, "inference-rollout")
     deps = _depends(recording, rollout)
     assert f"{RELEASE}/argo-rollouts" in deps
-    assert f"{TEMPLATE}/analysis-template" in deps
+    assert f"{TEMPLATE}/inference-analysis-template" in deps
     assert f"{RELEASE}/argo-rollouts" in _depends(
-        recording, one(recording, TEMPLATE, "analysis-template")
+        recording, one(recording, TEMPLATE, "inference-analysis-template")
     )
     for kind in ("PodMonitor", "PrometheusRule"):
         (custom,) = resources(recording, f"kubernetes:monitoring.coreos.com/v1:{kind}")
@@ -87,7 +89,7 @@ def test_gpu_scheduling(recordings: dict[str, Any], stack: str) -> None:
     (runner,) = pod["containers"]
     assert runner["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert runner["resources"]["requests"]["nvidia.com/gpu"] == "1"
-    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["nodeSelector"] == {NFD_GPU_LABEL: "true"}
     assert {
         "key": "nvidia.com/gpu",
         "operator": "Equal",
@@ -97,10 +99,12 @@ def test_gpu_scheduling(recordings: dict[str, Any], stack: str) -> None:
     assert values["minRunners"] == 0
     cpu = one(recording, RELEASE, f"mlcicd-{stack}-cpu")["inputs"]["values"]
     assert "nvidia.com/gpu" not in cpu["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert one(recording, RELEASE, "nvidia-device-plugin")
-    spec = one(recording, ROLLOUT, "rollout")["inputs"]["spec"]["template"]["spec"]
+    plugin = one(recording, RELEASE, "nvidia-device-plugin")["inputs"]["values"]
+    # The label the GPU pods select on is set by NFD, which the chart installs with GFD.
+    assert plugin["gfd"]["enabled"] is True and plugin["nfd"]["enabled"] is True
+    spec = one(recording, ROLLOUT, "inference-rollout")["inputs"]["spec"]["template"]["spec"]
     assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert spec["nodeSelector"] == {NFD_GPU_LABEL: "true"}
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -108,9 +112,9 @@ def test_rollout_and_template_equal_the_definition(recordings: dict[str, Any], s
     recording = recordings[stack]
     definition = load_definition("gpu", stack)
     namespace = recording["outputs"]["endpoint"].split(".")[1]
-    template = one(recording, TEMPLATE, "analysis-template")["inputs"]
+    template = one(recording, TEMPLATE, "inference-analysis-template")["inputs"]
     assert template == analysis_template(definition, PROMETHEUS_URL, namespace)
-    spec = one(recording, ROLLOUT, "rollout")["inputs"]["spec"]
+    spec = one(recording, ROLLOUT, "inference-rollout")["inputs"]["spec"]
     assert spec["strategy"]["canary"]["steps"] == rollout_steps(
         definition, "inference-server", namespace
     )
@@ -124,17 +128,34 @@ def test_rollout_and_template_equal_the_definition(recordings: dict[str, Any], s
     assert "podAntiAffinity" in pod["affinity"]
 
 
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_pods_shutdown_budget_covers_prestop_drain_and_deadline(
+    recordings: dict[str, Any], stack: str
+) -> None:
+    """Contract between the rendered Rollout and the server's drain policy."""
+    pod = one(recordings[stack], ROLLOUT, "inference-rollout")["inputs"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    drain = float(env["MLCICD_DRAIN_TIMEOUT_S"])
+    deadline = float(env["MLCICD_REQUEST_DEADLINE_S"])
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    prestop = float(command[1])
+    assert drain >= deadline, "a drain shorter than the deadline cuts admitted requests"
+    assert pod["terminationGracePeriodSeconds"] >= prestop + drain + GRACE_AFTER_DRAIN_S
+
+
 def test_staging_and_prod_differ_where_they_should(recordings: dict[str, Any]) -> None:
     staging, prod = recordings["staging"], recordings["prod"]
 
     def replicas(rec: dict[str, Any]) -> int:
-        return int(one(rec, ROLLOUT, "rollout")["inputs"]["spec"]["replicas"])
+        return int(one(rec, ROLLOUT, "inference-rollout")["inputs"]["spec"]["replicas"])
 
     def max_gpu(rec: dict[str, Any], stack: str) -> int:
         return int(one(rec, RELEASE, f"mlcicd-{stack}-gpu")["inputs"]["values"]["maxRunners"])
 
     def failure_limit(rec: dict[str, Any]) -> int:
-        metrics = one(rec, TEMPLATE, "analysis-template")["inputs"]["spec"]["metrics"]
+        metrics = one(rec, TEMPLATE, "inference-analysis-template")["inputs"]["spec"]["metrics"]
         return int(metrics[0]["failureLimit"])
 
     assert replicas(prod) > replicas(staging)
@@ -152,18 +173,19 @@ def test_staging_and_prod_differ_where_they_should(recordings: dict[str, Any]) -
         "production-main-only",
     )
     # Only the stack that owns the repository manages it (adopted, protected).
-    repo = one(prod, "github:index/repository:Repository", "repository")
+    repo = one(prod, "github:index/repository:Repository", "github-repository")
     assert repo["importId"] == "mlcicd" and repo["protect"]
     assert not resources(staging, "github:index/repository:Repository")
 
 
 def test_workflow_file_and_branch_protection(recordings: dict[str, Any]) -> None:
     prod = recordings["prod"]
-    committed = one(prod, "github:index/repositoryFile:RepositoryFile", "workflow")["inputs"]
+    committed = one(prod, "github:index/repositoryFile:RepositoryFile", "github-workflow")["inputs"]
     assert committed["file"] == ".github/workflows/ml-cicd.yml"
     assert committed["content"] == prod["workflow"]
-    protection = one(prod, "github:index/branchProtection:BranchProtection", "main")["inputs"]
-    assert protection["requiredStatusChecks"][0]["contexts"] == ["code-quality", "model-tests"]
+    ruleset = one(prod, "github:index/repositoryRuleset:RepositoryRuleset", "github-main")
+    checks = ruleset["inputs"]["rules"]["requiredStatusChecks"]["requiredChecks"]
+    assert [c["context"] for c in checks] == ["code-quality", "model-tests"]
 
 
 def _leaks(value: Any, path: str = "") -> list[str]:
@@ -192,7 +214,7 @@ def test_no_secret_in_plaintext_anywhere(
     assert leaks == []
     assert _leaks(recording["outputs"]) == []
     # The secrets did reach their resources (wrapped), e.g. the GitHub token:
-    secret = one(recording, "kubernetes:core/v1:Secret", "github-config")["inputs"]
+    secret = one(recording, "kubernetes:core/v1:Secret", "runners-github-config")["inputs"]
     assert MARKERS["githubToken"] in str(secret["stringData"])
     for path in renders[stack].rglob("*"):
         if path.is_file():
@@ -212,4 +234,4 @@ def test_outputs(recordings: dict[str, Any], stack: str) -> None:
         "runnerImage",
         "prometheusUrl",
     } <= set(outputs)
-    assert outputs["runnerLabels"]["gpu"] == ["self-hosted", f"mlcicd-{stack}-gpu"]
+    assert outputs["runnerLabels"]["gpu"] == [f"mlcicd-{stack}-gpu"]

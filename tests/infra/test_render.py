@@ -1,10 +1,9 @@
-"""Rendered files pass real validators; `mlcicd infra diff` reports changes."""
+"""Rendered files pass real validators (the diff is tested in test_render_diff.py)."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 import yaml
 
 from infra.mock_runtime import record
-from infra.render import diff_renders, write_render
+from infra.render import write_render
 
 from .conftest import MARKERS, STACKS, resources
 
@@ -144,7 +143,7 @@ def test_render_layout(renders: dict[str, Path], stack: str) -> None:
     assert "kubernetes:helm.sh/v3:Release::argo-rollouts" in rollout["dependsOn"]
     helm = yaml.safe_load((root / "helm" / "argo-rollouts.yaml").read_text())
     assert helm["values"]["installCRDs"] is True and helm["version"]
-    secret = yaml.safe_load((root / "kubernetes" / "Secret-github-config.yaml").read_text())
+    secret = yaml.safe_load((root / "kubernetes" / "Secret-runners-github-config.yaml").read_text())
     assert secret["stringData"] == {"github_token": "***"}
     assert (root / "github" / "workflows" / "ml-cicd.yml").read_text().startswith("# Generated")
 
@@ -165,37 +164,6 @@ def test_rendered_workflow_passes_actionlint(renders: dict[str, Path], tmp_path:
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-def test_diff(renders: dict[str, Path], tmp_path: Path) -> None:
-    lines, different = diff_renders(renders["staging"], renders["staging"])
-    assert (lines, different) == ([], False)
-    copy = tmp_path / "copy"
-    shutil.copytree(renders["staging"], copy)
-    (copy / "outputs.yaml").write_text("changed: true\n")
-    (copy / "extra.yaml").write_text("x: 1\n")
-    (copy / "providers.yaml").unlink()
-    lines, different = diff_renders(renders["staging"], copy)
-    assert different
-    assert "added: extra.yaml" in lines and "removed: providers.yaml" in lines
-    assert "+changed: true" in lines
-    cli = [sys.executable, "-m", "mlcicd.cli", "infra", "diff"]
-    same = subprocess.run(
-        [*cli, str(renders["staging"]), str(renders["staging"])],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
-    changed = subprocess.run(
-        [*cli, str(renders["staging"]), str(copy)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
-    assert (same.returncode, changed.returncode) == (0, 1)
-    assert "+changed: true" in changed.stdout
 
 
 def test_images_and_in_cluster_registry_when_configured(tmp_path: Path) -> None:

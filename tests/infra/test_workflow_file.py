@@ -38,7 +38,8 @@ def test_the_render_is_what_the_prod_stack_commits(
     fresh: str, recordings: dict[str, dict[str, Any]]
 ) -> None:
     assert WORKFLOW_STACK == "prod"
-    committed = one(recordings["prod"], "github:index/repositoryFile:RepositoryFile", "workflow")
+    file_type = "github:index/repositoryFile:RepositoryFile"
+    committed = one(recordings["prod"], file_type, "github-workflow")
     assert committed["inputs"]["file"] == WORKFLOW_PATH
     assert committed["inputs"]["content"] == fresh
 

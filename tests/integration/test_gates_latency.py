@@ -8,6 +8,8 @@ a definition whose bound no server can meet.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 
 from mlcicd.cli import main
 from pipeline.definition import DEFAULT_DEFINITION, load_definition
+from pipeline.processes import free_port
 from tests.fixtures.inference_server import StartServer
 
 DEFINITION = load_definition("builtin")
@@ -149,3 +152,15 @@ def test_paired_gate_fails_a_candidate_300_ms_slower_than_its_champion(
     assert report["champion_load"]["requests"] == 16
     assert all(row["passed"] for row in same["vs_champion"]), same["reasons"]
     assert same_code == (0 if same["passed"] else 1)
+
+
+def test_latency_gate_against_a_dead_url_says_cannot_connect(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    done = subprocess.run(
+        [sys.executable, "-m", "mlcicd", "gate", "latency", "--profile", "builtin",
+         "--url", f"http://127.0.0.1:{port}", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "cannot connect" in done.stderr
+    assert not (tmp_path / "latency.json").exists()  # no gate verdict was written

@@ -36,6 +36,12 @@ def _run(state: Path, *args: str, timeout_s: float = 420) -> tuple[int, dict[str
     return done.returncode, report, done.stderr
 
 
+def _release_report(state: Path) -> str:
+    run_dir = sorted((state / "runs").iterdir())[-1]
+    assert (run_dir / "report.html").read_text().startswith("<!DOCTYPE html>")
+    return (run_dir / "report.md").read_text()
+
+
 def _steps(report: dict[str, Any]) -> dict[str, str]:
     return {step["name"]: step["status"] for step in report["steps"]}
 
@@ -49,6 +55,9 @@ def test_a_weak_model_is_stopped_by_the_quality_gate(tmp_path: Path) -> None:
     assert not any(name.startswith("Build and push") for name in steps)
     assert not any(name.startswith("Register") for name in steps)
     assert "quality gate failed" in report["outcome"]
+    release_report = _release_report(tmp_path)
+    assert "## Quality gate — ❌ FAIL" in release_report
+    assert "## Latency gate — ⏭️ not run" in release_report
 
 
 def test_a_canary_serving_errors_is_never_promoted(tmp_path: Path) -> None:
@@ -71,6 +80,14 @@ def test_a_canary_serving_errors_is_never_promoted(tmp_path: Path) -> None:
     assert not any(name.startswith("Promote") for name in steps)
     assert "canary failed" in report["outcome"]
     assert report["facts"]["image"].split("@")[1].startswith("sha256:")
+    # The release report (`mlcicd report`, as in CI) holds the gates, the release and
+    # the canary's steps, as report.md and a self-contained report.html.
+    release_report = _release_report(tmp_path)
+    assert "## Quality gate — ✅ PASS" in release_report
+    assert "## Canary — ❌ FAIL" in release_report
+    assert report["facts"]["image"].split("@")[1] in release_report
+    assert "| model version | `mlcicd-llm v" in release_report
+    assert "| 1 | 100% | #1 at" in release_report  # first release: all traffic, as in Argo
     # Nothing the run started is left behind.
     leftovers = subprocess.run(
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,10 +101,49 @@ def test_bundle_image_round_trips_through_a_real_registry(tmp_path: Path) -> Non
         labels = pull_and_unpack(image, tmp_path / "deploy", tmp_path / "pull")
         assert labels["io.mlcicd.model.hash"] == "h1"
         assert (tmp_path / "deploy" / "model" / "weights.bin").read_bytes() == b"\x00\x01weights"
-        assert (tmp_path / "deploy" / "app" / "pipeline.toml").exists()
+        # The server alone: inference/ and its pins, not the pipeline.
+        app = tmp_path / "deploy" / "app"
+        assert sorted(path.name for path in app.iterdir()) == ["inference", "requirements.lock"]
         assert not list((tmp_path / "deploy" / "app").rglob("__pycache__"))
         wrong = PushedImage(image.reference, "sha256:" + "0" * 64)
         with pytest.raises(ImageError):
             pull_and_unpack(wrong, tmp_path / "deploy2", tmp_path / "pull2")
+    finally:
+        registry.stop()
+
+
+@pytest.mark.slow
+def test_the_same_commit_and_model_build_the_same_digest(tmp_path: Path) -> None:
+    """Reproducible bundle: two builds, in two build directories, with the files'
+    mtimes and modes changed in between, push the very same digest."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"weights")
+    source = tmp_path / "src"
+    (source / "inference").mkdir(parents=True)
+    (source / "inference" / "__init__.py").write_text("# inference\n")
+    (source / "requirements.lock").write_text("# lock\n")
+    registry = start_registry(tmp_path / "registry", tmp_path / "logs")
+    try:
+        host = registry.url.removeprefix("http://")
+
+        def build(run: str, tag: str) -> PushedImage:
+            return build_and_push(
+                model_dir=model, source_root=source, registry_host=host,
+                repository="mlcicd/repro", tag=tag, labels={"io.mlcicd.model.hash": "h1"},
+                storage=tmp_path / "storage", workdir=tmp_path / run / "build",
+                timestamp=1_700_000_000,
+            )  # fmt: skip
+
+        first = build("run-1", "abc")
+        time.sleep(1.1)
+        for path in (model / "weights.bin", source / "inference" / "__init__.py"):
+            path.touch()
+            path.chmod(0o600)
+        second = build("run-2", "abc")
+        assert second.digest == first.digest
+        changed = tmp_path / "model" / "weights.bin"
+        changed.write_bytes(b"other weights")
+        assert build("run-3", "abc").digest != first.digest
     finally:
         registry.stop()

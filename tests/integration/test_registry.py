@@ -294,9 +294,9 @@ def test_register_the_builtin_model_as_the_pipeline_does(
 ) -> None:
     uri = mlflow_server.url
     code, out, err = run_cli(capsys, "registry", "register", "--tracking-uri", uri,
-                             "--registered-model", model_name, "--model-source", "builtin",
+                             "--registered-model", model_name, "--model", "builtin",
                              "--model-dir", str(builtin_model_dir), "--git-sha", "7" * 40,
-                             "--git-branch", "main", "--image-ref", "127.0.0.1:5000/i")  # fmt: skip
+                             "--git-branch", "main", "--image", "127.0.0.1:5000/i")  # fmt: skip
     assert code == 0, err
     assert out.splitlines()[0] == "version: 1"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -9,19 +9,15 @@ measurable; the real model on CPU finishes too fast for that.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
-from inference.server import create_app
-from pipeline.processes import free_port, wait_http
+from tests.fixtures.threaded_server import threaded_server
 from tests.unit.fake_engine import FakeEngine, fake_settings, metric
 
 pytestmark = pytest.mark.slow
@@ -30,20 +26,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture()
 def served() -> Iterator[tuple[str, FakeEngine]]:
     engine = FakeEngine(token_delay_s=0.05)
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(engine, fake_settings()), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/ready", timeout_s=30)
-    try:
-        yield url, engine
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with threaded_server(engine, fake_settings()) as server:
+        yield server.url, engine
 
 
 def _post_and_hang_up(url: str, path: str, body: dict[str, object], after_s: float) -> None:

@@ -48,6 +48,10 @@ BAD_INPUTS = [
     ("/v1/completions", b'{"prompt": "a", "n": 2}', 422, "validation", "`n` must be 1"),
     ("/v1/completions", b'{"prompt": "a", "logprobs": 1}', 422, "validation", "`logprobs`"),
     ("/v1/completions", b'{"prompt": "a", "model": "gpt-9"}', 404, "model_not_found", "gpt-9"),
+    ("/v1/generate", b'{"prompt": "\\ud800 abc"}', 422, "validation", "`prompt` must be valid"),
+    ("/v1/completions", b'{"prompt": "\\ud800 abc"}', 422, "validation", "lone surrogate"),
+    ("/v1/generate", b"[" * 4000, 400, "invalid_json", "nested too deeply"),
+    ("/v1/completions", b'[{"a":' * 600, 400, "invalid_json", "nested too deeply"),
 ]
 
 
@@ -57,8 +61,23 @@ def test_bad_input_gets_json_error_naming_the_problem(
 ) -> None:
     response = httpx.post(server.url + path, content=body, timeout=10)
     assert response.status_code == code, response.text
-    assert response.json()["type"] == kind
-    assert says in response.json()["error"]
+    if path == "/v1/generate":
+        assert response.json()["type"] == kind
+        assert says in response.json()["error"]
+    else:  # OpenAI's shape
+        assert response.json()["error"]["code"] == kind
+        assert says in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_p"), [(1e-45, 1.0), (5e-324, 1.0), (1.0, 1e-45), (0.7, 5e-324)]
+)
+def test_extreme_sampling_values_are_answered(
+    server: InferenceServer, temperature: float, top_p: float
+) -> None:
+    body = {"prompt": "Hello", "temperature": temperature, "top_p": top_p, "max_new_tokens": 4}
+    response = httpx.post(server.url + "/v1/generate", json=body, timeout=30)
+    assert response.status_code == 200, response.text
 
 
 def test_prompt_plus_new_tokens_over_context_is_422_naming_both(server: InferenceServer) -> None:
@@ -143,7 +162,9 @@ def test_overload_answers_429_with_retry_after(server: InferenceServer) -> None:
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(inference_server: StartServer) -> None:
     # Injected latency keeps the burst in flight long enough to look at the drain.
-    srv = inference_server("--fault-latency-ms", "1500", "--drain-timeout-s", "20")
+    srv = inference_server(
+        "--fault-latency-ms", "1500", "--drain-timeout-s", "20", "--request-deadline-s", "20"
+    )
 
     async def scenario() -> tuple[list[httpx.Response], int, int, int]:
         async with httpx.AsyncClient(timeout=60) as client:

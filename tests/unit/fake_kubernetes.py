@@ -7,6 +7,11 @@ second call sees the first one's effect. A JSON patch supports ``replace`` and
 ``test`` (a failed test is the API server's 422, and nothing is applied); list
 indices in paths work as in RFC 6902. ``statuses`` plays the controller: each
 read takes the next status in the list (the last one stays).
+
+Every request is also recorded as an RBAC tuple ``(api group, resource, subresource,
+verb)`` in ``access`` (:class:`Access`), as the API server's authorizer sees it, so a
+contract test can check the ``rollout-deployer`` Role grants each one
+(tests/infra/test_contracts.py).
 """
 
 from __future__ import annotations
@@ -82,6 +87,16 @@ def replica_set(revision: int | None, image: str, owner_uid: str = ROLLOUT_UID) 
     )
 
 
+@dataclass(frozen=True)
+class Access:
+    """One request as RBAC sees it: ``("argoproj.io", "rollouts", "status", "patch")``."""
+
+    group: str
+    resource: str
+    subresource: str
+    verb: str
+
+
 @dataclass
 class Call:
     method: str
@@ -98,6 +113,7 @@ class FakeCustomObjectsApi:
     fail_get_with: list[int] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
+    access: list[Access] = field(default_factory=list)
 
     def _find(self, namespace: str, name: str) -> dict[str, Any]:
         meta = (self.stored or {}).get("metadata", {})
@@ -109,6 +125,7 @@ class FakeCustomObjectsApi:
         self, group: str, version: str, namespace: str, plural: str, name: str
     ) -> Any:
         self.calls.append(Call("get", (group, version, namespace, plural, name)))
+        self.access.append(Access(group, plural, "", "get"))
         if self.fail_get_with:
             raise ApiException(status=self.fail_get_with.pop(0), reason="Service Unavailable")
         found = self._find(namespace, name)
@@ -120,6 +137,8 @@ class FakeCustomObjectsApi:
         self, method: str, args: tuple[Any, ...], body: Any, content_type: str | None
     ) -> Any:
         self.calls.append(Call(method, args, copy.deepcopy(body), content_type))
+        subresource = "status" if method == "patch_status" else ""
+        self.access.append(Access(args[0], args[3], subresource, "patch"))
         if self.fail_patch_with is not None:
             raise ApiException(status=self.fail_patch_with, reason="Forbidden")
         target = self._find(args[2], args[4])
@@ -167,6 +186,7 @@ class FakeCustomObjectsApi:
     ) -> Any:
         if not self.status_subresource:
             self.calls.append(Call("patch_status", (group, version, namespace, plural, name)))
+            self.access.append(Access(group, plural, "status", "patch"))
             raise ApiException(status=404, reason="Not Found")
         args = (group, version, namespace, plural, name)
         return self._patch("patch_status", args, body, _content_type)
@@ -176,9 +196,11 @@ class FakeCustomObjectsApi:
 class FakeAppsV1Api:
     replica_sets: list[V1ReplicaSet]
     selectors: list[tuple[str, str]] = field(default_factory=list)
+    access: list[Access] = field(default_factory=list)
 
     def list_namespaced_replica_set(self, namespace: str, label_selector: str = "") -> Any:
         self.selectors.append((namespace, label_selector))
+        self.access.append(Access("apps", "replicasets", "", "list"))
         wanted = dict(pair.split("=", 1) for pair in label_selector.split(",") if pair)
         items = [
             rs

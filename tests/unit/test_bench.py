@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from mlcicd.cli import main
+from pipeline.bench.machine import isa_label
+from pipeline.bench.peer import PeerCell
 from pipeline.bench.report import build_document, render_markdown, render_plot, write_json
+from pipeline.bench.runner import peer_batches
 from pipeline.bench.targets import (
     GIB,
     Cell,
@@ -132,8 +135,10 @@ def _cell(model: str, server: str, concurrency: int, **kw: object) -> Cell:
     return Cell(model, server, concurrency, **base)  # type: ignore[arg-type]
 
 
-def test_throughput_target_passes_above_and_misses_below(bench: Bench) -> None:
-    target = _target(bench, "tokens_per_s")
+def test_throughput_target_passes_above_and_misses_below() -> None:
+    target = BenchTarget(
+        id="t", description="d", model="m", concurrency=16, metric="tokens_per_s", min=100.0
+    )
     floor = _threshold(target)
     for factor, status in ((1.1, "PASS"), (0.9, "MISS")):
         cells = [_cell(target.model, "ours", target.concurrency, tokens_per_s=floor * factor)]
@@ -164,7 +169,9 @@ def test_speedup_is_not_measured_when_the_baseline_cell_was_skipped(bench: Bench
 
 def test_latency_ratio_and_itl_targets(bench: Bench) -> None:
     ratio = _target(bench, "e2e_p99_over_p50")
-    itl = _target(bench, "itl_p50_ms")
+    itl = BenchTarget(
+        id="i", description="d", model="m", concurrency=1, metric="itl_p50_ms", max=35.0
+    )
     limit_ratio, limit_itl = _threshold(ratio), _threshold(itl)
     e2e = {"count": 10, "mean_ms": 1.0, "p50_ms": 100.0, "p95_ms": 1.0, "p99_ms": 0.0, "max_ms": 1}
     e2e["p99_ms"] = 100.0 * limit_ratio * 1.5
@@ -177,6 +184,61 @@ def test_latency_ratio_and_itl_targets(bench: Bench) -> None:
     assert by_id[ratio.id].status == "MISS"
     assert by_id[ratio.id].measured == pytest.approx(limit_ratio * 1.5)
     assert by_id[itl.id].status == "PASS"
+
+
+def _peer(model: str, batch: int, quantization: str = "float32", **kw: object) -> PeerCell:
+    base: dict[str, object] = {"runs": 3, "threads": 2}
+    base.update(kw)
+    return PeerCell(model, quantization, batch, **base)  # type: ignore[arg-type]
+
+
+def test_peer_throughput_ratio_uses_the_targets_peer_batch_and_fp32(bench: Bench) -> None:
+    wide = next(t for t in bench.targets if t.metric == "tokens_per_s_vs_peer" and t.peer_batch)
+    need = _threshold(wide)
+    assert wide.peer_batch is not None and wide.peer_batch != wide.concurrency
+    ours = _cell(wide.model, "ours", wide.concurrency, tokens_per_s=300.0)
+    peers = [
+        _peer(wide.model, wide.peer_batch, tokens_per_s=300.0 / (need * 1.5)),
+        _peer(wide.model, wide.concurrency, tokens_per_s=1e9),  # not the batch compared with
+        _peer(wide.model, wide.peer_batch, "int8", tokens_per_s=1e9),  # not fp32
+    ]
+    [outcome] = evaluate_targets([wide], [ours], {}, peers)
+    assert outcome.status == "PASS"
+    assert outcome.measured == pytest.approx(need * 1.5)
+    assert f"batch {wide.peer_batch}" in outcome.detail
+
+
+def test_itl_over_the_peers_step_at_batch_one(bench: Bench) -> None:
+    target = _target(bench, "itl_p50_vs_peer_step")
+    limit = _threshold(target)
+    gaps = {"count": 9, "mean_ms": 1.0, "p50_ms": 30.0 * limit * 1.1, "p95_ms": 1.0, "p99_ms": 1}
+    ours = _cell(target.model, "ours", target.concurrency, itl_ms=gaps)
+    peer = _peer(target.model, target.peer_batch or target.concurrency, step_ms=30.0)
+    [outcome] = evaluate_targets([target], [ours], {}, [peer])
+    assert outcome.status == "MISS"
+    assert outcome.measured == pytest.approx(limit * 1.1)
+
+
+def test_peer_targets_are_not_measured_when_the_peer_was_skipped(bench: Bench) -> None:
+    target = _target(bench, "tokens_per_s_vs_peer")
+    ours = _cell(target.model, "ours", target.concurrency, tokens_per_s=100.0)
+    batch = target.peer_batch or target.concurrency
+    skipped = PeerCell(target.model, "float32", batch, skipped="not run: ctranslate2 missing")
+    [outcome] = evaluate_targets([target], [ours], {}, [skipped])
+    assert outcome.status == "NOT MEASURED" and "ctranslate2 missing" in outcome.detail
+
+
+def test_peer_batches_are_the_levels_plus_any_targets_peer_batch(bench: Bench) -> None:
+    wide = next(t for t in bench.targets if t.peer_batch)
+    batches = peer_batches(bench, wide.model, (1, 16))
+    assert batches == sorted({1, 16, wide.peer_batch})
+    assert peer_batches(bench, "another-model", (4, 1)) == [1, 4]
+
+
+def test_isa_label_names_the_widest_vector_isa() -> None:
+    assert isa_label(["avx2", "fma"]) == "AVX2"
+    assert isa_label(["avx2", "avx512f"]) == "AVX-512"
+    assert isa_label(["avx2", "avx512f", "amx_tile"]) == "AMX"
 
 
 def test_memory_target_is_peak_rss_minus_weights(bench: Bench) -> None:
@@ -230,12 +292,18 @@ def _document(bench: Bench, foreign: float) -> dict[str, object]:
     return build_document(
         command="mlcicd bench --quick",
         machine={"nproc": 2, "cpu_model": "test", "memory_gib": 1, "torch": "x", "cuda": None}
-        | {"torch_threads": 2},
+        | {"torch_threads": 2, "isa": "AVX2", "cpu_flags": ["avx2"], "isa_forced": None}
+        | {"torch_cpu_capability": "AVX2", "onednn": "3", "ctranslate2": "4"},
         config=bench.model_dump(mode="json"),
         weights={"builtin": GIB // 100},
         floors={},
         servers={"ours": "python -m mlcicd.cli serve"},
         cells=[ours, base, skipped],
+        peers=[
+            _peer("builtin", 4, tokens_per_s=1000.0, step_ms=1.5),
+            _peer("builtin", 4, "int8", tokens_per_s=2000.0, step_ms=1.0),
+            PeerCell("builtin", "float32", 64, skipped="not run: peer budget"),
+        ],
         targets=evaluate_targets(bench.targets, [ours, base], {}),
         started_at="now",
         duration_s=1.0,
@@ -250,6 +318,11 @@ def test_reports_label_a_noisy_run_and_show_skips(bench: Bench, tmp_path: Path) 
     assert "NOISY RUN" in text and "NOISY RUN" not in render_markdown(quiet)
     assert "not run: budget" in text
     assert "NOT MEASURED" in text
+    assert "ISA AVX2" in text and "oneDNN 3" in text and "CTranslate2 4" in text
+    assert "| builtin | int8 | 4 | 2000.0 |" in text and "not run: peer budget" in text
+    # ours at c=4 against the peer at batch 4: fp32, int8 and the naive server.
+    ours_tps = noisy["cells"][0]["tokens_per_s"]  # type: ignore[index]
+    assert f"| {ours_tps / 1000:.2f}x | {ours_tps / 2000:.2f}x |" in text
     write_json(noisy, tmp_path / "bench.json")
     assert json.loads((tmp_path / "bench.json").read_text())["cells"][2]["skipped"]
     render_plot(noisy, tmp_path / "bench.png")
@@ -261,7 +334,6 @@ def test_reports_label_a_noisy_run_and_show_skips(bench: Bench, tmp_path: Path) 
     [
         (["--servers", "ours,nginx"], "--servers"),
         (["--min-requests", "0"], "--min-requests"),
-        (["--cell-budget-s", "-1"], "--cell-budget-s"),
         (["--profile", "nope"], "profiles.nope"),
     ],
 )
@@ -272,7 +344,34 @@ def test_bench_cli_usage_errors_exit_2(
     assert message in capsys.readouterr().err
 
 
+def test_bench_cli_rejects_a_budget_that_is_not_a_duration(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--cell-budget", "150"])  # a duration has a unit: 150s
+    assert exited.value.code == 2
+    assert "--cell-budget" in capsys.readouterr().err
+
+
 def test_bench_cli_rejects_a_bad_concurrency_list() -> None:
     with pytest.raises(SystemExit) as exited:
         main(["bench", "--concurrency", "1,zero"])
     assert exited.value.code == 2
+
+
+def test_bench_quantize_adds_each_models_int8_candidate_without_a_peer(tmp_path: Path) -> None:
+    import argparse
+
+    from pipeline.bench.cli import _resolve
+    from pipeline.bench.runner import _is_quantized_candidate
+
+    args = argparse.Namespace(
+        profile="cpu", definition=None, quick=True, models=None, concurrency=None,
+        requests_per_client=None, min_requests=None, warmup_requests=None,
+        max_new_tokens=None, cell_budget_s=None, torch_threads=None,
+        servers=("ours", "baseline", "peer"), quantize="int8",
+    )  # fmt: skip
+    bench, _, peer = _resolve(args)
+    assert bench.models[0] == "builtin" and len(bench.models) == 2
+    assert _is_quantized_candidate(bench.models[1]) and not _is_quantized_candidate("builtin")
+    assert peer

@@ -101,8 +101,23 @@ def test_unknown_key_is_named(raw: dict[str, Any]) -> None:
 def test_unknown_key_in_a_profile_is_named(raw: dict[str, Any]) -> None:
     raw["profiles"]["cpu"]["quality"] = {"min_pass_rat": 0.5}
     assert "quality.min_pass_rat" in _error(raw, "cpu")
-    # Other profiles are unaffected by the cpu profile's typo.
-    resolve(raw, "gpu")
+    # The whole file is validated: the cpu profile's typo fails every profile, and says where.
+    message = _error(raw, "gpu")
+    assert "(profile cpu)" in message and "quality.min_pass_rat" in message
+
+
+def test_a_bad_value_in_another_profile_fails_under_the_default_profile(
+    raw: dict[str, Any],
+) -> None:
+    raw["profiles"]["builtin"]["canary"]["min_requests"] = 0
+    message = _error(raw)
+    assert "(profile builtin)" in message and "canary.min_requests" in message
+
+
+def test_a_bad_value_in_an_environment_fails_every_profile(raw: dict[str, Any]) -> None:
+    raw["environments"]["staging"]["canary"]["failure_limit"] = -1
+    message = _error(raw, "builtin")
+    assert "environment staging" in message and "canary.failure_limit" in message
 
 
 def test_wrong_type_is_named(raw: dict[str, Any]) -> None:
@@ -222,3 +237,9 @@ def test_a_copied_file_loads_from_its_own_path(tmp_path: Path) -> None:
     assert load_definition("builtin", path=copied) == load_definition("builtin").model_copy(
         update={"source": str(copied)}
     )
+
+
+def test_a_drain_shorter_than_the_deadline_is_named(raw: dict[str, Any]) -> None:
+    raw["profiles"]["builtin"]["serving"] = {"drain_timeout_s": 10.0, "request_deadline_s": 30.0}
+    message = _error(raw, "builtin")
+    assert "serving" in message and "drain_timeout_s (10) must be >=" in message

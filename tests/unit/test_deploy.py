@@ -29,7 +29,7 @@ def set_image_args(image: str = NEW, *extra: str) -> argparse.Namespace:
 
 def wait_args(timeout_s: float = 2.0) -> argparse.Namespace:
     return args(
-        "wait", "--rollout", "inference-server", "--timeout-s", str(timeout_s), "--poll-s", "0.001"
+        "wait", "--rollout", "inference-server", "--timeout", f"{timeout_s}s", "--poll", "1ms"
     )
 
 

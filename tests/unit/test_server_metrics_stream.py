@@ -91,7 +91,18 @@ def test_sse_stream_shape() -> None:
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "length"]
     assert {c["id"] for c in chunks} == {chunks[0]["id"]}
     assert all(c["object"] == "text_completion" and c["model"] == "fake-model" for c in chunks)
-    assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert all("usage" not in c for c in chunks)  # only with stream_options.include_usage
+
+
+def test_stream_options_include_usage_adds_a_usage_chunk_before_done() -> None:
+    body = {"prompt": "hey", "max_tokens": 3, "stream": True}
+    response = _stream({**body, "stream_options": {"include_usage": True}})
+    events = _events(response)
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert last["choices"] == []
+    assert last["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert json.loads(events[-3])["choices"][0]["finish_reason"] == "length"
 
 
 def test_plain_completion_matches_openai_shape() -> None:
@@ -111,7 +122,8 @@ def test_plain_completion_matches_openai_shape() -> None:
 def test_stream_failing_before_first_token_gets_a_real_status() -> None:
     response = _stream({"prompt": "FAIL"})
     assert response.status_code == 500
-    assert response.json()["type"] == "internal"
+    assert response.json()["error"]["code"] == "internal"
+    assert response.json()["error"]["type"] == "server_error"
 
 
 def test_stream_past_its_deadline_ends_with_an_error_event_and_counts_504() -> None:
@@ -126,7 +138,9 @@ def test_stream_past_its_deadline_ends_with_an_error_event_and_counts_504() -> N
     response, metrics = asyncio.run(go())
     events = _events(response)
     assert events[-1] == "[DONE]"
-    assert json.loads(events[-2])["type"] == "timeout"
+    error = json.loads(events[-2])["error"]
+    assert (error["code"], error["type"]) == ("timeout", "server_error")
+    assert "deadline" in error["message"]
     assert json.loads(events[0])["choices"][0]["text"] == " w0"
     assert metric(metrics, "inference_requests_total", 'code="504",status="error"') == 1
     assert engine.cancelled

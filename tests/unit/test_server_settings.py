@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from inference.settings import Device, DType, Environment, SettingsError, load_settings
+from inference.settings import (
+    Device,
+    DType,
+    Environment,
+    ServerSettings,
+    SettingsError,
+    load_settings,
+)
 from mlcicd.cli import main
 
 ENV = {"MLCICD_GIT_SHA": "abc123"}
@@ -23,10 +30,10 @@ def test_the_server_has_its_own_defaults_without_the_pipeline() -> None:
 
 
 def test_caller_defaults_sit_under_env_and_flags() -> None:
-    defaults = {"drain_timeout_s": 11.0, "max_batch_size": 3, "queue_cap": 5}
+    defaults = {"drain_timeout_s": 61.0, "max_batch_size": 3, "queue_cap": 5}
     env = {**ENV, "MLCICD_MAX_BATCH_SIZE": "4"}
     settings = load_settings({"queue_cap": 6}, env=env, defaults=defaults)
-    assert (settings.drain_timeout_s, settings.max_batch_size, settings.queue_cap) == (11.0, 4, 6)
+    assert (settings.drain_timeout_s, settings.max_batch_size, settings.queue_cap) == (61.0, 4, 6)
     with pytest.raises(SettingsError, match="unknown setting `profile`"):
         load_settings(env=ENV, defaults={"profile": "builtin"})
 
@@ -76,3 +83,10 @@ def test_serve_cli_exits_2_when_the_model_cannot_load(
     assert main(["serve", "--model", f"{tmp_path}/no-such-model"]) == 2
     err = capsys.readouterr().err
     assert "cannot load model" in err and "no-such-model" in err and "Traceback" not in err
+
+
+def test_a_drain_shorter_than_the_request_deadline_is_refused_at_load() -> None:
+    with pytest.raises(SettingsError, match=r"`drain_timeout_s` \(10\) must be >= `request_dead"):
+        load_settings({"drain_timeout_s": 10.0, "request_deadline_s": 30.0}, env=ENV)
+    defaults = ServerSettings.model_fields
+    assert defaults["drain_timeout_s"].default >= defaults["request_deadline_s"].default

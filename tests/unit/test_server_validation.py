@@ -24,7 +24,7 @@ CASES: list[tuple[str, Any, int, str, str]] = [
     ("/v1/generate", {"prompt": ""}, 422, "validation", "`prompt` must not be empty"),
     ("/v1/generate", {"prompt": 1}, 422, "validation", "`prompt` must be a string, got integer"),
     ("/v1/generate", {"prompt": "a", "max_new_tokens": "5"}, 422, "validation", "integer"),
-    ("/v1/generate", {"prompt": "a", "max_new_tokens": 5.0}, 422, "validation", "integer"),
+    ("/v1/generate", {"prompt": "a", "max_new_tokens": 5.5}, 422, "validation", "integer"),
     ("/v1/generate", {"prompt": "a", "max_new_tokens": True}, 422, "validation", "integer"),
     ("/v1/generate", {"prompt": "a", "max_new_tokens": 0}, 422, "validation", ">= 1, got 0"),
     ("/v1/generate", {"prompt": "a", "max_new_tokens": -3}, 422, "validation", ">= 1, got -3"),
@@ -64,6 +64,11 @@ CASES: list[tuple[str, Any, int, str, str]] = [
         f"`max_tokens` must be <= {CAP}, got {CAP + 1}",
     ),
     ("/v1/completions", {"prompt": "a", "model": "other"}, 404, "model_not_found", "`other`"),
+    # A lone surrogate is a valid JSON escape that no tokenizer can encode.
+    ("/v1/generate", b'{"prompt": "\\ud800 abc"}', 422, "validation", "`prompt` must be valid"),
+    ("/v1/completions", b'{"prompt": "\\udfff"}', 422, "validation", "lone surrogate"),
+    ("/v1/generate", b'{"prompt": "a", "stop": ["\\ud800"]}', 422, "validation", "`stop`"),
+    ("/v1/completions", b'{"prompt": "a", "model": "\\ud800"}', 422, "validation", "`model`"),
 ]
 
 
@@ -93,8 +98,24 @@ def test_client_mistake_is_json_4xx_naming_field_and_limit(
     response = _post(path, body)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"error": response.json()["error"], "type": kind}
-    assert says in response.json()["error"]
+    if path == "/v1/generate":
+        assert response.json() == {"error": response.json()["error"], "type": kind}
+        assert says in response.json()["error"]
+    else:  # the OpenAI-compatible shape
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert (error["code"], error["type"]) == (kind, "invalid_request_error")
+        assert says in error["message"]
+        if kind == "validation" and says.startswith("`"):
+            assert error["param"] == says.split("`")[1]
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 50_000])
+def test_deeply_nested_json_is_400_invalid_json(body: bytes) -> None:
+    for path in ("/v1/generate", "/v1/completions"):
+        response = _post(path, body, max_body_bytes=300_000)
+        assert response.status_code == 400, response.text
+        assert "nested too deeply" in response.text and "invalid_json" in response.text
 
 
 def test_context_cap_setting_lowers_the_models_context() -> None:
@@ -136,3 +157,30 @@ def test_unknown_route_and_wrong_method_answer_json() -> None:
     missing, wrong = asyncio.run(go())
     assert (missing.status_code, missing.json()["type"]) == (404, "not_found")
     assert (wrong.status_code, wrong.json()["type"]) == (405, "method_not_allowed")
+
+
+def test_openai_routes_answer_openai_shaped_errors_everywhere() -> None:
+    async def go() -> tuple[httpx.Response, httpx.Response]:
+        async with serving() as (client, _):
+            chat = await client.post("/v1/chat/completions", json={"messages": []})
+            return chat, await client.delete("/v1/models")
+
+    chat, wrong_method = asyncio.run(go())
+    assert chat.status_code == 404
+    assert chat.json()["error"]["code"] == "not_found"
+    assert "only /v1/completions is" in chat.json()["error"]["message"]
+    assert wrong_method.status_code == 405 and "allow" in wrong_method.headers
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_whole_number_written_with_a_fraction_is_an_integer() -> None:
+    """JSON has one number type; the OpenAPI document's `integer` accepts 4.0, so do we."""
+
+    async def go() -> httpx.Response:
+        async with serving() as (client, _):
+            body = {"prompt": "a", "max_new_tokens": 4.0, "seed": 7.0}
+            return await client.post("/v1/generate", json=body)
+
+    response = asyncio.run(go())
+    assert response.status_code == 200, response.text
+    assert response.json()["generated_tokens"] == 4

@@ -1,0 +1,297 @@
+"""The peer column of ``mlcicd bench``: CTranslate2 on the same weights, in the same run.
+
+Why a peer: beating the naive pipeline server says little; someone serving a
+small model on CPU would pick CTranslate2 (PyPI ``ctranslate2``). So the
+benchmark converts the very weights our server loads (fp32 and int8, with
+CTranslate2's own converter) and times ``Generator.generate_batch`` in process
+at the batch sizes of our concurrency levels, on the same machine, minutes
+apart. Our HTTP figures are judged against these in-process figures, so the
+peer pays no HTTP, streaming or scheduling: the comparison is tilted towards it.
+
+What is measured per (model, quantization, batch):
+
+- ``tokens_per_s``: ``batch x max_new_tokens`` over the wall time of one
+  ``generate_batch`` call that produces exactly ``max_new_tokens`` per row
+  (``min_length = max_length``, greedy), prefill included, as ours is.
+- ``step_ms``: the median gap between consecutive decode steps of those calls,
+  timestamped by ``generate_batch``'s per-token callback: the peer's
+  inter-token latency, without the prefill.
+- ``first_token_ms``: call start to the first token (prefill and one step).
+
+Each figure is the median of ``peer_repeats`` calls after one warm-up call. The
+prompts are the load generator's, tokenised by the model's own tokenizer, so
+both sides see the same token ids. The measurement runs in a fresh interpreter
+(``python -m pipeline.bench.peer``) so that its thread pool and memory never
+meet the benchmark's or a server's. The budget rule is the servers': a batch
+whose estimated time (from the previous batch's rate) exceeds the cell budget
+runs once, or not at all, and says so.
+
+Left out: CTranslate2's own batching across calls (``inter_threads``), GPU,
+and quantizations other than fp32 and int8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from inference.builtin_model import cache_root
+from inference.loader import directory_content_hash, model_directory
+from pipeline.load.generator import DEFAULT_PROMPTS
+
+QUANTIZATIONS = ("float32", "int8")
+_INSTALL_HINT = "ctranslate2 is not installed (pip install -e '.[peer]')"
+
+
+@dataclass(frozen=True)
+class PeerCell:
+    """One (model, quantization, batch) timing of CTranslate2, or why it is missing."""
+
+    model: str
+    quantization: str
+    batch: int
+    tokens_per_s: float = 0.0
+    step_ms: float = 0.0
+    first_token_ms: float = 0.0
+    runs: int = 0
+    threads: int = 0
+    note: str | None = None
+    skipped: str | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.skipped is None and self.runs > 0
+
+
+def peer_version() -> str | None:
+    """CTranslate2's version, or None when the optional extra is not installed."""
+    try:
+        import ctranslate2
+    except ImportError:
+        return None
+    return str(ctranslate2.__version__)
+
+
+def converted_model(model_ref: str, quantization: str, cache_dir: Path | None = None) -> Path:
+    """The CTranslate2 conversion of ``model_ref``'s weights, made once and cached.
+
+    Keyed by the source directory's content hash, so changed weights are
+    converted again. Written to a temporary folder and renamed, so an
+    interrupted conversion is never mistaken for a finished one.
+    """
+    from ctranslate2.converters import TransformersConverter
+
+    name, directory = model_directory(model_ref)
+    if directory is None:
+        raise ValueError(f"model {model_ref!r}: the peer needs a local model directory")
+    key = directory_content_hash(directory)[:16]
+    final = cache_root(cache_dir) / "ct2" / f"{name}-{key}-{quantization}"
+    if (final / "model.bin").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        out = Path(TransformersConverter(str(directory)).convert(
+            str(tmp / "model"), quantization=quantization, force=True
+        ))  # fmt: skip
+        _ensure_bos(out, directory)
+        with contextlib.suppress(FileExistsError, OSError):
+            out.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _ensure_bos(converted: Path, source: Path) -> None:
+    """Give the converted config a ``bos_token`` when the converter left none.
+
+    Why: CTranslate2 refuses a decoder config without one, and a word-level
+    tokenizer may declare no BOS. The tokenizer's EOS stands in (as GPT-2's does).
+    """
+    config_path = converted / "config.json"
+    config = json.loads(config_path.read_text())
+    if config.get("bos_token"):
+        return
+    tokenizer = json.loads((source / "tokenizer_config.json").read_text())
+    config["bos_token"] = tokenizer.get("bos_token") or tokenizer.get("eos_token")
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+def _prompt_tokens(model_ref: str) -> list[list[str]]:
+    from transformers import AutoTokenizer
+
+    _, directory = model_directory(model_ref)
+    tokenizer: Any = AutoTokenizer.from_pretrained(str(directory))
+    return [
+        tokenizer.convert_ids_to_tokens(tokenizer(prompt)["input_ids"])
+        for prompt in DEFAULT_PROMPTS
+    ]
+
+
+@dataclass(frozen=True)
+class _Timing:
+    """One ``generate_batch`` call: its wall time, time to the first step, the step gaps."""
+
+    seconds: float
+    first_s: float
+    gaps_s: tuple[float, ...]
+
+
+def _timed_call(generator: Any, rows: list[list[str]], new_tokens: int) -> _Timing:
+    """Time one greedy ``generate_batch`` producing exactly ``new_tokens`` per row.
+
+    The per-step callback timestamps each decode step as it happens (the first
+    row's token at each step), so the step time comes from the same call as the
+    throughput, not from the difference of two noisy calls.
+    """
+    marks: list[float] = []
+
+    def on_step(step: Any) -> bool:
+        if step.batch_id == 0:
+            marks.append(time.perf_counter())
+        return False
+
+    started = time.perf_counter()
+    results = generator.generate_batch(
+        rows,
+        max_length=new_tokens,
+        min_length=new_tokens,
+        sampling_topk=1,
+        include_prompt_in_result=False,
+        callback=on_step,
+    )
+    elapsed = time.perf_counter() - started
+    produced = {len(result.sequences_ids[0]) for result in results}
+    if produced != {new_tokens}:
+        raise RuntimeError(f"asked for {new_tokens} new tokens per row, got {sorted(produced)}")
+    gaps = tuple(later - earlier for earlier, later in itertools.pairwise(marks))
+    return _Timing(elapsed, (marks[0] if marks else time.perf_counter()) - started, gaps)
+
+
+def _time_batch(
+    generator: Any, rows: list[list[str]], max_new_tokens: int, runs: int
+) -> tuple[float, float, float]:
+    """Medians over ``runs`` calls (after one warm-up call): seconds, first-token s, step s."""
+    _timed_call(generator, rows, min(2, max_new_tokens))
+    timings = [_timed_call(generator, rows, max_new_tokens) for _ in range(runs)]
+    gaps = [gap for timing in timings for gap in timing.gaps_s]
+    return (
+        statistics.median(t.seconds for t in timings),
+        statistics.median(t.first_s for t in timings),
+        statistics.median(gaps) if gaps else 0.0,
+    )
+
+
+def measure_batches(
+    model_ref: str,
+    quantization: str,
+    batches: Sequence[int],
+    max_new_tokens: int,
+    repeats: int,
+    threads: int,
+    budget_s: float,
+) -> list[PeerCell]:
+    """Time CTranslate2 at each batch size, ascending, applying the cell budget."""
+    import ctranslate2
+
+    generator = ctranslate2.Generator(
+        str(converted_model(model_ref, quantization)), device="cpu", intra_threads=threads
+    )
+    prompts = _prompt_tokens(model_ref)
+    cells: list[PeerCell] = []
+    rate: float | None = None
+    for batch in sorted(set(batches)):
+        cell = PeerCell(model_ref, quantization, batch, threads=threads)
+        runs, note = repeats, None
+        if rate is not None:
+            one = batch * max_new_tokens / rate
+            if one > budget_s:
+                cells.append(replace(cell, skipped=(
+                    f"not run: one call ~{one:.0f} s at {rate:.0f} tokens/s measured at "
+                    f"the previous batch > budget {budget_s:.0f} s"
+                )))  # fmt: skip
+                continue
+            if one * (repeats + 1) > budget_s:
+                runs, note = 1, f"1 call instead of {repeats}: the cell budget"
+        rows = [prompts[i % len(prompts)] for i in range(batch)]
+        full, first, step = _time_batch(generator, rows, max_new_tokens, runs)
+        rate = batch * max_new_tokens / full
+        cells.append(replace(
+            cell, tokens_per_s=round(rate, 2), step_ms=round(1000 * step, 2),
+            first_token_ms=round(1000 * first, 2), runs=runs, note=note,
+        ))  # fmt: skip
+    return cells
+
+
+def run_peer(
+    model_ref: str,
+    quantization: str,
+    batches: Sequence[int],
+    max_new_tokens: int,
+    repeats: int,
+    threads: int,
+    budget_s: float,
+) -> list[PeerCell]:
+    """:func:`measure_batches` in a fresh interpreter; every failure becomes skipped cells.
+
+    The child inherits this process's environment, ``--isa``'s caps included.
+    """
+
+    def skipped(why: str) -> list[PeerCell]:
+        return [PeerCell(model_ref, quantization, b, threads=threads, skipped=why)
+                for b in sorted(set(batches))]  # fmt: skip
+
+    if peer_version() is None:
+        return skipped(f"not run: {_INSTALL_HINT}")
+    argv = [sys.executable, "-m", "pipeline.bench.peer", "--model", model_ref,
+            "--quantization", quantization, "--batches", ",".join(map(str, batches)),
+            "--max-new-tokens", str(max_new_tokens), "--repeats", str(repeats),
+            "--threads", str(threads), "--budget-s", str(budget_s)]  # fmt: skip
+    timeout = 3 * budget_s * max(len(set(batches)), 1) + 120
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return skipped(f"aborted: the peer did not finish within {timeout:.0f} s")
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        return skipped(f"failed (exit {done.returncode}): {tail[0]}")
+    try:
+        return [PeerCell(**item) for item in json.loads(done.stdout.strip().splitlines()[-1])]
+    except (IndexError, ValueError, TypeError) as error:
+        return skipped(f"failed: unreadable result ({type(error).__name__}: {error})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Time CTranslate2 generate_batch (JSON out).")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, required=True)
+    parser.add_argument("--batches", required=True, help="comma-separated batch sizes")
+    parser.add_argument("--max-new-tokens", type=int, required=True)
+    # No defaults: the bench table (pipeline.toml) is where these numbers live.
+    parser.add_argument("--repeats", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--budget-s", type=float, required=True)
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    cells = measure_batches(
+        args.model, args.quantization, batches, args.max_new_tokens,
+        args.repeats, args.threads, args.budget_s,
+    )  # fmt: skip
+    print(json.dumps([asdict(cell) for cell in cells]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The engine's start-up layer choice: measured per shape, applied in place, outputs unchanged.
+
+A tiny random GPT-2 (built here, no tokenizer) is enough: what matters is that
+every choice (dense or packed, all threads or fewer) computes the model's own
+function, that the choice is the measured one, and that the metrics show it.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from inference.layer_tuning import (
+    MARGIN,
+    LayerChoice,
+    ThreadCapped,
+    _choose,
+    thread_options,
+    tune_linear_layers,
+)
+from inference.metrics import ServerMetrics
+from inference.packed_linear import PackedLinear, packable
+
+
+def _gpt2(width: int) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=97, n_layer=2, n_head=2, n_embd=width, n_positions=64)
+    return GPT2LMHeadModel(config).eval()
+
+
+@torch.inference_mode()
+def _logits(model: Any) -> torch.Tensor:
+    out: torch.Tensor = model(input_ids=torch.tensor([[5, 17, 3, 9]])).logits
+    return out
+
+
+def test_measured_choice_covers_every_shape_and_keeps_the_outputs() -> None:
+    model = _gpt2(32)
+    expected = _logits(model)
+    choices = tune_linear_layers(model, rows=[1, 4])
+    # Four Conv1D shapes per block (c_attn, attn c_proj, c_fc, mlp c_proj) and lm_head.
+    assert sum(c.layers for c in choices) == 2 * 4 + 1
+    assert len({c.shape for c in choices}) == len(choices)
+    for choice in choices:
+        assert choice.layout == "dense"  # 32-wide layers are below the packing floor
+        assert choice.threads in thread_options(torch.get_num_threads())
+        assert choice.timings_ms and all(ms > 0 for ms in choice.timings_ms.values())
+    torch.testing.assert_close(_logits(model), expected)
+
+
+@pytest.mark.skipif(not packable(torch.nn.Linear(2, 2)), reason="oneDNN packing unavailable")
+def test_packed_policy_packs_the_large_shapes_and_keeps_the_outputs() -> None:
+    model = _gpt2(512)
+    expected = _logits(model)
+    choices = tune_linear_layers(model, rows=[1, 4], policy="packed")
+    by_layout = {c.layout: c for c in choices}
+    assert {c.shape for c in choices if c.layout == "dense"} == {"97x512"}  # lm_head: small
+    assert "packed" in by_layout
+    assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 2 * 4
+    torch.testing.assert_close(_logits(model), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_dense_policy_packs_nothing() -> None:
+    model = _gpt2(512)
+    choices = tune_linear_layers(model, rows=[1], policy="dense")
+    assert {c.layout for c in choices} == {"dense"}
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+def test_the_default_wins_unless_another_candidate_beats_it_by_the_margin() -> None:
+    default = ("packed", 2)
+    near = {("packed", 2): 10.0, ("dense", 2): 10.0 * MARGIN * 1.01, ("packed", 1): 12.0}
+    assert _choose(near, default) == default  # faster, but not by enough
+    far = {("packed", 2): 10.0, ("dense", 2): 5.0, ("dense", 1): 7.0}
+    assert _choose(far, default) == ("dense", 2)
+
+
+def test_thread_capped_layer_runs_on_its_threads_and_restores_the_count() -> None:
+    seen: list[int] = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.get_num_threads())
+            return x
+
+    before = torch.get_num_threads()
+    ThreadCapped(Spy(), 1)(torch.ones(1))
+    assert seen == [1] and torch.get_num_threads() == before
+    assert thread_options(8) == [1, 4, 8] and thread_options(1) == [1]
+
+
+def test_metrics_show_the_engines_layer_choices_at_scrape_time() -> None:
+    engine = SimpleNamespace(layer_choices=())
+    metrics = ServerMetrics()
+    metrics.watch_engine(engine)
+    assert b"inference_engine_layers{" not in metrics.render()
+    engine.layer_choices = (LayerChoice("768x2304", 12, "packed", 2),)
+    text = metrics.render().decode()
+    assert 'inference_engine_layers{layout="packed",shape="768x2304",threads="2"} 12.0' in text
+    ServerMetrics().watch_engine(object())  # an engine that chooses nothing: no error
+
+
+def test_the_layer_policy_is_a_server_setting() -> None:
+    from inference.settings import LayerPolicy, SettingsError, load_settings
+
+    assert load_settings(env={}).layer_policy is LayerPolicy.measure
+    assert load_settings(env={"MLCICD_LAYER_POLICY": "packed"}).layer_policy is LayerPolicy.packed
+    with pytest.raises(SettingsError, match="layer_policy"):
+        load_settings(env={"MLCICD_LAYER_POLICY": "fastest"})
