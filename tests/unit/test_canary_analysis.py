@@ -259,5 +259,5 @@ def test_analyze_inconclusive_on_thin_traffic_says_why(
     code, report, err = _analyze(monkeypatch, capsys, canary, {"requests": 48.6, **HEALTHY})
     assert code == 3 and report["verdict"] == "inconclusive"
     reasons = " ".join(report["reasons"])  # type: ignore[arg-type]
-    assert "too few requests: 5.4 < 50 in 30s; traffic 1.8 req/s x 10% = 0.18 req/s" in reasons
+    assert "too few requests: 5.4 < 50 in 60s; traffic 0.9 req/s x 10% = 0.09 req/s" in reasons
     assert "raise the traffic or lengthen the window" in err

@@ -9,9 +9,9 @@ from pipeline.local.canary import TRAFFIC_HEADROOM, canary_seconds, traffic_rate
 
 
 def test_the_window_reaches_back_over_earlier_steps_at_their_weights() -> None:
-    gate = load_definition("builtin", "prod").canary  # window 30s; steps 10%/30s, 30%/10s ...
-    assert canary_seconds(gate, 0) == pytest.approx(30 * 0.10)
-    assert canary_seconds(gate, 1) == pytest.approx(10 * 0.30 + 20 * 0.10)
+    gate = load_definition("builtin", "prod").canary  # window 60s; steps 10%/60s, 30%/10s ...
+    assert canary_seconds(gate, 0) == pytest.approx(60 * 0.10)
+    assert canary_seconds(gate, 1) == pytest.approx(10 * 0.30 + 50 * 0.10)
 
 
 @pytest.mark.parametrize("profile", ["builtin", "gpu"])
