@@ -126,7 +126,7 @@ repo = GitHubRepo(
         cfg.github,
         cfg.github_environment,
         main_only=cfg.environment == "prod",
-        workflow=program.workflow_text(cfg),
+        workflows=program.workflow_files(cfg),
         required_checks=pull_request_checks(ci_definition),
         secrets=github_values.secret_specs(cfg),
         variables=github_values.variable_specs(cfg, rollout.endpoint),

@@ -81,38 +81,51 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _workflow(args: argparse.Namespace) -> int:
+    """Write or ``--check`` every workflow file; ``--out`` names the pipeline's, and the
+    others go beside it under their own names."""
     from infra.config import REPO_ROOT, ConfigError
-    from infra.program import WORKFLOW_STACK, stack_workflow_text
+    from infra.program import WORKFLOW_STACK, stack_workflow_files
     from infra.workflow import WORKFLOW_PATH
 
     try:
-        fresh = stack_workflow_text(WORKFLOW_STACK)
+        files = stack_workflow_files(WORKFLOW_STACK)
     except ConfigError as exc:
         print(f"mlcicd infra workflow: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # The checkout the renderer reads pipeline.toml and Pulumi.prod.yaml from.
-    out: Path = args.out or REPO_ROOT / WORKFLOW_PATH
+    main_out: Path = args.out or REPO_ROOT / WORKFLOW_PATH
+    targets = {
+        main_out if path == WORKFLOW_PATH else main_out.parent / Path(path).name: fresh
+        for path, fresh in files.items()
+    }
     if not args.check:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(fresh)
-        print(f"wrote {out} (stack {WORKFLOW_STACK})")
+        for out, fresh in targets.items():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(fresh)
+            print(f"wrote {out} (stack {WORKFLOW_STACK})")
         return EXIT_OK
+    results = [_check_one(out, fresh, WORKFLOW_STACK) for out, fresh in targets.items()]
+    return EXIT_OK if all(results) else EXIT_DIFFERENT
+
+
+def _check_one(out: Path, fresh: str, stack: str) -> bool:
+    """True when ``out`` equals the fresh render; else print why (missing, or a diff)."""
     if not out.is_file():
         print(f"{out}: missing; run `mlcicd infra workflow` to generate it")
-        return EXIT_DIFFERENT
+        return False
     committed = out.read_text()
     if committed == fresh:
         print(f"{out} is up to date")
-        return EXIT_OK
+        return True
     diff = difflib.unified_diff(
         committed.splitlines(keepends=True),
         fresh.splitlines(keepends=True),
         fromfile=str(out),
-        tofile=f"fresh render (stack {WORKFLOW_STACK})",
+        tofile=f"fresh render (stack {stack})",
     )
     sys.stdout.writelines(diff)
     print(f"\n{out} is stale; run `mlcicd infra workflow` to regenerate it")
-    return EXIT_DIFFERENT
+    return False
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -145,12 +158,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     diff.add_argument("--title", default="Infrastructure diff", help="markdown heading")
     diff.set_defaults(handler=_diff)
     workflow = actions.add_parser(
-        "workflow", help="write the GitHub workflow as the prod stack commits it"
+        "workflow", help="write the GitHub workflows as the prod stack commits them"
     )
     workflow.add_argument(
-        "--out", type=Path, help="default: .github/workflows/ml-cicd.yml in the checkout"
+        "--out",
+        type=Path,
+        help="the pipeline's workflow file (default: .github/workflows/ml-cicd.yml in the "
+        "checkout); the fork-comment relay goes beside it",
     )
     workflow.add_argument(
-        "--check", action="store_true", help="exit 1 and print a diff if --out is stale"
+        "--check", action="store_true", help="exit 1 and print a diff if a file is stale"
     )
     workflow.set_defaults(handler=_workflow)

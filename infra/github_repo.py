@@ -26,8 +26,9 @@ Left out: CODEOWNERS and organisation-level secrets and rulesets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Literal
 
 import pulumi
@@ -68,7 +69,7 @@ class GitHubRepoArgs:
     settings: GitHubSettings
     environment: str  # the GitHub environment: staging or production
     main_only: bool  # deployments to this environment only from main
-    workflow: str
+    workflows: Mapping[str, str]  # path in the repository -> the rendered workflow
     required_checks: tuple[str, ...]
     secrets: tuple[SecretSpec, ...]
     variables: tuple[VariableSpec, ...]
@@ -103,16 +104,7 @@ class GitHubRepo(pulumi.ComponentResource):
                 ),
             )
             repo_name = repo.name
-            github.RepositoryFile(
-                f"{name}-workflow",
-                repository=repo_name,
-                branch=PROTECTED_BRANCH,
-                file=WORKFLOW_PATH,
-                content=args.workflow,
-                commit_message="ci: update the rendered ml-cicd workflow",
-                overwrite_on_create=True,
-                opts=self._renamed("workflow"),
-            )
+            self._workflow_files(name, args, repo_name)
             self._protect_main(name, args, repo_name)
         env = github.RepositoryEnvironment(
             args.environment,
@@ -143,6 +135,24 @@ class GitHubRepo(pulumi.ComponentResource):
     def _renamed(self, old: str) -> pulumi.ResourceOptions:
         """Child options keeping the child's former fixed Pulumi name as an alias."""
         return pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(name=old)])
+
+    def _workflow_files(
+        self, name: str, args: GitHubRepoArgs, repo_name: pulumi.Input[str]
+    ) -> None:
+        """One commit to ``main`` per workflow file; the pipeline's keeps its old names."""
+        for path, content in args.workflows.items():
+            main = path == WORKFLOW_PATH
+            stem = PurePosixPath(path).stem
+            github.RepositoryFile(
+                f"{name}-workflow" if main else f"{name}-workflow-{stem}",
+                repository=repo_name,
+                branch=PROTECTED_BRANCH,
+                file=path,
+                content=content,
+                commit_message=f"ci: update the rendered {stem} workflow",
+                overwrite_on_create=True,
+                opts=self._renamed("workflow") if main else pulumi.ResourceOptions(parent=self),
+            )
 
     def _protect_main(self, name: str, args: GitHubRepoArgs, repo_name: pulumi.Input[str]) -> None:
         """``main``: PR + one review + the PR checks; Pulumi's identity may bypass."""

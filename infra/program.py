@@ -1,8 +1,8 @@
 """Helpers the entry point needs that are not resources: definition, tag, providers.
 
 Why separate from ``__main__.py``: the entry point stays wiring, and ``mlcicd infra
-render`` / ``mlcicd infra workflow`` reuse :func:`workflow_text` to write the same
-workflow the stack commits.
+render`` / ``mlcicd infra workflow`` reuse :func:`workflow_files` to write the same
+workflows the stack commits.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from infra.config import (
     load_config,
     stack_file_source,
 )
-from infra.workflow import RunnerSpec, render_workflow, runner_environment
+from infra.workflow import WORKFLOW_PATH, RunnerSpec, render_workflow, runner_environment
+from infra.workflow_comment import COMMENT_WORKFLOW_PATH, render_comment_workflow
 from pipeline.definition import DefinitionError, PipelineDefinition, load_definition
 from pipeline.source import git
 
@@ -39,14 +40,22 @@ def workflow_text(config: StackConfig) -> str:
     return render_workflow(load_definition(config.profile), runner_specs(config))
 
 
-# The stack whose GitHubRepo owns the repository, and so commits the workflow file.
+def workflow_files(config: StackConfig) -> dict[str, str]:
+    """Every workflow file the repository gets, by path: the pipeline and its comment relay."""
+    return {
+        WORKFLOW_PATH: workflow_text(config),
+        COMMENT_WORKFLOW_PATH: render_comment_workflow(load_definition(config.profile)),
+    }
+
+
+# The stack whose GitHubRepo owns the repository, and so commits the workflow files.
 WORKFLOW_STACK = "prod"
 
 
-def stack_workflow_text(stack: str = WORKFLOW_STACK, root: Path = REPO_ROOT) -> str:
-    """What ``pulumi up`` on ``stack`` commits as the workflow, read without Pulumi."""
+def stack_workflow_files(stack: str = WORKFLOW_STACK, root: Path = REPO_ROOT) -> dict[str, str]:
+    """What ``pulumi up`` on ``stack`` commits as workflows, read without Pulumi."""
     source = stack_file_source(stack, root)
-    return workflow_text(load_config(source, stage_runner_classes, repo_root=root))
+    return workflow_files(load_config(source, stage_runner_classes, repo_root=root))
 
 
 def image_tag(config: StackConfig) -> str:

@@ -16,8 +16,10 @@ Runners: the review and test jobs run on GitHub-hosted runners. They need no clu
 and a fork's code must not run on the self-hosted fleet. The report job uses the CPU
 scale set like the release jobs it summarises.
 
-Left out: commenting from forks (their token is read-only; a ``workflow_run`` relay
-would be needed), and a preview for forks (secrets are not given to them).
+Forks: their token is read-only, so these jobs upload their comment as an artifact and
+the relay workflow (:mod:`infra.workflow_comment`) posts it under the same header.
+
+Left out: a live preview for forks (secrets are not given to them).
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ def infra_review_job(definition: PipelineDefinition) -> dict[str, Any]:
             *hosted_setup(definition),
             *_offline_diff_steps(),
             *_live_preview_steps(),
-            sticky_comment(INFRA_COMMENT, "infra-review.md"),
+            *sticky_comment(INFRA_COMMENT, "infra-review.md"),
         ],
     }
 
@@ -269,6 +271,6 @@ def report_job(definition: PipelineDefinition, runs_on: str, needs: list[str]) -
                 "uses": actions.UPLOAD_ARTIFACT.uses,
                 "with": {"name": "release-report", "path": "release-report", "retention-days": 30},
             },
-            sticky_comment(RELEASE_COMMENT, "release-report/report.md"),
+            *sticky_comment(RELEASE_COMMENT, "release-report/report.md"),
         ],
     }

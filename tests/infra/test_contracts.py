@@ -48,7 +48,13 @@ CONSUMER_DIRS = ("pipeline", "inference", "mlcicd", "tests/integration")
 
 
 def _jobs(recordings: dict[str, Any]) -> dict[str, Any]:
-    jobs: dict[str, Any] = yaml.safe_load(recordings["prod"]["workflow"])["jobs"]
+    """Every job of every workflow file the prod stack commits, by ``file:job``."""
+    files = c.of_type(recordings["prod"], "github:index/repositoryFile:RepositoryFile")
+    assert len(files) == 2, "the pipeline's workflow and the fork-comment relay"
+    jobs: dict[str, Any] = {}
+    for file in files:
+        for job_id, job in yaml.safe_load(file["inputs"]["content"])["jobs"].items():
+            jobs[f"{file['inputs']['file']}:{job_id}"] = job
     return jobs
 
 

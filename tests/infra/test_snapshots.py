@@ -15,6 +15,7 @@ import yaml
 from infra.analysis import analysis_template, rollout_steps
 from infra.monitoring import PROMETHEUS_URL
 from infra.workflow import RunnerSpec, render_workflow
+from infra.workflow_comment import render_comment_workflow
 from pipeline.definition import load_definition
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -22,7 +23,10 @@ RUNNERS = {"gpu": RunnerSpec("gpu", 60), "cpu": RunnerSpec("cpu", 30)}
 
 
 def _renderings() -> dict[str, str]:
-    out = {"ml-cicd.yml": render_workflow(load_definition("gpu"), RUNNERS)}
+    out = {
+        "ml-cicd.yml": render_workflow(load_definition("gpu"), RUNNERS),
+        "ml-cicd-comment.yml": render_comment_workflow(load_definition("gpu")),
+    }
     for environment in ("staging", "prod"):
         definition = load_definition("gpu", environment)
         canary = {

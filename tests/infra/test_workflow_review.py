@@ -168,7 +168,8 @@ def test_every_cache_restores_an_older_one() -> None:
 @pytest.mark.slow
 def test_the_infra_review_scripts_render_diff_and_summarise(tmp_path: Path) -> None:
     """The job's own `run:` scripts, in order, in a workspace whose base checkout has
-    ``min_success_rate = 0.98`` (the head, this checkout, has 0.99); no secret set."""
+    ``min_success_rate = 0.98`` (the head, this checkout, has 0.99); no secret set; a
+    fork PR (#7), so the comment is staged for the relay."""
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     copy_code(workspace / "base-checkout", min_success_rate="0.98")
@@ -181,12 +182,14 @@ def test_the_infra_review_scripts_render_diff_and_summarise(tmp_path: Path) -> N
         "GITHUB_STEP_SUMMARY": str(summary),
         "LIVE_PREVIEW": "false",
     }
+    fork = {"STAGED": str(tmp_path / "staged"), "PR_NUMBER": "7"}
     job = JOBS["infra-review"]
     for step in job["steps"]:
         if "run" in step and "bash scripts/setup.sh" not in step["run"]:
+            step_env = {k: fork.get(k, "") for k in step.get("env", {})}
             done = subprocess.run(
                 ["bash", "-eo", "pipefail", "-c", step["run"]],
-                cwd=workspace, env={**env, **{k: "" for k in step.get("env", {})}},
+                cwd=workspace, env={**env, **step_env},
                 capture_output=True, text=True, timeout=300, check=False,
             )  # fmt: skip
             assert done.returncode == 0, (step["name"], done.stdout, done.stderr)
@@ -198,3 +201,5 @@ def test_the_infra_review_scripts_render_diff_and_summarise(tmp_path: Path) -> N
     assert "image" not in comment.split("```diff")[1].lower()  # same tag for base and head
     assert "Not run: no PULUMI_ACCESS_TOKEN secret here" in comment
     assert summary.read_text() == comment
+    assert (tmp_path / "staged" / "comment.md").read_text() == comment
+    assert (tmp_path / "staged" / "pr-number").read_text() == "7\n"

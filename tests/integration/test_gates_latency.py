@@ -80,16 +80,14 @@ def test_latency_gate_fails_a_bound_no_server_meets(
     inference_server: StartServer, tmp_path: Path
 ) -> None:
     server = inference_server(reuse=True)
-    # --environment is a choice of the default definition's environments (cli_args),
-    # so the tight bound goes into the builtin profile of a copy instead.
-    text = DEFAULT_DEFINITION.read_text()
-    bound = f"max_e2e_mean_ms = {DEFINITION.latency.max_e2e_mean_ms}\n"
-    assert text.count(bound) == 1
     tight = tmp_path / "pipeline.toml"
-    tight.write_text(text.replace(bound, "max_e2e_mean_ms = 0.001\n"))
+    tight.write_text(
+        DEFAULT_DEFINITION.read_text()
+        + "\n[profiles.tight]\n[profiles.tight.latency]\nmax_e2e_mean_ms = 0.001\n"
+    )
     code, report = _latency(
         tmp_path / "out", "--url", server.url, "--definition", str(tight),
-        "--rate", "20", "--no-fixed-tokens",
+        "--profile", "tight", "--rate", "20", "--no-fixed-tokens",
     )  # fmt: skip
     assert code == 1
     assert report["mode"] == "rate" and report["error_count"] == 0
