@@ -6,6 +6,12 @@ and judge by exactly the definition's numbers, including the environment overrid
 (prod aborts on the first failed measurement, staging tolerates one). Nothing here has a
 threshold of its own, and nothing needs Pulumi, so tests compare it with the definition.
 
+The canary is judged against the stable in the same window of the same scrape: the
+Rollout stamps ``version: stable`` / ``version: canary`` on its pods
+(``stableMetadata``/``canaryMetadata``), so each comparison is one PromQL expression over
+both selectors (``pipeline.canary.promql.RelativeQueries``: the Agresti-Caffo bound on the
+error-rate increase, the p99 and TTFT p99 ratios). The absolute limits stay as ceilings.
+
 Empty and NaN results: the queries return an empty vector when there was no traffic
 (``pipeline.canary.promql`` guards the denominators) and ``histogram_quantile`` gives NaN on an
 empty histogram. Each metric has a success AND a failure condition that both require a
@@ -27,8 +33,9 @@ from typing import Any
 from infra import golden, kube
 from pipeline.canary.analysis import Check, checks_from_gate
 from pipeline.canary.measure import query_map
-from pipeline.canary.promql import CanaryQueries
+from pipeline.canary.promql import CanaryQueries, RelativeQueries
 from pipeline.definition import PipelineDefinition
+from pipeline.gates.stats import one_sided_z
 
 ANALYSIS_TEMPLATE_NAME = "inference-canary"
 ROLLOUT_NAME = "inference-server"
@@ -43,6 +50,7 @@ ARGO_API_VERSION = "argoproj.io/v1alpha1"
 # The Rollout passes these; the selector matches the labels the PodMonitor attaches.
 TEMPLATE_ARGS = ("namespace", "app", "model-revision")
 CANARY_SELECTOR = 'namespace="{{args.namespace}}", app="{{args.app}}", version="canary"'
+STABLE_SELECTOR = 'namespace="{{args.namespace}}", app="{{args.app}}", version="stable"'
 
 _HAS_NUMBER = "len(result) > 0 && !isNaN(result[0])"
 
@@ -90,7 +98,9 @@ def analysis_metrics(
     ``mlcicd canary analyze`` judge alike."""
     gate = definition.canary
     queries = CanaryQueries(selector=CANARY_SELECTOR, window=gate.window)
-    query_for = query_map(queries)  # the queries `mlcicd canary analyze` runs
+    stable = CanaryQueries(selector=STABLE_SELECTOR, window=gate.window)
+    relative = RelativeQueries(queries, stable, one_sided_z(gate.confidence))
+    query_for = query_map(queries, relative)  # the queries `mlcicd canary analyze` runs
     return [
         # Too few requests is inconclusive, never a failure of the release. Argo counts
         # an unmet successCondition as a failure unless a failureCondition is given, so

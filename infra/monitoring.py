@@ -92,7 +92,7 @@ def recording_and_alert_rules(definition: PipelineDefinition, app: str) -> list[
                 "".join(part.capitalize() for part in check.name.split("-")),
                 f"{prefix}:{_RECORDS[check.name]} {check.converse} {check.threshold!r}",
             )
-            for check in checks_from_gate(gate)
+            for check in checks_from_gate(gate, relative=False)
         ]
         groups.append(
             {

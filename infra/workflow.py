@@ -100,8 +100,13 @@ def _gate_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, 
         steps.append(
             step(
                 definition.gate_title("latency"),
+                # Paired with the champion when there is one (the model its results name).
+                "champion=()\n"
+                f"if [ -f {REPORTS_DIR}/champion-quality.json ]; then\n"
+                f"  champion=(--champion-results {REPORTS_DIR}/champion-quality.json)\n"
+                "fi\n"
                 'mlcicd gate latency --profile "$MLCICD_PROFILE" --model "$MODEL_REF" '
-                f"--device cuda --out {REPORTS_DIR}\n",
+                f'--device cuda --out {REPORTS_DIR} "${{champion[@]}}"\n',
                 env=env,
             )
         )

@@ -86,6 +86,11 @@ class LatencyGate(_Strict):
     max_ttft_p99_ms: float = Field(gt=0)
     max_e2e_mean_ms: float = Field(gt=0)
     max_error_rate: float = Field(ge=0.0, le=1.0)
+    # Paired with the champion (pipeline/gates/latency.py): same machine, interleaved blocks.
+    max_slowdown_vs_champion: float = Field(ge=0.0)
+    significance: float = Field(gt=0.0, lt=0.5)
+    paired_blocks: int = Field(ge=2)
+    ceiling_headroom_vs_champion: float = Field(ge=1.0)
 
 
 class CanaryStep(_Strict):
@@ -103,6 +108,11 @@ class CanaryGate(_Strict):
     max_error_rate: float = Field(ge=0.0, le=1.0)
     max_p99_latency_s: float = Field(gt=0)
     max_ttft_p99_s: float = Field(gt=0)
+    # Relative to the stable, same window, same scrape (pipeline/canary/promql.py).
+    max_error_rate_increase: float = Field(ge=0.0, le=1.0)
+    max_p99_latency_ratio: float = Field(gt=1.0)
+    max_ttft_p99_ratio: float = Field(gt=1.0)
+    confidence: float = Field(ge=0.5, lt=1.0)
     min_requests: int = Field(ge=1)
     window: str
     interval: str
@@ -278,13 +288,18 @@ class PipelineDefinition(_Strict):
         if gate == "latency":
             lat = self.latency
             return (
-                f"Latency gate (TTFT p99 <= {lat.max_ttft_p99_ms} ms, "
-                f"mean <= {lat.max_e2e_mean_ms} ms, error rate <= {lat.max_error_rate})"
+                f"Latency gate (vs champion: at most {lat.max_slowdown_vs_champion:.0%} slower, "
+                f"p < {lat.significance}; ceilings TTFT p99 <= {lat.max_ttft_p99_ms} ms, "
+                f"mean <= {lat.max_e2e_mean_ms} ms (x{lat.ceiling_headroom_vs_champion:g} when "
+                f"paired), error rate <= {lat.max_error_rate})"
             )
         c = self.canary
         return (
-            f"Canary gate (success >= {c.min_success_rate}, errors <= {c.max_error_rate}, "
-            f"p99 <= {c.max_p99_latency_s} s, TTFT p99 <= {c.max_ttft_p99_s} s)"
+            f"Canary gate (vs stable: errors +{c.max_error_rate_increase} at "
+            f"{c.confidence:.0%}, p99 x{c.max_p99_latency_ratio}, TTFT p99 "
+            f"x{c.max_ttft_p99_ratio}; ceilings success >= {c.min_success_rate}, errors <= "
+            f"{c.max_error_rate}, p99 <= {c.max_p99_latency_s} s, "
+            f"TTFT p99 <= {c.max_ttft_p99_s} s)"
         )
 
     def stage(self, stage_id: str) -> Stage:

@@ -20,6 +20,11 @@ The rules (argo-rollouts ``analysis/analysis.go``, ``assessMetricStatus``):
   Argo's order Successful < Inconclusive < Error < Failed. A Rollout aborts on
   Error as on Failed, so the verdict for Error is ``failed``.
 
+What is judged: the canary against the stable in the same window of the same
+scrape (errors by the Agresti-Caffo bound on the increase, latency and TTFT by
+the ratio of p99s), with the definition's absolute limits as ceilings. With no
+stable (a first release) the ceilings judge alone.
+
 Our measurement rules (where Argo would leave it to the template): an empty
 result or NaN is Inconclusive, never Successful; so is any measurement taken
 while the window holds fewer than ``min_requests`` judged requests. A query
@@ -81,29 +86,45 @@ class Check:
     """One metric and the condition a measured value must meet (from the definition)."""
 
     name: str
-    op: Literal[">=", "<"]
+    op: Literal[">=", "<", "<="]
     threshold: float
 
     def holds(self, value: float) -> bool:
-        return value >= self.threshold if self.op == ">=" else value < self.threshold
+        if self.op == ">=":
+            return value >= self.threshold
+        return value < self.threshold if self.op == "<" else value <= self.threshold
 
     @property
-    def converse(self) -> Literal[">=", "<"]:
+    def converse(self) -> Literal["<", ">=", ">"]:
         """The operator under which a value breaks this check."""
-        return "<" if self.op == ">=" else ">="
+        return {">=": "<", "<": ">=", "<=": ">"}[self.op]  # type: ignore[return-value]
 
     @property
     def condition(self) -> str:
         return f"result {self.op} {self.threshold}"
 
 
-def checks_from_gate(gate: CanaryGate) -> tuple[Check, ...]:
-    """The canary metrics, named as in the rendered AnalysisTemplate."""
-    return (
+RELATIVE_CHECKS = ("error-rate-vs-stable", "p99-latency-vs-stable", "ttft-p99-vs-stable")
+
+
+def checks_from_gate(gate: CanaryGate, relative: bool = True) -> tuple[Check, ...]:
+    """The canary metrics, named as in the rendered AnalysisTemplate.
+
+    ``relative``: also compare with the stable (there is one to compare with).
+    """
+    ceilings = (
         Check("success-rate", ">=", gate.min_success_rate),
         Check("error-rate", "<", gate.max_error_rate),
         Check("p99-latency", "<", gate.max_p99_latency_s),
         Check("ttft-p99", "<", gate.max_ttft_p99_s),
+    )
+    if not relative:
+        return ceilings
+    return (
+        Check(RELATIVE_CHECKS[0], "<=", gate.max_error_rate_increase),
+        Check(RELATIVE_CHECKS[1], "<", gate.max_p99_latency_ratio),
+        Check(RELATIVE_CHECKS[2], "<", gate.max_ttft_p99_ratio),
+        *ceilings,
     )
 
 
@@ -130,16 +151,23 @@ def _raw(value: float | None) -> str:
 
 
 def judge(
-    check: Check, value: float | None, requests: float | None, min_requests: int, at: float = 0.0
+    check: Check,
+    value: float | None,
+    requests: float | None,
+    min_requests: int,
+    at: float = 0.0,
+    traffic: str = "",
 ) -> Measurement:
-    """One measurement of one metric: the value, and the judged request count of the window."""
+    """One measurement of one metric: the value, and the judged request count of the window.
+
+    ``traffic`` explains a shortfall (the rates behind it and what to change).
+    """
+    if requests is None or math.isnan(requests) or requests < min_requests:
+        seen = "0" if requests is None or math.isnan(requests) else f"{requests:.1f}"
+        why = f"too few requests: {seen} < {min_requests}" + (f" {traffic}" if traffic else "")
+        return Measurement(Phase.INCONCLUSIVE, value, why, at)
     if value is None or math.isnan(value):
         return Measurement(Phase.INCONCLUSIVE, value, "no data (empty or NaN)", at)
-    if requests is None or math.isnan(requests) or requests < min_requests:
-        seen = "no" if requests is None or math.isnan(requests) else f"{requests:.0f}"
-        return Measurement(
-            Phase.INCONCLUSIVE, value, f"{seen} requests in window, need {min_requests}", at
-        )
     if check.holds(value):
         return Measurement(Phase.SUCCESSFUL, value, check.condition, at)
     return Measurement(Phase.FAILED, value, f"not {check.condition}", at)

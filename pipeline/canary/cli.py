@@ -1,5 +1,8 @@
 """``mlcicd canary analyze``: judge a canary from Prometheus, as Argo Rollouts would.
 
+With ``--stable`` the canary is judged against the stable in the same window
+of the same scrape (error-rate increase, p99 and TTFT ratios) and the absolute
+limits are ceilings; without it the ceilings judge alone, and the report says so.
 Thresholds, window, interval, count and limits come from the pipeline
 definition (``--profile``/``--environment``/``--definition``); ``--interval``
 and ``--count`` may shorten a run (tests, a quick look) but never change a
@@ -18,13 +21,16 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.canary.analysis import (
     VERDICTS,
     AnalysisRun,
+    Check,
     Limits,
+    Measurement,
     Phase,
     checks_from_gate,
     run_analysis,
@@ -38,11 +44,18 @@ from pipeline.canary.measure import (
     query_map,
     read_tick,
     selector,
+    traffic_note,
 )
-from pipeline.canary.promql import CanaryQueries
+from pipeline.canary.promql import CanaryQueries, RelativeQueries
 from pipeline.cli_args import add_definition, add_environment, add_out_dir, add_profile
-from pipeline.definition import DefinitionError, duration_seconds, load_definition
+from pipeline.definition import (
+    DefinitionError,
+    PipelineDefinition,
+    duration_seconds,
+    load_definition,
+)
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_USAGE
+from pipeline.gates.stats import one_sided_z
 
 EXIT_CODES = {"successful": EXIT_OK, "failed": EXIT_FAILED, "inconclusive": EXIT_INCONCLUSIVE}
 
@@ -53,6 +66,10 @@ def _say(text: str) -> None:
 
 def _fmt(value: float | None) -> str:
     return "empty" if value is None else f"{value:.4g}"
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4g}"
 
 
 def _selectors(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -69,88 +86,156 @@ def _selectors(args: argparse.Namespace) -> tuple[str, str | None]:
     return selector(canary), (selector(stable) if stable is not None else None)
 
 
-def analyze(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Plan:
+    """What one analysis asks and judges by, resolved from the definition and the args."""
+
+    definition: PipelineDefinition
+    interval_s: float
+    window_s: float
+    limits: Limits
+    checks: tuple[Check, ...]
+    canary_sel: str
+    stable_sel: str | None
+    canary_q: dict[str, str]
+    stable_q: dict[str, str] | None
+
+
+def plan(args: argparse.Namespace) -> Plan:
     definition = load_definition(args.profile, args.environment, args.definition)
     gate = definition.canary
-    interval_s = float(duration_seconds(args.interval or gate.interval))
     if args.count is not None and args.count < 1:
         raise DefinitionError("--count: must be at least 1")
-    limits = Limits.from_gate(gate, args.count)
-    checks = checks_from_gate(gate)
     canary_sel, stable_sel = _selectors(args)
-    canary_q = query_map(CanaryQueries(canary_sel, gate.window))
-    stable_q = query_map(CanaryQueries(stable_sel, gate.window)) if stable_sel else None
-    query = PrometheusQuerier(args.prometheus_url)
-
-    _say(
-        f"canary analysis: profile {definition.profile}, environment "
-        f"{definition.environment or '-'}, prometheus {args.prometheus_url}"
+    canary = CanaryQueries(canary_sel, gate.window)
+    stable = CanaryQueries(stable_sel, gate.window) if stable_sel else None
+    relative = RelativeQueries(canary, stable, one_sided_z(gate.confidence)) if stable else None
+    return Plan(
+        definition,
+        float(duration_seconds(args.interval or gate.interval)),
+        float(duration_seconds(gate.window)),
+        Limits.from_gate(gate, args.count),
+        checks_from_gate(gate, relative=stable is not None),
+        canary_sel,
+        stable_sel,
+        query_map(canary, relative),
+        query_map(stable) if stable else None,
     )
-    _say(f"  canary selector: {canary_sel}" + (f"; stable: {stable_sel}" if stable_sel else ""))
+
+
+def _announce(p: Plan, prometheus_url: str) -> None:
+    gate, limits = p.definition.canary, p.limits
     _say(
-        f"  window {gate.window}, interval {interval_s:g}s, count {limits.count}; "
+        f"canary analysis: profile {p.definition.profile}, environment "
+        f"{p.definition.environment or '-'}, prometheus {prometheus_url}"
+    )
+    _say(
+        f"  canary selector: {p.canary_sel}" + (f"; stable: {p.stable_sel}" if p.stable_sel else "")
+    )
+    if p.stable_sel is None:
+        _say("  no stable to compare with: the absolute ceilings judge alone")
+    _say(
+        f"  window {gate.window}, interval {p.interval_s:g}s, count {limits.count}; "
         f"failureLimit {limits.failure_limit}, inconclusiveLimit {limits.inconclusive_limit}, "
         f"consecutiveErrorLimit {limits.consecutive_error_limit}, "
         f"min requests {gate.min_requests}"
     )
-    conditions = {c.name: c.condition for c in checks}
-    for name, promql in canary_q.items():
+    conditions = {c.name: c.condition for c in p.checks}
+    for name, promql in p.canary_q.items():
         _say(f"  query {name}" + (f" ({conditions[name]})" if name in conditions else "") + ":")
         _say(f"    {promql}")
 
-    run = AnalysisRun(tuple(c.name for c in checks), limits)
+
+def _tick_lines(
+    tick: int, at: float, seen: TickValues, base: TickValues | None,
+    measured: dict[str, Measurement], running: list[str],
+) -> list[str]:  # fmt: skip
+    """Each running metric: canary value, stable value and delta (when plain), phase."""
+    lines = [f"#{tick + 1} t={at:.1f}s requests={_fmt(seen.values['requests'])}"
+             + (f" (stable {_fmt(base.values['requests'])})" if base else "")]  # fmt: skip
+    for name in running:
+        m = measured[name]
+        beside = ""
+        if base is not None and name in base.values:
+            diff = delta(seen.values[name], base.values[name])
+            beside = f" stable={_fmt(base.values[name])} delta={_signed(diff)}"
+        lines.append(f"    {name}: canary={_fmt(m.value)}{beside} -> {m.phase.value}"
+                     + (f" ({m.message})" if m.phase is not Phase.SUCCESSFUL else ""))  # fmt: skip
+    return lines
+
+
+def analyze(args: argparse.Namespace) -> dict[str, Any]:
+    p = plan(args)
+    gate = p.definition.canary
+    query = PrometheusQuerier(args.prometheus_url)
+    _announce(p, args.prometheus_url)
+    run = AnalysisRun(tuple(c.name for c in p.checks), p.limits)
     ticks: list[dict[str, Any]] = []
     start = time.monotonic()
 
-    def measure(tick: int) -> dict[str, Any]:
+    def measure(tick: int) -> dict[str, Measurement]:
         at = time.monotonic() - start
-        seen = read_tick(query, canary_q)
-        measured = judge_tick(seen, checks, gate.min_requests, at)
-        base: TickValues | None = read_tick(query, stable_q) if stable_q else None
-        parts = [f"requests={_fmt(seen.values['requests'])}"]
-        for name in run.running():
-            parts.append(f"{name}={_fmt(measured[name].value)} {measured[name].phase.value}")
-        _say(f"#{tick + 1} t={at:.1f}s " + "  ".join(parts))
-        why: dict[str, list[str]] = {}
-        for name, m in measured.items():
-            if m.phase in (Phase.ERROR, Phase.INCONCLUSIVE) and name in run.running():
-                why.setdefault(m.message, []).append(name)
-        for message, names in why.items():
-            _say(f"    {', '.join(names)}: {message}")
+        seen = read_tick(query, p.canary_q)
+        base = read_tick(query, p.stable_q) if p.stable_q else None
+        note = traffic_note(
+            seen.values["requests"], base.values["requests"] if base else None,
+            p.window_s, gate.min_requests,
+        )  # fmt: skip
+        measured = judge_tick(seen, p.checks, gate.min_requests, at, note)
+        for line in _tick_lines(tick, at, seen, base, measured, run.running()):
+            _say(line)
         row: dict[str, Any] = {"tick": tick + 1, "at": round(at, 3), "canary": seen.values}
         if base is not None:
             row["stable"] = base.values
-            row["delta"] = {k: delta(seen.values[k], base.values[k]) for k in canary_q}
-            _say(
-                "    stable: "
-                + "  ".join(f"{k}={_fmt(v)}" for k, v in base.values.items())
-                + "  delta: "
-                + "  ".join(f"{k}={_fmt(v)}" for k, v in row["delta"].items())
-            )
+            row["delta"] = {k: delta(seen.values[k], base.values[k]) for k in base.values}
         ticks.append(row)
         return measured
 
-    phase = run_analysis(run, measure, interval_s)
-    verdict = VERDICTS[phase]
+    phase = run_analysis(run, measure, p.interval_s)
+    return _report(p, run, phase, ticks, args.prometheus_url)
+
+
+def _reasons(run: AnalysisRun) -> list[str]:
+    """For each metric that did not succeed: its phase and its last telling measurement."""
+    out = []
+    for result in run.results.values():
+        if result.phase is Phase.SUCCESSFUL:
+            continue
+        bad = [m for m in result.measurements if m.phase is not Phase.SUCCESSFUL]
+        last = bad[-1] if bad else None
+        detail = f" {_fmt(last.value)}: {last.message}" if last else ""
+        counts = f"{result.failed} failed, {result.inconclusive} inconclusive, {result.error} error"
+        out.append(f"{result.name} {result.phase.value} ({counts});{detail}")
+    return out
+
+
+def _report(
+    p: Plan, run: AnalysisRun, phase: Phase, ticks: list[dict[str, Any]], prometheus_url: str
+) -> dict[str, Any]:
+    limits = p.limits
     return {
-        "verdict": verdict,
+        "verdict": VERDICTS[phase],
         "phase": phase.value,
-        "profile": definition.profile,
-        "environment": definition.environment,
-        "prometheus_url": args.prometheus_url,
-        "selector": canary_sel,
-        "stable_selector": stable_sel,
-        "window": gate.window,
-        "interval_s": interval_s,
+        "reasons": _reasons(run),
+        "judged_by": "canary vs stable, same window and scrape; absolute limits are ceilings"
+        if p.stable_sel
+        else "absolute ceilings only: no stable to compare with",
+        "profile": p.definition.profile,
+        "environment": p.definition.environment,
+        "prometheus_url": prometheus_url,
+        "selector": p.canary_sel,
+        "stable_selector": p.stable_sel,
+        "window": p.definition.canary.window,
+        "interval_s": p.interval_s,
         "limits": {
             "count": limits.count,
             "failure_limit": limits.failure_limit,
             "inconclusive_limit": limits.inconclusive_limit,
             "consecutive_error_limit": limits.consecutive_error_limit,
-            "min_requests": gate.min_requests,
+            "min_requests": p.definition.canary.min_requests,
         },
-        "queries": canary_q,
-        "conditions": conditions,
+        "queries": p.canary_q,
+        "conditions": {c.name: c.condition for c in p.checks},
         "metrics": [r.to_json() for r in run.results.values()],
         "ticks": _json_safe(ticks),
     }
@@ -183,6 +268,8 @@ def _handle(args: argparse.Namespace) -> int:
         f"verdict: {report['verdict']} ({report['phase']})"
         + (f"; not successful: {', '.join(failing)}" if failing else "")
     )
+    for reason in report["reasons"]:
+        _say(f"  {reason}")
     return EXIT_CODES[str(report["verdict"])]
 
 
@@ -221,7 +308,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ana.add_argument("--job", default="inference", help="job label (default: inference)")
     ana.add_argument("--version", help="version label value of the release to judge")
     ana.add_argument("--canary", help="version label of the canary (with --stable)")
-    ana.add_argument("--stable", help="version label of the stable release (reported, not judged)")
+    ana.add_argument(
+        "--stable", help="version label of the stable release: the canary is judged against it"
+    )
     ana.add_argument("--version-label", default="version", help="label name (default: version)")
     add_profile(ana)
     add_environment(ana, "staging or prod: their limits differ")

@@ -6,9 +6,12 @@ provider runs too. Retries are off and the timeout short: a Prometheus that does
 not answer is an Error measurement now, and Argo's consecutiveErrorLimit (not
 a hidden retry loop) decides when that fails the canary.
 
-One tick queries the judged request count and the four metrics for the canary
-selector, and the same for the stable selector when there is one (reported
-beside the canary with the delta, never judged).
+One tick queries the judged request count and the metrics for the canary
+selector (with a stable: also the canary-vs-stable comparisons, each one PromQL
+expression), and the same plain metrics for the stable selector, which are
+reported beside the canary's with the delta. A window with too few canary
+requests is inconclusive, and the message says what traffic the window saw and
+what it would need.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.canary.analysis import Check, Measurement, Phase, judge
-from pipeline.canary.promql import CanaryQueries
+from pipeline.canary.promql import CanaryQueries, RelativeQueries
 
 _LABEL_VALUE = re.compile(r'^[^"\\\n]+$')
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -43,15 +46,45 @@ def selector(labels: Mapping[str, str]) -> str:
     return ", ".join(parts)
 
 
-def query_map(queries: CanaryQueries) -> dict[str, str]:
+def query_map(queries: CanaryQueries, relative: RelativeQueries | None = None) -> dict[str, str]:
     """Metric name -> PromQL; names match :func:`pipeline.canary.checks_from_gate`."""
-    return {
+    plain = {
         "requests": queries.request_count,
         "success-rate": queries.success_rate,
         "error-rate": queries.error_rate,
         "p99-latency": queries.p99_latency_seconds,
         "ttft-p99": queries.ttft_p99_seconds,
     }
+    if relative is None:
+        return plain
+    return {
+        **plain,
+        "error-rate-vs-stable": relative.error_rate_increase_lower,
+        "p99-latency-vs-stable": relative.p99_latency_ratio,
+        "ttft-p99-vs-stable": relative.ttft_p99_ratio,
+    }
+
+
+def traffic_note(
+    canary: float | None, stable: float | None, window_s: float, min_requests: int
+) -> str:
+    """Why a window fell short, in rates: what arrived, the canary's share, what it needs."""
+    c = 0.0 if canary is None or math.isnan(canary) else canary
+    s = 0.0 if stable is None or math.isnan(stable) else stable
+    need = f"need {min_requests / window_s:.2g} req/s to the canary"
+    fix = "raise the traffic or lengthen the window"
+    if stable is None and c == 0:
+        return f"in {window_s:g}s: no canary traffic ({need}); is the load running?"
+    if stable is None:
+        return f"in {window_s:g}s: {c / window_s:.2g} req/s to the canary, {need}: {fix}"
+    total = c + s
+    if total == 0:
+        return f"in {window_s:g}s: no traffic at all ({need}); is the load running?"
+    rate, share = total / window_s, c / total
+    return (
+        f"in {window_s:g}s; traffic {rate:.2g} req/s x {share:.0%} = {rate * share:.2g} req/s "
+        f"to the canary, {need}: {fix}"
+    )
 
 
 class QueryError(RuntimeError):
@@ -124,7 +157,7 @@ def read_tick(query: Query, queries: Mapping[str, str]) -> TickValues:
 
 
 def judge_tick(
-    seen: TickValues, checks: tuple[Check, ...], min_requests: int, at: float
+    seen: TickValues, checks: tuple[Check, ...], min_requests: int, at: float, traffic: str = ""
 ) -> dict[str, Measurement]:
     """Measurements for every check: Error if its query or the request count failed."""
     out: dict[str, Measurement] = {}
@@ -133,9 +166,8 @@ def judge_tick(
         if error is not None:
             out[check.name] = Measurement(Phase.ERROR, None, error, at)
         else:
-            out[check.name] = judge(
-                check, seen.values[check.name], seen.values["requests"], min_requests, at
-            )
+            value, requests = seen.values[check.name], seen.values["requests"]
+            out[check.name] = judge(check, value, requests, min_requests, at, traffic)
     return out
 
 

@@ -16,6 +16,13 @@ and ``error`` (5xx, 429 and deadline 504s). Rates are over success + error.
 Each ratio guards its denominator with ``> 0`` so that no traffic gives an
 *empty* result rather than NaN or 0/0; callers must treat empty as
 inconclusive, never as success.
+
+:class:`RelativeQueries` compares the canary with the stable in ONE expression
+each (Argo's Prometheus provider has no formula over two queries), over the same
+window of the same scrape: the Agresti-Caffo lower bound of the error-rate
+increase (the formula of :func:`pipeline.gates.stats.error_rate_increase_lower`)
+and the ratio of histogram p99s. Either side without traffic gives an empty
+result or NaN, so "no stable to compare with" is inconclusive too.
 """
 
 from __future__ import annotations
@@ -58,8 +65,7 @@ class CanaryQueries:
 
     @property
     def error_rate(self) -> str:
-        errors = self._count(f'status="{ERROR}"')
-        return f"({errors} or vector(0)) / ({self.request_count} > 0)"
+        return f"{self.error_count} / ({self.request_count} > 0)"
 
     def _p99(self, histogram: str) -> str:
         return (
@@ -74,3 +80,38 @@ class CanaryQueries:
     @property
     def ttft_p99_seconds(self) -> str:
         return self._p99(TIME_TO_FIRST_TOKEN)
+
+    @property
+    def error_count(self) -> str:
+        """Server errors in the window; 0, not empty, when there were none."""
+        errors = self._count(f'status="{ERROR}"')
+        return f"({errors} or vector(0))"
+
+
+@dataclass(frozen=True)
+class RelativeQueries:
+    """Canary against stable, one PromQL expression per comparison."""
+
+    canary: CanaryQueries
+    stable: CanaryQueries
+    z: float  # the one-sided normal quantile of the definition's confidence
+
+    def _adjusted_rate(self, side: CanaryQueries) -> tuple[str, str]:
+        """Agresti-Caffo: (errors + 1) / (n + 2), and n + 2."""
+        n2 = f"({side.request_count} + 2)"
+        return f"(({side.error_count} + 1) / {n2})", n2
+
+    @property
+    def error_rate_increase_lower(self) -> str:
+        pc, nc = self._adjusted_rate(self.canary)
+        ps, ns = self._adjusted_rate(self.stable)
+        spread = f"sqrt({pc} * (1 - {pc}) / {nc} + {ps} * (1 - {ps}) / {ns})"
+        return f"({pc} - {ps}) - {self.z!r} * {spread}"
+
+    @property
+    def p99_latency_ratio(self) -> str:
+        return f"{self.canary.p99_latency_seconds} / {self.stable.p99_latency_seconds}"
+
+    @property
+    def ttft_p99_ratio(self) -> str:
+        return f"{self.canary.ttft_p99_seconds} / {self.stable.ttft_p99_seconds}"

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,19 +27,22 @@ from pipeline.cli_args import add_definition, add_environment, add_out_dir, add_
 from pipeline.definition import DefinitionError, PipelineDefinition, load_definition
 from pipeline.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pipeline.gates.checks import Case, SuiteError, load_suite
-from pipeline.gates.latency import LatencyVerdict, judge_latency, write_histogram
+from pipeline.gates.latency import write_histogram
 from pipeline.gates.quality import (
     CaseResult,
     ChampionResultsError,
     EngineGenerator,
     HttpGenerator,
-    QualityVerdict,
-    judge_quality,
     load_champion_results,
     run_suite,
 )
 from pipeline.gates.reports import latency_summary, quality_summary, write_latency, write_quality
-from pipeline.load.generator import LoadResult, run_load
+from pipeline.gates.verdicts import (
+    latency_verdict,
+    load_plan,
+    measure_latency,
+    quality_verdict,
+)
 from pipeline.processes import ServiceError
 from pipeline.serving import running_server
 from pipeline.source import REPO_ROOT
@@ -67,31 +72,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--url", help="a running inference server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--device", default="auto", help="with --model: auto, cpu or cuda")
     parser.add_argument("--dtype", default="auto", help="with --model: auto, fp32, fp16, bf16")
-
-
-def quality_verdict(
-    definition: PipelineDefinition,
-    results: Sequence[CaseResult],
-    champion: Mapping[str, bool] | None = None,
-) -> QualityVerdict:
-    """The quality gate's decision with the definition's thresholds."""
-    return judge_quality(
-        results,
-        min_pass_rate=definition.quality.min_pass_rate,
-        max_regression_vs_champion=definition.quality.max_regression_vs_champion,
-        champion=champion,
-    )
-
-
-def latency_verdict(definition: PipelineDefinition, result: LoadResult) -> LatencyVerdict:
-    """The latency gate's decision with the definition's thresholds."""
-    lat = definition.latency
-    return judge_latency(
-        result,
-        max_ttft_p99_ms=lat.max_ttft_p99_ms,
-        max_e2e_mean_ms=lat.max_e2e_mean_ms,
-        max_error_rate=lat.max_error_rate,
-    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -147,7 +127,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="with --model: extra argument for `mlcicd serve`, repeatable "
         "(e.g. --server-arg=--fault-error-rate --server-arg=0.2)",
     )
+    champion = latency.add_mutually_exclusive_group()
+    champion.add_argument(
+        "--champion-model", help="serve this champion beside the candidate and compare (paired)"
+    )
+    champion.add_argument("--champion-url", help="a running champion server to compare with")
+    champion.add_argument(
+        "--champion-results",
+        type=Path,
+        help="the champion's quality.json (from `mlcicd registry champion-results`): "
+        "serve the model it names beside the candidate",
+    )
     latency.set_defaults(handler=latency_command)
+
+    from pipeline.gates.calibrate import add_parser
+
+    add_parser(gates)
 
 
 # -- quality -------------------------------------------------------------------------
@@ -262,66 +257,77 @@ def _cannot_connect(url: str) -> str | None:
     return None
 
 
+@contextmanager
+def served(
+    definition: PipelineDefinition,
+    out: Path,
+    name: str,
+    model: str | None,
+    url: str | None,
+    args: Sequence[str] = (),
+) -> Iterator[str | None]:
+    """The URL of ``url``, or of ``model`` served for the block; None when neither is given."""
+    if url or not model:
+        yield url
+        return
+    _err(f"starting the {name} server for {model} ...")
+    with running_server(name, model, out, definition.serving, args=args) as server:
+        yield server.url
+
+
+def champion_model_from_results(path: Path) -> str:
+    """The model a champion's quality.json was measured on; ValueError names the file."""
+    try:
+        model = json.loads(path.read_text()).get("model")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a readable quality.json ({exc})") from exc
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"{path}: names no model (key 'model')")
+    return model
+
+
 def latency_command(args: argparse.Namespace) -> int:
     try:
         definition = _definition(args)
-    except DefinitionError as exc:
+        plan = load_plan(args, definition)
+        if args.champion_results is not None:
+            args.champion_model = champion_model_from_results(args.champion_results)
+    except (DefinitionError, ValueError) as exc:
         _err(f"mlcicd gate latency: {exc}")
         return EXIT_USAGE
-    lat = definition.latency
-    requests = args.requests if args.requests is not None else lat.requests
-    warmup = args.warmup if args.warmup is not None else lat.warmup_requests
-    concurrency = None if args.rate is not None else (args.concurrency or lat.concurrency)
-    for name, value in (("--requests", requests), ("--concurrency", concurrency or 1)):
-        if value < 1:
-            _err(f"mlcicd gate latency: {name} must be >= 1, got {value}")
-            return EXIT_USAGE
-    if warmup < 0 or (args.rate is not None and args.rate <= 0):
-        _err("mlcicd gate latency: --warmup must be >= 0 and --rate > 0")
-        return EXIT_USAGE
-
-    def measure(url: str) -> int:
-        result = asyncio.run(
-            run_load(
-                url,
-                requests=requests,
-                warmup=warmup,
-                max_new_tokens=lat.max_new_tokens,
-                concurrency=concurrency,
-                rate=args.rate,
-                fixed_tokens=args.fixed_tokens,
-                seed=args.seed,
-                request_timeout_s=definition.serving.request_deadline_s + 5.0,
-            )
-        )
-        verdict = latency_verdict(definition, result)
-        meta = {
-            "model": args.model or args.url,
-            "profile": definition.profile,
-            "environment": definition.environment,
-            "definition": definition.source,
-            "fixed_tokens": args.fixed_tokens,
-        }
-        json_path, md_path = write_latency(args.out, result, verdict, meta)
-        png = args.out / "latency.png"
-        write_histogram(result, verdict, png)
-        print("\n".join(latency_summary(result, verdict, meta)))
-        print(f"  reports: {json_path}, {md_path}, {png}")
-        return EXIT_OK if verdict.passed else EXIT_FAILED
-
-    if args.url:
-        unreachable = _cannot_connect(args.url)
+    for given in (args.url, args.champion_url):
+        unreachable = _cannot_connect(given) if given else None
         if unreachable:
-            _err(f"mlcicd gate latency: cannot connect to {args.url}: {unreachable}")
+            _err(f"mlcicd gate latency: cannot connect to {given}: {unreachable}")
             return EXIT_USAGE
-        return measure(args.url)
-    server_args = [*args.server_arg, "--device", args.device, "--dtype", args.dtype]
-    _err(f"starting the server for {args.model} ...")
+    device = ["--device", args.device, "--dtype", args.dtype]
     try:
-        with running_server(
-            "server", args.model, args.out, definition.serving, args=server_args
-        ) as server:
-            return measure(server.url)
+        with ExitStack() as stack:
+            url = stack.enter_context(
+                served(definition, args.out, "server", args.model, args.url,
+                       [*args.server_arg, *device])
+            )  # fmt: skip
+            champion_url = stack.enter_context(
+                served(definition, args.out, "champion", args.champion_model,
+                       args.champion_url, device)
+            )  # fmt: skip
+            assert url is not None
+            result, champion = measure_latency(definition, plan, url, champion_url)
     except ServiceError as exc:
         _err(f"mlcicd gate latency: the server did not start: {exc}")
         return EXIT_USAGE
+    verdict = latency_verdict(definition, result, champion)
+    meta = {
+        "model": args.model or args.url,
+        "champion": args.champion_model or args.champion_url,
+        "profile": definition.profile,
+        "environment": definition.environment,
+        "definition": definition.source,
+        "fixed_tokens": args.fixed_tokens,
+    }
+    json_path, md_path = write_latency(args.out, result, verdict, meta, champion)
+    png = args.out / "latency.png"
+    write_histogram(result, verdict, png)
+    print("\n".join(latency_summary(result, verdict, meta)))
+    print(f"  reports: {json_path}, {md_path}, {png}")
+    return EXIT_OK if verdict.passed else EXIT_FAILED

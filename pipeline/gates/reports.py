@@ -162,12 +162,38 @@ def latency_summary(result: LoadResult, verdict: LatencyVerdict, meta: dict[str,
             f"  {row.name:<14} {measured:>10} {row.threshold:>10g}  "
             f"{'ok' if row.passed else 'FAIL'}"
         )
+    lines += _relative_lines(verdict)
     lines += [f"  FAILED: {reason}" for reason in verdict.reasons]
     return lines
 
 
+def _low(bound: float | None) -> str:
+    return " n/a" if bound is None else f"{bound:4.2f}"
+
+
+def _relative_lines(verdict: LatencyVerdict) -> list[str]:
+    lines = [f"  judged by: {verdict.basis}"]
+    if not verdict.relative:
+        return lines
+    lines.append(
+        "  vs champion    p50 cand/champ (ms)   p95 cand/champ (ms)   x p95 (low)   MWU p  result"
+    )
+    for row in verdict.relative:
+        lines.append(
+            f"  {row.name:<8} {row.candidate_p50_ms:9.1f} /{row.champion_p50_ms:8.1f}   "
+            f"{row.candidate_p95_ms:9.1f} /{row.champion_p95_ms:8.1f}   "
+            f"{row.ratio_p95:5.2f} ({_low(row.p95_ratio_lower)})  {row.p_value:7.2g}  "
+            f"{'ok' if row.passed else 'FAIL'}"
+        )
+    return lines
+
+
 def write_latency(
-    out_dir: Path, result: LoadResult, verdict: LatencyVerdict, meta: dict[str, Any]
+    out_dir: Path,
+    result: LoadResult,
+    verdict: LatencyVerdict,
+    meta: dict[str, Any],
+    champion: LoadResult | None = None,
 ) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "latency.json", out_dir / "latency.md"
@@ -177,6 +203,12 @@ def write_latency(
         "reasons": list(verdict.reasons),
         **meta,
         "thresholds": [asdict(row) for row in verdict.rows],
+        "judged_by": verdict.basis,
+        "vs_champion": [
+            {**asdict(row), "ratio_p50": row.ratio_p50, "ratio_p95": row.ratio_p95}
+            for row in verdict.relative
+        ],
+        "champion_load": None if champion is None else champion.summary(),
         **result.to_dict(),
     }
     json_path.write_text(json.dumps(data, indent=2) + "\n")

@@ -40,7 +40,12 @@ import time
 from pathlib import Path
 
 from pipeline.canary.golden import GoldenResult, run_golden
-from pipeline.definition import Stage, duration_seconds, load_definition
+from pipeline.definition import (
+    CanaryGate,
+    Stage,
+    duration_seconds,
+    load_definition,
+)
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK
 from pipeline.load.generator import BackgroundLoad
 from pipeline.local.context import RunContext, StageFailed
@@ -52,6 +57,62 @@ from pipeline.rollout.budget import release_budget
 
 # Where a promote is sent when the run injects a registry fault: nothing listens there.
 UNREACHABLE_REGISTRY = "http://127.0.0.1:9"
+
+# Prometheus' increase() extrapolates and loses a new series' first count, and the
+# servers lag the schedule on a busy machine: aim this much above the minimum.
+TRAFFIC_HEADROOM = 1.5
+
+
+def canary_seconds(gate: CanaryGate, step_index: int) -> float:
+    """Canary-weighted seconds in the window at the first analysis of a step.
+
+    The window reaches back over this step's pause and, if longer, the earlier
+    steps' pauses at their (smaller) weights; time spent in earlier analyses is
+    left out, so this errs low.
+    """
+    budget = float(duration_seconds(gate.window))
+    weighted = 0.0
+    for step in reversed(gate.steps[: step_index + 1]):
+        span = min(budget, float(duration_seconds(step.pause or gate.window)))
+        weighted += span * step.set_weight / 100
+        budget -= span
+        if budget <= 0:
+            break
+    return weighted
+
+
+def traffic_rate(gate: CanaryGate) -> float:
+    """Requests/s so that every analysed step's first window holds min_requests canary ones."""
+    analysed = [i for i, s in enumerate(gate.steps) if s.set_weight < 100]
+    if not analysed:
+        return TRAFFIC_HEADROOM * gate.min_requests / duration_seconds(gate.window)
+    thinnest = min(canary_seconds(gate, i) for i in analysed)
+    return TRAFFIC_HEADROOM * gate.min_requests / thinnest
+
+
+def traffic_plan(gate: CanaryGate, rate: float) -> str:
+    """The sizing, said in one line: what the thinnest analysed window will hold."""
+    analysed = [i for i, s in enumerate(gate.steps) if s.set_weight < 100]
+    thinnest = min(
+        (canary_seconds(gate, i) for i in analysed), default=float(duration_seconds(gate.window))
+    )
+    return (
+        f"{rate:.1f} req/s; the thinnest step's window holds ~{rate * thinnest:.0f} canary "
+        f"requests (min_requests {gate.min_requests} per {gate.window})"
+    )
+
+
+def champion_image(runner: RunContext) -> tuple[str, PushedImage] | None:
+    """The champion's version and its image, read from the model registry."""
+    found = runner.registry().champion_image()
+    if found is None:
+        return None
+    version, reference, digest = found
+    # The local registry listens on a new port each run but keeps its storage
+    # under the state dir, so the champion's image is re-addressed to it.
+    current = runner.services["registry"].url.removeprefix("http://")
+    path = reference.split("/", 1)[1] if "/" in reference else reference
+    return version, PushedImage(reference=f"{current}/{path}", digest=digest)
 
 
 class CanaryRollout:
@@ -103,13 +164,7 @@ class CanaryRollout:
         return ["--environment", "dev", *flags]
 
     def traffic_rate(self) -> float:
-        """Enough requests that the smallest step reaches min_requests within its pause."""
-        steps = [s for s in self.canary.steps if s.set_weight < 100 and s.pause]
-        if not steps:
-            return 10.0
-        first = steps[0]
-        pause = duration_seconds(first.pause or "10s")
-        return max(5.0, 1.5 * self.canary.min_requests / (pause * first.set_weight / 100))
+        return traffic_rate(self.canary)
 
     def deploy(self) -> tuple[Service, Service | None]:
         """(stable, canary); stable is the candidate itself on a first release."""
@@ -166,7 +221,10 @@ class CanaryRollout:
         runner.on_exit(splitter.stop)
         traffic = BackgroundLoad(splitter.url, self.traffic_rate(), self.budget.wait_timeout_s)
         traffic.start()
-        runner.console.info(f"traffic: {self.traffic_rate():.0f} req/s through {splitter.url}")
+        runner.console.info(
+            f"traffic: {traffic_plan(self.canary, self.traffic_rate())} through {splitter.url}"
+        )
+        self.compare_with_stable = canary is not None
         try:
             verdict = self.walk_steps(splitter, canary, judged, prometheus.url, started)
         finally:
@@ -250,12 +308,18 @@ class CanaryRollout:
                 record.why = f"{canary_line(out)}; {golden.summary()}"
             return verdict
 
+    def versions(self) -> list[str]:
+        """Against the stable when there is one; a first release is judged alone."""
+        if getattr(self, "compare_with_stable", False):
+            return ["--canary", "canary", "--stable", "stable"]
+        return ["--version", "canary"]
+
     def prometheus_verdict(self, record: StepRecord, out: Path, prometheus_url: str) -> str:
         code = self.runner.run_logged(
             record,
             self.runner.mlcicd(
-                "canary", "analyze", "--prometheus-url", prometheus_url,
-                "--version", "canary", "--profile", self.runner.options.profile,
+                "canary", "analyze", "--prometheus-url", prometheus_url, *self.versions(),
+                "--profile", self.runner.options.profile,
                 "--environment", str(self.stage.environment), "--out", str(out),
             ),
             ok_codes=(EXIT_OK, EXIT_FAILED, EXIT_INCONCLUSIVE),

@@ -47,11 +47,15 @@ def quality_line(path: Path) -> str:
 
 
 def latency_line(path: Path) -> str:
-    """``ttft_p99_ms 312.0 > 250 FAIL; e2e_mean_ms 140.2 <= 500 ok`` from a latency.json."""
+    """``ttft_p99_ms 312.0 > 250 FAIL; e2e_mean_ms 140.2 <= 500 ok`` from a latency.json.
+
+    A comparison with the champion that failed leads, since it decided.
+    """
     data = _read(path)
     if data is None:
         return "no report written (see the log)"
-    rows = []
+    slower = [str(r) for r in data.get("reasons") or [] if "than the champion" in str(r)]
+    rows = slower
     for row in data.get("thresholds") or []:
         measured = row.get("measured")
         value = "n/a" if measured is None else f"{measured:.4g}"
@@ -105,20 +109,42 @@ def quality(runner: RunContext, stage: Stage) -> None:
 
 
 def latency(runner: RunContext, stage: Stage) -> None:
+    """Paired with the registry's champion when there is one (served from its image).
+
+    Why: the gate judges the candidate against the champion measured on the same
+    machine at the same time (pipeline/gates/latency.py), not against a number a
+    busy machine alone can break. The champion's image digest is one of the
+    cache's inputs, since the verdict depends on it.
+    """
+    from pipeline.local.canary import champion_image
+
     out = runner.reports / "latency"
+    found = champion_image(runner)
+    inputs = _inputs(runner, f"champion={found[1].digest if found else 'none'}")
     with runner.step(stage.id, runner.definition.gate_title("latency")) as record:
-        inputs = _inputs(runner)
         if _restored(runner, record, "model-tests/latency", inputs, out):
             return
-        code = runner.run_logged(
-            record,
-            runner.mlcicd(
-                "gate", "latency", "--model", runner.options.candidate,
-                "--profile", runner.options.profile, "--out", str(out),
-            ),
-            ok_codes=(0, 1),
-        )  # fmt: skip
-        record.detail = f"report {out / 'latency.md'}"
+        champion = None
+        if found is not None:
+            revision = runner.registry().model_revision(found[0]) or ""
+            champion = runner.deploy_image(
+                "latency-champion", found[1], "--environment", "prod", revision=revision
+            )
+        compare = ["--champion-url", champion.url] if champion is not None else []
+        try:
+            code = runner.run_logged(
+                record,
+                runner.mlcicd(
+                    "gate", "latency", "--model", runner.options.candidate,
+                    "--profile", runner.options.profile, "--out", str(out), *compare,
+                ),
+                ok_codes=(0, 1),
+            )  # fmt: skip
+        finally:
+            if champion is not None:
+                champion.stop()
+        paired = f"paired with champion v{found[0]}" if found else "no champion: absolute limits"
+        record.detail = f"{paired}; report {out / 'latency.md'}"
         if code != 0:
             record.why = latency_line(out / "latency.json")
             raise StageFailed("latency gate failed")

@@ -155,6 +155,21 @@ def latency_section(latency: dict[str, Any] | None, image: str | None) -> Sectio
         for row in latency["thresholds"]
     )
     section.tables.append(Table(("threshold", "measured", "limit", "result"), limits))
+    if latency.get("judged_by"):
+        section.notes.append(f"Judged by: {latency['judged_by']}.")
+    compared = tuple(
+        (
+            row["name"],
+            f"{_ms(row['candidate_p50_ms'])} / {_ms(row['champion_p50_ms'])}",
+            f"{_ms(row['candidate_p95_ms'])} / {_ms(row['champion_p95_ms'])}",
+            f"{row['p_value']:.2g}",
+            _ok(row["passed"]),
+        )
+        for row in latency.get("vs_champion") or []
+    )
+    if compared:
+        header = ("vs champion", "p50 ms (cand / champ)", "p95 ms", "Mann-Whitney p", "result")
+        section.tables.append(Table(header, compared))
     section.notes += [f"FAILED: {reason}" for reason in latency.get("reasons", [])]
     section.image = image
     return section

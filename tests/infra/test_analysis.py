@@ -118,6 +118,39 @@ def test_argo_and_mlcicd_canary_analyze_judge_alike(definition: PipelineDefiniti
             assert _outcome(metrics[check.name], [value]) == expected, (check, value)
 
 
+def test_the_canary_is_judged_against_the_stable_in_one_query(
+    definition: PipelineDefinition,
+) -> None:
+    """Each comparison is one PromQL expression over both versions, the one
+    `mlcicd canary analyze --canary canary --stable stable` runs."""
+    from infra.analysis import STABLE_SELECTOR
+    from pipeline.canary.promql import RelativeQueries
+    from pipeline.gates.stats import one_sided_z
+
+    gate = definition.canary
+    relative = RelativeQueries(
+        CanaryQueries(CANARY_SELECTOR, gate.window),
+        CanaryQueries(STABLE_SELECTOR, gate.window),
+        one_sided_z(gate.confidence),
+    )
+    m = _metrics(definition)
+    query = {name: metric["provider"]["prometheus"]["query"] for name, metric in m.items()}
+    assert query["error-rate-vs-stable"] == relative.error_rate_increase_lower
+    assert query["p99-latency-vs-stable"] == relative.p99_latency_ratio
+    assert query["ttft-p99-vs-stable"] == relative.ttft_p99_ratio
+    for name in ("error-rate-vs-stable", "p99-latency-vs-stable", "ttft-p99-vs-stable"):
+        assert 'version="stable"' in query[name] and 'version="canary"' in query[name]
+    # A stable as slow as the canary passes; a canary past the ratio fails.
+    assert _outcome(m["p99-latency-vs-stable"], [1.0]) == "Successful"
+    assert _outcome(m["p99-latency-vs-stable"], [gate.max_p99_latency_ratio]) == "Failed"
+    assert _outcome(m["ttft-p99-vs-stable"], [gate.max_ttft_p99_ratio * 2]) == "Failed"
+    # Errors: a lower bound at or under the allowed increase passes; above it fails.
+    bound = gate.max_error_rate_increase
+    assert _outcome(m["error-rate-vs-stable"], [bound - 0.01]) == "Successful"
+    assert _outcome(m["error-rate-vs-stable"], [bound]) == "Successful"
+    assert _outcome(m["error-rate-vs-stable"], [bound + 0.001]) == "Failed"
+
+
 def test_rollout_steps_walk_the_definition(canary_definition: PipelineDefinition) -> None:
     definition = canary_definition
     steps = rollout_steps(definition, "inference-server", "ns")

@@ -1,13 +1,17 @@
 """``mlcicd canary analyze`` against a real Prometheus scraping real inference servers.
 
 Setup (once per module): four ``mlcicd serve`` processes with the built-in
-model, labelled by Prometheus as versions ``v-healthy``, ``v-errors`` (5 %
-injected 500s), ``v-slow`` (1.5 s injected latency) and ``v-idle`` (no traffic),
-scraped every second. A bounded background load drives the first three.
+model, labelled by Prometheus as versions ``v-healthy``, ``v-errors`` (20 %
+injected 500s: the 10 s windows here hold ~50 requests, too few to tell 5 % from
+chance), ``v-slow`` (1.5 s injected latency) and ``v-idle`` (no traffic),
+scraped every second. A bounded background load drives the first three. With
+``--stable v-healthy`` each fault is judged against a healthy stable in the same
+window, as the pipeline's canary is.
 
-Thresholds, limits and ``min_requests`` are the definition's (builtin profile,
-prod environment). Only the analysis timing is shortened, through a temporary
-copy of pipeline.toml whose builtin canary window/interval/count are smaller,
+Thresholds and limits are the definition's (builtin profile, prod
+environment). Only the analysis timing is shortened, through a temporary copy
+of pipeline.toml whose builtin canary window/interval/count (and min_requests,
+in proportion to the window) are smaller,
 so that the module runs in well under a minute and a half.
 """
 
@@ -28,19 +32,21 @@ import httpx
 import pytest
 
 from mlcicd.cli import main
-from pipeline.canary.promql import CanaryQueries
+from pipeline.canary.promql import CanaryQueries, RelativeQueries
 from pipeline.definition import DEFAULT_DEFINITION, load_definition
+from pipeline.gates.stats import error_rate_increase_lower, one_sided_z
 from tests.fixtures.inference_server import InferenceServer, StartServer
 from tests.fixtures.prometheus import PrometheusFactory, PrometheusServer, ScrapeTarget
 
 pytestmark = pytest.mark.slow
 
 WINDOW = "10s"  # >= ~10 scrapes at 1 s: increase() and rate() are meaningful
-TEST_TIMING = {"window": f'"{WINDOW}"', "interval": '"1s"', "count": "2"}
+# min_requests scales with the window: the definition's 50 per 30 s is ~17 per 10 s.
+TEST_TIMING = {"window": f'"{WINDOW}"', "interval": '"1s"', "count": "2", "min_requests": "15"}
 VERSIONS = ("v-healthy", "v-errors", "v-slow", "v-idle")
 SERVER_ARGS: dict[str, tuple[str, ...]] = {
     "v-healthy": (),
-    "v-errors": ("--fault-error-rate", "0.05", "--fault-seed", "7"),
+    "v-errors": ("--fault-error-rate", "0.2", "--fault-seed", "7"),
     "v-slow": ("--fault-latency-ms", "1500"),
     "v-idle": (),
 }
@@ -49,7 +55,7 @@ LOAD_DEADLINE_S = 120.0
 
 
 def fast_definition(directory: Path) -> Path:
-    """pipeline.toml with only the builtin canary's window/interval/count shortened."""
+    """pipeline.toml with only the builtin canary's timing (and its minimum sample) shortened."""
     text = DEFAULT_DEFINITION.read_text()
     start = text.index("[profiles.builtin.canary]")
     end = text.index("\n[", start + 1)
@@ -226,31 +232,55 @@ def test_healthy_canary_is_successful(
     assert all(m["phase"] == "Successful" for m in verdict["metrics"])
     assert all(len(m["measurements"]) == 2 for m in verdict["metrics"])  # count from the file
     assert verdict["limits"]["min_requests"] == gate.min_requests
-    assert "#2 " in err and "success-rate=1 Successful" in err
+    assert "#2 " in err and "success-rate: canary=1 -> Successful" in err
+    assert verdict["judged_by"].startswith("absolute ceilings only")
 
 
-def test_injected_errors_fail_the_canary_and_the_pair_reports_the_delta(
+def test_injected_errors_fail_against_the_stable_and_the_pair_reports_the_delta(
     loaded: Setup, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, verdict, err = analyze(capsys, loaded, "--stable", "v-healthy", "--canary", "v-errors")
     assert code == 1, err
     assert verdict["verdict"] == "failed"
     phases = {m["name"]: m["phase"] for m in verdict["metrics"]}
-    assert phases["error-rate"] == "Failed" and phases["success-rate"] == "Failed"
+    assert phases["error-rate-vs-stable"] == "Failed"
+    assert phases["p99-latency-vs-stable"] != "Failed"  # errors, not slowness
+    assert any(r.startswith("error-rate-vs-stable Failed") for r in verdict["reasons"])
     tick = verdict["ticks"][0]
     assert tick["canary"]["error-rate"] > 0 and tick["stable"]["error-rate"] == 0
     assert tick["delta"]["error-rate"] == pytest.approx(tick["canary"]["error-rate"])
-    assert "stable: " in err and "delta: " in err
+    assert "error-rate: canary=" in err and " stable=0 delta=+" in err
 
 
-def test_injected_latency_fails_the_canary(
+def test_injected_latency_fails_against_the_stable(
     loaded: Setup, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, verdict, err = analyze(capsys, loaded, "--version", "v-slow")
+    code, verdict, err = analyze(capsys, loaded, "--stable", "v-healthy", "--canary", "v-slow")
     assert code == 1, err
     phases = {m["name"]: m["phase"] for m in verdict["metrics"]}
-    assert phases["p99-latency"] == "Failed" and phases["ttft-p99"] == "Failed"
-    assert phases["success-rate"] == "Successful"  # slow, not broken
+    assert phases["p99-latency-vs-stable"] == "Failed" and phases["ttft-p99-vs-stable"] == "Failed"
+    assert phases["error-rate-vs-stable"] != "Failed"  # slow, not broken
+
+
+def test_the_promql_error_bound_is_the_python_formula(loaded: Setup) -> None:
+    """Prometheus computes the Agresti-Caffo bound that pipeline.gates.stats computes."""
+    prom = loaded.prometheus
+    gate = load_definition("builtin", "prod", loaded.definition).canary
+    canary, stable = queries("v-errors"), queries("v-healthy")
+    relative = RelativeQueries(canary, stable, one_sided_z(gate.confidence))
+    at = time.time()
+
+    def value(promql: str) -> float:
+        response = httpx.get(
+            f"{prom.url}/api/v1/query", params={"query": promql, "time": at}, timeout=5.0
+        )
+        return float(response.json()["data"]["result"][0]["value"][1])
+
+    expected = error_rate_increase_lower(
+        value(canary.error_count), value(canary.request_count),
+        value(stable.error_count), value(stable.request_count), gate.confidence,
+    )  # fmt: skip
+    assert value(relative.error_rate_increase_lower) == pytest.approx(expected, abs=1e-9)
 
 
 def test_prometheus_down_errors_until_the_consecutive_error_limit(

@@ -124,6 +124,36 @@ def test_quality_gate_over_http_matches_in_process(
     }
 
 
+@pytest.mark.slow
+def test_paired_gate_fails_a_candidate_300_ms_slower_than_its_champion(
+    inference_server: StartServer, tmp_path: Path
+) -> None:
+    """The same model and machine, one side delayed 300 ms: the comparison, not a
+    ceiling, rejects it; the same pairing without the delay passes the comparison."""
+    champion = inference_server(reuse=True)
+    slow = inference_server("--fault-latency-ms", "300")
+    try:
+        code, report = _latency(
+            tmp_path / "slow", "--url", slow.url, "--champion-url", champion.url,
+            "--requests", "16", "--warmup", "2",
+        )  # fmt: skip
+        same_code, same = _latency(
+            tmp_path / "same", "--url", champion.url, "--champion-url", champion.url,
+            "--requests", "16", "--warmup", "2",
+        )  # fmt: skip
+    finally:
+        slow.stop()
+    assert code == 1
+    assert report["judged_by"].startswith("paired with the champion")
+    rows = {row["name"]: row for row in report["vs_champion"]}
+    assert not rows["ttft"]["passed"] and rows["ttft"]["ratio_p50"] > 1.1
+    # On a busy machine a ceiling may fire too; the comparison must be among the reasons.
+    assert any(r.startswith("ttft slower than the champion") for r in report["reasons"])
+    assert report["champion_load"]["requests"] == 16
+    assert all(row["passed"] for row in same["vs_champion"]), same["reasons"]
+    assert same_code == (0 if same["passed"] else 1)
+
+
 def test_latency_gate_against_a_dead_url_says_cannot_connect(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     done = subprocess.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import ClassVar
 
 import pytest
 
@@ -21,7 +22,7 @@ from pipeline.canary.analysis import (
     max_ticks,
     run_analysis,
 )
-from pipeline.canary.measure import SelectorError, TickValues, judge_tick, selector
+from pipeline.canary.measure import SelectorError, TickValues, judge_tick, selector, traffic_note
 from pipeline.definition import load_definition
 
 S, F, INC, E = Phase.SUCCESSFUL, Phase.FAILED, Phase.INCONCLUSIVE, Phase.ERROR
@@ -161,3 +162,102 @@ def test_a_p99_beyond_the_last_bucket_fails_and_still_serialises() -> None:
     as_json = measurement.to_json()
     assert as_json["value"] is None and as_json["raw"] == "inf"
     json.dumps(as_json, allow_nan=False)
+
+
+def test_without_a_stable_only_the_ceilings_judge() -> None:
+    gate = load_definition("builtin", "prod").canary
+    plain = {c.name for c in checks_from_gate(gate, relative=False)}
+    relative = {c.name for c in checks_from_gate(gate)}
+    assert plain == {"success-rate", "error-rate", "p99-latency", "ttft-p99"}
+    assert relative - plain == {
+        "error-rate-vs-stable",
+        "p99-latency-vs-stable",
+        "ttft-p99-vs-stable",
+    }
+    increase = next(c for c in checks_from_gate(gate) if c.name == "error-rate-vs-stable")
+    assert increase.threshold == gate.max_error_rate_increase and increase.op == "<="
+
+
+def test_too_few_requests_says_what_traffic_the_window_saw_and_needs() -> None:
+    note = traffic_note(5.4, 48.6, 30.0, 10)
+    assert note == (
+        "in 30s; traffic 1.8 req/s x 10% = 0.18 req/s to the canary, need 0.33 req/s "
+        "to the canary: raise the traffic or lengthen the window"
+    )
+    m = judge(Check("error-rate", "<", 0.01), 0.0, 5.4, 10, traffic=note)
+    assert m.phase is INC and m.message.startswith("too few requests: 5.4 < 10 in 30s;")
+    assert "no traffic at all" in traffic_note(0, 0, 30.0, 10)
+    assert "no canary traffic" in traffic_note(None, None, 30.0, 10)
+
+
+class FakePrometheus:
+    """Answers each PromQL of a plan with a fixed value per metric name and side."""
+
+    values: ClassVar[dict[str, float | None]] = {}
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __call__(self, promql: str) -> float | None:
+        return self.values[promql]
+
+
+def _analyze(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    canary: dict[str, float | None],
+    stable: dict[str, float | None],
+) -> tuple[int, dict[str, object], str]:
+    from argparse import Namespace
+
+    from pipeline.canary import cli
+
+    argv = ["canary", "analyze", "--prometheus-url", "http://fake", "--canary", "canary",
+            "--stable", "stable", "--profile", "builtin", "--environment", "prod",
+            "--interval", "0s", "--count", "2"]  # fmt: skip
+    plan = cli.plan(
+        Namespace(profile="builtin", environment="prod", definition=None, count=2,
+                  interval="0s", job="inference", version=None, canary="canary",
+                  stable="stable", version_label="version")
+    )  # fmt: skip
+    assert plan.stable_q is not None
+    values = {plan.canary_q[k]: v for k, v in canary.items()}
+    values |= {plan.stable_q[k]: v for k, v in stable.items()}
+    monkeypatch.setattr(FakePrometheus, "values", values)
+    monkeypatch.setattr(cli, "PrometheusQuerier", FakePrometheus)
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out), captured.err
+
+
+HEALTHY = {"success-rate": 1.0, "error-rate": 0.0, "p99-latency": 0.8, "ttft-p99": 0.2}
+
+
+def test_analyze_rejects_an_error_fault_against_the_stable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    canary = {"requests": 80.0, "success-rate": 0.96, "error-rate": 0.04, "p99-latency": 0.8,
+              "ttft-p99": 0.2, "error-rate-vs-stable": 0.012, "p99-latency-vs-stable": 1.0,
+              "ttft-p99-vs-stable": 1.0}  # fmt: skip
+    code, report, err = _analyze(monkeypatch, capsys, canary, {"requests": 700.0, **HEALTHY})
+    assert code == 1 and report["verdict"] == "failed"
+    assert report["stable_selector"] == 'job="inference", version="stable"'
+    failing = {r.split()[0] for r in report["reasons"] if "Failed" in r}  # type: ignore[union-attr]
+    # Rejected for errors (against the stable, and by the ceilings), never for latency.
+    assert "error-rate-vs-stable" in failing
+    assert failing <= {"error-rate-vs-stable", "error-rate", "success-rate"}
+    # The stable's value and the delta stand beside the canary's.
+    assert "error-rate: canary=0.04 stable=0 delta=+0.04" in err
+    assert "error-rate-vs-stable: canary=0.012 -> Failed (not result <= 0.0)" in err
+
+
+def test_analyze_inconclusive_on_thin_traffic_says_why(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    canary = {"requests": 5.4, **HEALTHY, "error-rate-vs-stable": -0.1,
+              "p99-latency-vs-stable": 1.0, "ttft-p99-vs-stable": 1.0}  # fmt: skip
+    code, report, err = _analyze(monkeypatch, capsys, canary, {"requests": 48.6, **HEALTHY})
+    assert code == 3 and report["verdict"] == "inconclusive"
+    reasons = " ".join(report["reasons"])  # type: ignore[arg-type]
+    assert "too few requests: 5.4 < 50 in 60s; traffic 0.9 req/s x 10% = 0.09 req/s" in reasons
+    assert "raise the traffic or lengthen the window" in err

@@ -46,6 +46,21 @@ LATENCY_RESULT = LoadResult(
         for i in range(90)
     ),
 )
+# The champion of the paired comparison: the same load, 8 % faster.
+CHAMPION_RESULT = LoadResult(
+    url="http://127.0.0.1:2",
+    mode="concurrency",
+    concurrency=1,
+    rate=None,
+    warmup=0,
+    max_new_tokens=8,
+    duration_s=9.0,
+    records=tuple(
+        RequestRecord(i, True, i * 0.1, 0.3 / 1.08 + i * 1e-4, 0.18 / 1.08 + i * 1e-4,
+                      (0.01,), 8, 200)
+        for i in range(90)
+    ),
+)  # fmt: skip
 
 
 def _variant(tmp_path: Path, old: str, new: str) -> Path:
@@ -70,6 +85,7 @@ def _renderings(definition: PipelineDefinition) -> dict[str, str]:
             [
                 quality_verdict(definition, QUALITY_RESULTS).reasons,
                 latency_verdict(definition, LATENCY_RESULT).rows,
+                latency_verdict(definition, LATENCY_RESULT, CHAMPION_RESULT).relative,
             ]
         ),
     }
@@ -106,6 +122,36 @@ def _changed(base: PipelineDefinition, edited: PipelineDefinition) -> set[str]:
             "max_ttft_p99_ms = 175.0\n",
             {"workflow", "gate-verdicts"},
             "175.0",
+        ),
+        (
+            "max_slowdown_vs_champion = 0.10\n",
+            "max_slowdown_vs_champion = 0.05\n",
+            {"workflow", "gate-verdicts"},
+            "5%",
+        ),
+        (
+            "ceiling_headroom_vs_champion = 4.0\n",
+            "ceiling_headroom_vs_champion = 3.5\n",
+            {"workflow"},
+            "x3.5 when paired",
+        ),
+        (
+            "max_error_rate_increase = 0.0\n",
+            "max_error_rate_increase = 0.005\n",
+            {"workflow", "analysis-template", "canary-checks"},
+            "0.005",
+        ),
+        (
+            "max_p99_latency_ratio = 1.5\n",
+            "max_p99_latency_ratio = 1.75\n",
+            {"workflow", "analysis-template", "canary-checks"},
+            "1.75",
+        ),
+        (
+            "confidence = 0.95\n",
+            "confidence = 0.9\n",
+            {"analysis-template"},  # the workflow's step title changes too ("at 90%")
+            "1.2815515",
         ),
         (
             'set_weight = 30\npause = "5m"\n',

@@ -103,3 +103,30 @@ def test_missing_or_unreadable_reports_are_usage_errors(tmp_path: Path) -> None:
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "quality.json").write_text("{not json")
     assert main(["report", "--reports", str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_a_paired_latency_gate_shows_the_champion_beside_the_candidate(tmp_path: Path) -> None:
+    from pipeline.definition import load_definition
+    from pipeline.gates.reports import write_latency
+    from pipeline.gates.verdicts import latency_verdict
+    from pipeline.load.generator import LoadResult, RequestRecord
+
+    def run(ttft_s: float) -> LoadResult:
+        records = tuple(
+            RequestRecord(i, True, i * 0.1, ttft_s + 0.1 + i / 1000, ttft_s + i / 10000,
+                          (0.005,) * 9, 10)
+            for i in range(60)
+        )  # fmt: skip
+        return LoadResult("http://x", "concurrency", 4, None, 0, 10, 6.0, records)
+
+    candidate, champion = run(0.35), run(0.05)  # 300 ms slower to the first token
+    verdict = latency_verdict(load_definition("builtin"), candidate, champion)
+    root = tmp_path / "reports"
+    write_latency(root / "latency", candidate, verdict, {"model": "builtin"}, champion)
+    md = write_report(root, tmp_path / "out").markdown.read_text()
+    assert "## Latency gate — ❌ FAIL" in md
+    assert "Judged by: paired with the champion (http://x)" in md
+    assert "| vs champion | p50 ms (cand / champ) | p95 ms | Mann-Whitney p | result |" in md
+    assert "| ttft | 352.9 / 53.0 | 355.6 / 55.6 | 0 | FAIL |" in md
+    assert "| itl | 5.0 / 5.0 | 5.0 / 5.0 | 1 | ok |" in md
+    assert "FAILED: ttft slower than the champion" in md
