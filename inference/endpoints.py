@@ -178,7 +178,13 @@ class GenerationEndpoints:
             ) from exc
         self.runtime.track(handle)
         self.metrics.prompt_tokens.inc(len(params.prompt_ids))
-        return GenerationCall(handle, arrived, self.settings.request_deadline_s, self.metrics)
+        return GenerationCall(
+            handle,
+            arrived,
+            self.settings.request_deadline_s,
+            self.metrics,
+            event_delay_s=self.faults.token_latency_s,
+        )
 
     def finish(self, code: int, arrived: float) -> None:
         self.metrics.record(code)

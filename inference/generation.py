@@ -63,8 +63,10 @@ class GenerationCall:
         arrived: float,
         deadline_s: float,
         metrics: ServerMetrics,
+        event_delay_s: float = 0.0,
     ) -> None:
         self.handle = handle
+        self.event_delay_s = event_delay_s  # fault injection: see inference.faults
         self.arrived = arrived
         self.accepted = time.monotonic()
         self.deadline_s = deadline_s
@@ -79,6 +81,8 @@ class GenerationCall:
         remaining = self.deadline - time.monotonic()
         try:
             async with asyncio.timeout(max(remaining, 0.0)):
+                if self.event_delay_s:
+                    await asyncio.sleep(self.event_delay_s)
                 event = await anext(self._events)
         except TimeoutError:
             self.close()

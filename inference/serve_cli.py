@@ -90,6 +90,7 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "environment": {"choices": [e.value for e in Environment]},
     "fault_error_rate": {"type": float, "help": "tests/demos only: fraction answered 500"},
     "fault_latency_ms": {"type": float, "help": "tests/demos only: added latency"},
+    "fault_token_latency_ms": {"type": float, "help": "tests/demos only: added per token"},
     "fault_seed": {"type": int, "help": "seed of the fault injector's RNG"},
 }
 

@@ -91,6 +91,7 @@ def create_app(
         settings.fault_latency_ms,
         settings.fault_seed,
         settings.environment.value,
+        settings.fault_token_latency_ms,
     )
     metrics.model_info.labels(model=engine.model_name, revision=engine.revision).set(1)
     metrics.build_info.labels(git_sha=settings.git_sha, version=settings.version).set(1)

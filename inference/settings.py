@@ -106,6 +106,7 @@ class ServerSettings(BaseModel):
     environment: Environment = Environment.dev
     fault_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     fault_latency_ms: float = Field(default=0.0, ge=0.0, le=600_000.0)
+    fault_token_latency_ms: float = Field(default=0.0, ge=0.0, le=60_000.0)
     fault_seed: int | None = None
     access_log: bool = False
     git_sha: str = "unknown"
@@ -115,7 +116,10 @@ class ServerSettings(BaseModel):
     def _faults_not_in_prod(self) -> ServerSettings:
         try:
             check_faults_allowed(
-                self.environment.value, self.fault_error_rate, self.fault_latency_ms
+                self.environment.value,
+                self.fault_error_rate,
+                self.fault_latency_ms,
+                self.fault_token_latency_ms,
             )
         except FaultConfigError as exc:
             raise ValueError(str(exc)) from exc

@@ -94,19 +94,25 @@ def test_chat_completions_is_a_clear_404(client: openai.OpenAI) -> None:
     assert "only /v1/completions is" in chat.value.message
 
 
-def test_a_mid_stream_error_reaches_the_client_as_an_api_error(client: openai.OpenAI) -> None:
-    stream = client.completions.create(
-        model="builtin",
-        prompt="Hello",
-        max_tokens=240,
-        temperature=0,
-        stream=True,
-        extra_body={"min_tokens": 240},  # no early EOS: outlives the deadline
-    )
-    received = []
-    with pytest.raises(openai.APIError) as error:
-        for chunk in stream:
-            received.append(chunk.choices[0].text)
+def test_a_mid_stream_error_reaches_the_client_as_an_api_error(
+    inference_server: StartServer,
+) -> None:
+    # Each token is held 20 ms (a test-only fault), so 200 tokens outlive the 2 s
+    # deadline on any machine while the first ones arrive well inside it.
+    slow = inference_server(*ARGS, "--fault-token-latency-ms", "20", reuse=True)
+    with openai.OpenAI(base_url=f"{slow.url}/v1", api_key="unused", max_retries=0) as client:
+        stream = client.completions.create(
+            model="builtin",
+            prompt="Hello",
+            max_tokens=200,
+            temperature=0,
+            stream=True,
+            extra_body={"min_tokens": 200},  # no early EOS
+        )
+        received = []
+        with pytest.raises(openai.APIError) as error:
+            for chunk in stream:
+                received.append(chunk.choices[0].text)
     assert received, "the error came before any token: it should have been a status"
     assert f"deadline of {DEADLINE_S:g}s passed" in error.value.message
     assert error.value.code == "timeout"

@@ -66,6 +66,8 @@ def test_invalid_setting_is_named(
 def test_prod_refuses_fault_injection_settings() -> None:
     with pytest.raises(SettingsError, match="refused when `environment` is prod"):
         load_settings({"environment": "prod", "fault_latency_ms": 50}, env=ENV)
+    with pytest.raises(SettingsError, match="refused when `environment` is prod"):
+        load_settings({"environment": "prod", "fault_token_latency_ms": 5}, env=ENV)
     assert load_settings({"environment": "staging", "fault_error_rate": 0.5}, env=ENV)
 
 
