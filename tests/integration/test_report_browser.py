@@ -93,5 +93,5 @@ def test_the_browser_draws_the_page(page: Path, tmp_path: Path) -> None:
         colours = pixels.getcolors(maxcolors=1 << 20) or []
     counts = {rgb: n for n, rgb in colours}
     assert len(counts) > 200  # text, tables and plots, not a blank page
-    assert counts.get(PLOT_BLUE, 0) > 5_000  # the inline plots were decoded and drawn
+    assert counts.get(PLOT_BLUE, 0) > 1_000  # the inline plots were decoded and drawn (0 if not)
     assert counts.get(FAIL_RED, 0) > 20  # the FAIL badge's CSS applied
