@@ -63,14 +63,8 @@ def _metric(
     failure: str,
     prometheus_address: str,
 ) -> dict[str, Any]:
-    gate = definition.canary
     return {
-        "name": name,
-        "interval": gate.interval,
-        "count": gate.count,
-        "failureLimit": gate.failure_limit,
-        "inconclusiveLimit": gate.inconclusive_limit,
-        "consecutiveErrorLimit": gate.consecutive_error_limit,
+        **golden.metric_schedule(definition, name),
         "successCondition": success,
         "failureCondition": failure,
         "provider": {"prometheus": {"address": prometheus_address, "query": query}},

@@ -72,9 +72,9 @@ def case_condition(definition: PipelineDefinition, case: Case) -> str:
     return " && ".join(f"({part})" for part in parts)
 
 
-def _web_metric(
-    definition: PipelineDefinition, name: str, success: str, web: dict[str, Any]
-) -> dict[str, Any]:
+def metric_schedule(definition: PipelineDefinition, name: str) -> dict[str, Any]:
+    """A metric's name with the canary's interval, count and Argo limits: every metric of
+    the AnalysisTemplate (Prometheus or web) runs on this one schedule."""
     gate = definition.canary
     return {
         "name": name,
@@ -83,6 +83,14 @@ def _web_metric(
         "failureLimit": gate.failure_limit,
         "inconclusiveLimit": gate.inconclusive_limit,
         "consecutiveErrorLimit": gate.consecutive_error_limit,
+    }
+
+
+def _web_metric(
+    definition: PipelineDefinition, name: str, success: str, web: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        **metric_schedule(definition, name),
         # No failureCondition: an answer that misses successCondition is a failure.
         "successCondition": success,
         "provider": {"web": web},
