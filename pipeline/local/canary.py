@@ -281,7 +281,8 @@ class CanaryRollout:
                         if attempt == attempts:
                             raise StageFailed(record.detail) from exc
                         time.sleep(attempt)
-                record.detail = f"by {actor}; was v{change.previous or 'none'}"
+                was = f"v{change.previous}" if change.previous else "no champion"
+                record.detail = f"by {actor}; was {was}"
         except StageFailed:
             runner.report.outcome = (
                 f"not promoted: v{version} is healthy and serves all traffic, but the registry "
