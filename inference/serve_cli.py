@@ -65,6 +65,11 @@ log = logging.getLogger("mlcicd.serve")
 EXIT_OK = 0
 EXIT_USAGE = 2  # argparse's own status for a usage error
 
+# How the serving image starts the server: its Dockerfile's CMD. The Rollout's
+# container and the local bundle image run the same (tests/infra/test_contracts.py):
+# the image holds inference/ alone, so there is no `mlcicd` command in it.
+IMAGE_COMMAND = ("python", "-m", "inference.serve_cli")
+
 _FLAGS: dict[str, dict[str, Any]] = {
     "model": {"help": "HF id, local directory, `builtin` or `builtin-weak` (default builtin)"},
     "model_revision": {"help": "serve only this revision (HF commit or content hash)"},

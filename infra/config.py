@@ -349,7 +349,7 @@ def load_config(
         inference=InferenceSettings(
             replicas=read.integer("inference.replicas", minimum=1),
             gpus=read.integer("inference.gpus"),
-            cpu=read.text("inference.cpu"),
+            cpu=read.cpu_quantity("inference.cpu"),
             memory=read.text("inference.memory"),
             model=read.text("inference.model"),
             model_revision=read.text("inference.modelRevision"),

@@ -84,6 +84,17 @@ class Reader:
             return ""
         return value
 
+    def cpu_quantity(self, key: str) -> str:
+        """A Kubernetes CPU quantity of at least one core: ``4``, ``2.5`` or ``1500m``."""
+        value = self.text(key)
+        if value and not re.fullmatch(r"(\d+(\.\d+)?|\d+m)", value):
+            self.fail(
+                key, f"expected a CPU quantity such as 4, 2.5 or 1500m, got {json.dumps(value)}"
+            )
+        elif value and (float(value[:-1]) / 1000 if value.endswith("m") else float(value)) < 1:
+            self.fail(key, f"must be at least one core (torch's thread pool), got {value}")
+        return value or "1"
+
     def choice(self, key: str, allowed: tuple[str, ...]) -> str:
         value = self.text(key)
         if value and value not in allowed:

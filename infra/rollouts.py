@@ -56,6 +56,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from inference.serve_cli import IMAGE_COMMAND
 from inference.settings import GRACE_AFTER_DRAIN_S
 from infra import analysis, charts, kube
 from infra.cluster_secrets import SecretSource
@@ -247,6 +248,8 @@ def _server_env(args: RolloutsArgs) -> dict[str, str]:
         # The image carries the server alone; the definition's limits come in as env.
         **serving_env(args.definition.serving),
         "MLCICD_DEVICE": "cuda" if inference.gpus else "cpu",
+        # The pod's CPU request, not the node's cores, sizes torch's thread pool.
+        "OMP_NUM_THREADS": str(kube.whole_cpus(inference.cpu)),
         # Weights come from the shared cache; offline once it holds the pinned revisions.
         "HF_HOME": inference.model_cache.mount_path,
         "HF_HUB_OFFLINE": "1" if inference.model_cache.offline else "0",
@@ -269,7 +272,7 @@ def _pod_spec(
     server = {
         "name": CONTAINER,
         "image": args.image,
-        "command": ["mlcicd", "serve"],
+        "command": list(IMAGE_COMMAND),
         "ports": [{"name": "http", "containerPort": PORT}],
         "env": [{"name": k, "value": v} for k, v in _server_env(args).items()],
         "envFrom": [{"secretRef": {"name": secret_name}}],

@@ -35,6 +35,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference.serve_cli import IMAGE_COMMAND
+
 # The serving image holds the server alone: inference/ imports nothing from the pipeline.
 SOURCE_ITEMS = ("inference", "requirements.lock")
 
@@ -106,7 +108,7 @@ def build_and_push(
             "--workingdir",
             "/app",
             "--entrypoint",
-            '["mlcicd", "serve", "--model", "/model"]',
+            json.dumps([*IMAGE_COMMAND, "--model", "/model"]),
         ]
         for key, value in sorted(labels.items()):
             config += ["--label", f"{key}={value}"]

@@ -46,6 +46,13 @@ def test_wrong_type_names_the_key() -> None:
     assert f'{PROJECT}:gpuRunner.maxRunners: expected integer, got "x"' in message
 
 
+@pytest.mark.parametrize(
+    ("value", "why"), [("4Gi", "expected a CPU quantity"), ("500m", "must be at least one core")]
+)
+def test_bad_cpu_quantity_names_the_key(value: str, why: str) -> None:
+    assert f"{PROJECT}:inference.cpu: {why}" in _error({"inference.cpu": value})
+
+
 def test_missing_key_names_the_key() -> None:
     source = _source()
     values = {k: v for k, v in source._values.items() if k != "github.owner"}

@@ -10,6 +10,7 @@ waits for the wrong thing, a node label nothing sets, a Secret no mode provides.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
+from inference.serve_cli import IMAGE_COMMAND
 from infra.config import INSTALLED_NODE_LABELS, project_defaults
 from infra.config_model import GitHubSettings
 from infra.github_repo import pulumi_identity
 from infra.gpu_runners import ARC_DOCKER_GROUP_GID, DEPLOYER_ROLE
+from infra.kube import whole_cpus
 from infra.workflow_review import HOSTED_RUNNER, OPTIONAL_SECRETS
 from mlcicd.cli import build_parser
 from pipeline.rollout.deploy_cli import run_set_image, run_wait
@@ -345,3 +348,32 @@ def test_rendered_mlflow_server_runs_that_image(recordings: dict[str, Any]) -> N
     (server,) = [p for p in c.pods(recordings["prod"]) if p.source == "Deployment/mlflow"]
     image = server.spec["containers"][0]["image"]
     assert image == f"ghcr.io/mlflow/mlflow:v{_lock_version('mlflow')}-full"
+
+
+def _dockerfile_cmd() -> list[str]:
+    """The serving image's CMD (exec form), as the Dockerfile states it."""
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    (line,) = [text for text in lines if text.startswith("CMD ")]
+    command: list[str] = json.loads(line.removeprefix("CMD "))
+    return command
+
+
+def test_the_rollout_runs_the_command_the_image_holds(recordings: dict[str, Any]) -> None:
+    """The image holds inference/ alone: a `mlcicd serve` command would not be found."""
+    assert _dockerfile_cmd() == list(IMAGE_COMMAND)
+    copied = re.findall(r"^COPY (\S+)", (REPO / "Dockerfile").read_text(), re.MULTILINE)
+    assert "inference/" in copied and not {"pipeline/", "mlcicd/"} & set(copied)
+    for stack in STACKS:
+        (pod,) = [p for p in c.pods(recordings[stack]) if p.source.startswith("Rollout/")]
+        server = pod.spec["containers"][0]
+        assert server["command"] == list(IMAGE_COMMAND), f"{stack}: {server['command']}"
+
+
+def test_the_servers_threads_follow_the_pods_cpu_request(recordings: dict[str, Any]) -> None:
+    """torch sizes its pool from the node's cores unless told; the request is what it gets."""
+    for stack in STACKS:
+        (pod,) = [p for p in c.pods(recordings[stack]) if p.source.startswith("Rollout/")]
+        server = pod.spec["containers"][0]
+        env = {e["name"]: e.get("value") for e in server["env"]}
+        cpu = str(server["resources"]["requests"]["cpu"])
+        assert env["OMP_NUM_THREADS"] == str(whole_cpus(cpu)), (stack, cpu, env)
