@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -124,6 +125,13 @@ class ManagedProcess:
         return code
 
 
+class LiveSet(Protocol):
+    """Where a running command is registered while it runs."""
+
+    def add(self, proc: subprocess.Popen[bytes]) -> None: ...
+    def discard(self, proc: subprocess.Popen[bytes]) -> None: ...
+
+
 def run_to_log(
     argv: Sequence[str] | str,
     log_path: Path,
@@ -131,6 +139,7 @@ def run_to_log(
     env: Mapping[str, str],
     cwd: Path,
     stop_timeout_s: float = 10.0,
+    live: LiveSet | None = None,
 ) -> int:
     """Run a command to its end in its own session, its output in ``log_path``.
 
@@ -138,6 +147,8 @@ def run_to_log(
     command's whole tree (pytest and the servers it starts), not just its leader,
     and the caller decides when: any exception while waiting (KeyboardInterrupt
     included) stops the group, SIGTERM then SIGKILL, before it propagates.
+    ``live`` holds the process while it runs, so that another thread can stop it
+    (:mod:`pipeline.local.side_by_side`).
     """
     with log_path.open("wb") as handle:
         proc = subprocess.Popen(
@@ -149,11 +160,16 @@ def run_to_log(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if live is not None:
+            live.add(proc)
         try:
             proc.wait()
         except BaseException:
             stop_group(proc, signal.SIGTERM, stop_timeout_s)
             raise
+        finally:
+            if live is not None:
+                live.discard(proc)
         return stop_group(proc, signal.SIGTERM, stop_timeout_s)
 
 

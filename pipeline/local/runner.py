@@ -30,6 +30,8 @@ environment approvals); the GPU profile's numbers (no GPU on this machine).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import re
 import sys
@@ -49,6 +51,7 @@ from pipeline.local.lifecycle import Reaper, signals_interrupt
 from pipeline.local.lock import StateLocked, acquire
 from pipeline.local.report import Console, RunReport, StepRecord
 from pipeline.local.services import Service, start_mlflow, start_registry
+from pipeline.local.side_by_side import LiveGroups, run_side_by_side
 from pipeline.processes import run_to_log
 from pipeline.registry.client import ModelRegistry
 from pipeline.source import REPO_ROOT
@@ -74,6 +77,8 @@ class LocalRunner:
         self.cache = StepCache(options.state_dir / "state" / "cache", enabled=options.use_cache)
         self._fingerprint: str | None = None
         self._exit = ExitStack()
+        self._live = LiveGroups()  # commands running side by side
+        self._log_numbers = itertools.count(1)
 
     # -- plumbing -------------------------------------------------------------
 
@@ -149,11 +154,12 @@ class LocalRunner:
         The command runs in its own session; if the run is interrupted, its whole
         process tree is stopped before the interruption goes on.
         """
-        index = len(self.report.steps) + 1
+        index = next(self._log_numbers)
         slug = re.sub(r"[^a-z0-9]+", "-", record.name.lower()).strip("-")[:40]
         log = self.logs / f"{index:02d}-{record.stage}-{slug}.log"
         record.log = str(log)
-        code = run_to_log(argv, log, env=self.env(**env), cwd=REPO_ROOT)
+        code = run_to_log(argv, log, env=self.env(**env), cwd=REPO_ROOT, live=self._live)
+        self._live.check()
         if code not in ok_codes:
             raise StageFailed(f"exit {code}")
         return code
@@ -259,8 +265,14 @@ class LocalRunner:
         if stage.gates or stage.action is not None:
             self.ensure_services()
         if stage.action != "deploy":  # a deploy stage's commands test the deployed endpoint
-            for command in self.commands(stage):
-                self.run_command(stage, command)
+            commands = self.commands(stage)
+            if stage.independent_commands:
+                self.fingerprint()  # computed once, before the threads need it
+                tasks = [functools.partial(self.run_command, stage, c) for c in commands]
+                run_side_by_side(tasks, self._live)
+            else:
+                for command in commands:
+                    self.run_command(stage, command)
         for gate in stage.gates:
             if gate == "quality":
                 gate_steps.quality(self, stage)
@@ -309,6 +321,13 @@ class LocalRunner:
                 record.detail = service.url
 
     def deploy_image(
-        self, name: str, image: release.PushedImage, *extra_args: str, revision: str
+        self,
+        name: str,
+        image: release.PushedImage,
+        *extra_args: str,
+        revision: str,
+        threads: int | None = None,
     ) -> Service:
-        return release.deploy_image(self, name, image, *extra_args, revision=revision)
+        return release.deploy_image(
+            self, name, image, *extra_args, revision=revision, threads=threads
+        )

@@ -92,24 +92,32 @@ def _relaxed_definition(tmp_path: Path) -> Path:
     return path
 
 
-def test_sigterm_during_a_command_stops_its_whole_tree(tmp_path: Path) -> None:
+SLEEPY = '{ name = "Sleepy %d", run = "setsid sleep 300 & sleep 300" }'
+
+
+@pytest.mark.parametrize("side_by_side", [False, True], ids=["in-order", "side-by-side"])
+def test_sigterm_during_a_command_stops_its_whole_tree(tmp_path: Path, side_by_side: bool) -> None:
+    """Side by side (``independent_commands``), both running commands are stopped and
+    both steps are recorded interrupted: the signal reaches the main thread only."""
     text = (REPO_ROOT / "pipeline.toml").read_text()
     head = text[: text.index("[[stages]]")]
     definition = tmp_path / "pipeline.toml"
+    commands = [SLEEPY % n for n in ((1, 2) if side_by_side else (1,))]
     definition.write_text(
         head + '[[stages]]\nid = "code-quality"\ntitle = "Code quality"\nrunner = "cpu"\n'
-        'commands = [{ name = "Sleepy", run = "setsid sleep 300 & sleep 300" }]\n'
+        f"independent_commands = {str(side_by_side).lower()}\n"
+        f"commands = [{', '.join(commands)}]\n"
     )
     state = tmp_path / "state"
     proc = _start(state, "--definition", str(definition))
-    _wait_for_log(state, "*sleepy.log", proc, timeout_s=60)
+    _wait_for_log(state, f"*sleepy-{len(commands)}.log", proc, timeout_s=60)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
     report = _report(state)
     assert report["outcome"] == "interrupted (SIGTERM)"
-    assert [s["status"] for s in report["steps"]] == ["interrupted"]
+    assert [s["status"] for s in report["steps"]] == ["interrupted"] * len(commands)
     _no_leftovers(state)
 
 
