@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -48,6 +49,7 @@ from infra.workflow_steps import (
     step,
 )
 from pipeline.definition import PipelineDefinition, Stage
+from pipeline.registry.cli import champion_results_path
 
 WORKFLOW_PATH = ".github/workflows/ml-cicd.yml"
 BUILD_CACHE_TAG = "buildcache"
@@ -73,6 +75,10 @@ class RunnerSpec:
         return scale_set_name(environment, self.runner_class)
 
 
+# Written by the fetch step, read by both gates' steps.
+CHAMPION_RESULTS = champion_results_path(Path(REPORTS_DIR), "quality")
+
+
 def _gate_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, Any]]:
     steps: list[dict[str, Any]] = []
     env = {"MODEL_REF": "${{ vars.MODEL_REF }}", "HF_TOKEN": "${{ secrets.HF_TOKEN }}"}
@@ -80,16 +86,15 @@ def _gate_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, 
         steps.append(
             step(
                 "Fetch the champion's quality results",
-                f"mlcicd registry champion-results --out {REPORTS_DIR}/champion-quality.json"
-                " --allow-missing\n",
+                f"mlcicd registry champion-results --out {REPORTS_DIR} --allow-missing\n",
             )
         )
         steps.append(
             step(
                 definition.gate_title("quality"),
                 "champion=()\n"
-                f"if [ -f {REPORTS_DIR}/champion-quality.json ]; then\n"
-                f"  champion=(--champion-results {REPORTS_DIR}/champion-quality.json)\n"
+                f"if [ -f {CHAMPION_RESULTS} ]; then\n"
+                f"  champion=(--champion-results {CHAMPION_RESULTS})\n"
                 "fi\n"
                 'mlcicd gate quality --profile "$MLCICD_PROFILE" --model "$MODEL_REF" '
                 f'--device cuda --out {REPORTS_DIR} "${{champion[@]}}"\n',
@@ -102,8 +107,8 @@ def _gate_steps(definition: PipelineDefinition, stage: Stage) -> list[dict[str, 
                 definition.gate_title("latency"),
                 # Paired with the champion when there is one (the model its results name).
                 "champion=()\n"
-                f"if [ -f {REPORTS_DIR}/champion-quality.json ]; then\n"
-                f"  champion=(--champion-results {REPORTS_DIR}/champion-quality.json)\n"
+                f"if [ -f {CHAMPION_RESULTS} ]; then\n"
+                f"  champion=(--champion-results {CHAMPION_RESULTS})\n"
                 "fi\n"
                 'mlcicd gate latency --profile "$MLCICD_PROFILE" --model "$MODEL_REF" '
                 f'--device cuda --out {REPORTS_DIR} "${{champion[@]}}"\n',

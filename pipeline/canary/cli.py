@@ -22,10 +22,10 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pipeline.canary.analysis import (
+    VERDICT_FILE,
     VERDICTS,
     AnalysisRun,
     Check,
@@ -55,7 +55,6 @@ from pipeline.definition import (
     load_definition,
 )
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_USAGE
-from pipeline.gates.stats import one_sided_z
 
 EXIT_CODES = {"successful": EXIT_OK, "failed": EXIT_FAILED, "inconclusive": EXIT_INCONCLUSIVE}
 
@@ -109,7 +108,7 @@ def plan(args: argparse.Namespace) -> Plan:
     canary_sel, stable_sel = _selectors(args)
     canary = CanaryQueries(canary_sel, gate.window)
     stable = CanaryQueries(stable_sel, gate.window) if stable_sel else None
-    relative = RelativeQueries(canary, stable, one_sided_z(gate.confidence)) if stable else None
+    relative = RelativeQueries.for_gate(canary, stable, gate) if stable else None
     return Plan(
         definition,
         float(duration_seconds(args.interval or gate.interval)),
@@ -260,8 +259,8 @@ def _handle(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     text = json.dumps(report, indent=2, allow_nan=False)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / VERDICT_FILE).write_text(text + "\n")
     print(text)
     failing = [m["name"] for m in report["metrics"] if m["phase"] != "Successful"]
     _say(
@@ -275,7 +274,7 @@ def _handle(args: argparse.Namespace) -> int:
 
 def _golden(args: argparse.Namespace) -> int:
     """``mlcicd canary golden``: the golden-prompt check (pipeline/canary/golden.py)."""
-    from pipeline.canary.golden import run_golden
+    from pipeline.canary.golden import GOLDEN_FILE, run_golden
 
     try:
         definition = load_definition(args.profile, args.environment, args.definition)
@@ -285,7 +284,7 @@ def _golden(args: argparse.Namespace) -> int:
     result = run_golden(definition, args.endpoint, args.expect_revision)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "golden.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        (args.out / GOLDEN_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     print(result.summary())
     return EXIT_OK if result.passed else EXIT_FAILED
 
@@ -317,7 +316,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_definition(ana)
     ana.add_argument("--interval", help="override the measurement interval, e.g. 2s")
     ana.add_argument("--count", type=int, help="override the number of measurements")
-    ana.add_argument("--out", help="also write the verdict JSON here")
+    add_out_dir(ana, None, f"the verdict, {VERDICT_FILE} (it is printed too)")
     ana.set_defaults(handler=_handle)
     gold = actions.add_parser("golden", help="golden prompts, TTFT and model revision")
     gold.add_argument("--endpoint", required=True, help="the canary alone, e.g. http://...:8000")

@@ -36,6 +36,9 @@ from pipeline.definition import PipelineDefinition
 from pipeline.gates.checks import Case, load_suite, run_checks
 from pipeline.source import REPO_ROOT
 
+# `mlcicd canary golden --out DIR` writes DIR/golden.json.
+GOLDEN_FILE = "golden.json"
+
 
 def golden_cases(definition: PipelineDefinition) -> list[Case]:
     path = Path(definition.canary.golden_suite)

@@ -193,9 +193,14 @@ def _show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def champion_results_path(out_dir: Path, gate: str) -> Path:
+    """Where ``champion-results --out DIR`` writes: the workflow's gate steps read it."""
+    return out_dir / f"champion-{gate}.json"
+
+
 def _champion_results(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    out = Path(args.out)
+    out = champion_results_path(args.out, args.gate)
     version = registry.download_gate_result(args.alias, args.gate, out)
     if version is None:
         print(f"{registry.name}: no {args.alias} yet; nothing to compare against")
@@ -313,13 +318,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "quality gate's paired comparison.",
     )
     _common(champ)
+    champ.add_argument("--gate", default="quality")
     champ.add_argument(
         "--out",
+        type=Path,
         required=True,
-        metavar="FILE",
-        help="the JSON file to write (a file: the rendered workflow tests for it)",
+        metavar="DIR",
+        help="directory for the results, champion-<gate>.json (absent when there is no "
+        "champion: the rendered workflow tests for the file)",
     )
-    champ.add_argument("--gate", default="quality")
     champ.add_argument("--alias", default=CHAMPION)
     champ.add_argument(
         "--allow-missing",

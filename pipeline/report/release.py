@@ -12,8 +12,9 @@ the local run directory lay them out differently):
 - ``quality.json`` (``mlcicd gate quality``), ``latency.json`` (``mlcicd gate latency``);
 - ``release.json`` (``mlcicd registry register --out``): image, digest, model version,
   model hash/revision, git revision;
-- ``canary.json`` (CI: one analysis over the rollout) or ``canary-step-<n>-w<weight>.json``
-  (``mlcicd run``: one analysis per traffic step), from ``mlcicd canary analyze``.
+- ``canary.json`` (CI: one analysis over the rollout), or one in each
+  ``canary-step-<n>-w<weight>/`` (``mlcicd run``: one analysis per traffic step), from
+  ``mlcicd canary analyze --out``.
 
 Left out: the champion's own latency (the registry keeps quality results only).
 """
@@ -26,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.canary.analysis import VERDICT_FILE
 from pipeline.gates.reports import LATENCY_FORMAT, QUALITY_FORMAT
 from pipeline.registry.lineage import RELEASE_FORMAT
 
-_STEP = re.compile(r"^canary(?:-step-(\d+)(?:-w(\d+))?)?\.json$")
+# The local runner's step directories (pipeline.canary.analysis.step_dir_name).
+_STEP_DIR = re.compile(r"^canary-step-(\d+)-w(\d+)$")
 
 
 class ReportInputError(ValueError):
@@ -81,15 +84,13 @@ def _one(root: Path, name: str, fmt: str) -> tuple[dict[str, Any], Path] | None:
 
 def _canary_steps(root: Path) -> list[CanaryStep]:
     steps: list[CanaryStep] = []
-    for path in sorted(root.rglob("canary*.json")):
-        match = _STEP.search(path.name)
-        if not match:
-            continue
+    for path in sorted(root.rglob(VERDICT_FILE)):
         data = _read(path)
         if "verdict" not in data:
             continue
-        number = int(match.group(1) or len(steps) + 1)
-        weight = int(match.group(2)) if match.group(2) else None
+        match = _STEP_DIR.match(path.parent.name)
+        number = int(match.group(1)) if match else len(steps) + 1
+        weight = int(match.group(2)) if match else None
         steps.append(
             CanaryStep(
                 number=number,

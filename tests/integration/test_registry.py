@@ -185,9 +185,10 @@ def test_promote_rollback_and_show(
     assert "quality.pass_rate: 1 (threshold >=" in text
 
     # The champion's per-case results, for the next quality gate's paired comparison.
-    out_file = quality_result.parent / "champion.json"
-    code, out, _ = run_cli(capsys, "registry", "champion-results", *base, "--out", str(out_file))
+    out_dir = quality_result.parent / "champion"
+    code, out, _ = run_cli(capsys, "registry", "champion-results", *base, "--out", str(out_dir))
     assert code == 0
+    out_file = out_dir / "champion-quality.json"  # --out is a directory, as everywhere
     assert json.loads(out_file.read_text()) == json.loads(quality_result.read_text())
 
     # Only one earlier champion: a second rollback has nowhere to go.
@@ -205,10 +206,10 @@ def test_champion_results_without_champion(
     uri = mlflow_server.url
     assert run_cli(capsys, *register_args(uri, model_name, model_dir, "3" * 40))[0] == 0
     base = ["registry", "champion-results", "--tracking-uri", uri, "--registered-model", model_name]
-    out_file = model_dir.parent / "none.json"
-    assert run_cli(capsys, *base, "--out", str(out_file))[0] == 1
-    assert run_cli(capsys, *base, "--out", str(out_file), "--allow-missing")[0] == 0
-    assert not out_file.exists()
+    out_dir = model_dir.parent / "none"
+    assert run_cli(capsys, *base, "--out", str(out_dir))[0] == 1
+    assert run_cli(capsys, *base, "--out", str(out_dir), "--allow-missing")[0] == 0
+    assert not (out_dir / "champion-quality.json").exists()
 
 
 def test_interrupted_registration_is_completed_by_a_rerun(
