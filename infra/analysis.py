@@ -35,7 +35,6 @@ from pipeline.canary.analysis import Check, checks_from_gate
 from pipeline.canary.measure import query_map
 from pipeline.canary.promql import CanaryQueries, RelativeQueries
 from pipeline.definition import PipelineDefinition
-from pipeline.gates.stats import one_sided_z
 
 ANALYSIS_TEMPLATE_NAME = "inference-canary"
 ROLLOUT_NAME = "inference-server"
@@ -93,7 +92,7 @@ def analysis_metrics(
     gate = definition.canary
     queries = CanaryQueries(selector=CANARY_SELECTOR, window=gate.window)
     stable = CanaryQueries(selector=STABLE_SELECTOR, window=gate.window)
-    relative = RelativeQueries(queries, stable, one_sided_z(gate.confidence))
+    relative = RelativeQueries.for_gate(queries, stable, gate)
     query_for = query_map(queries, relative)  # the queries `mlcicd canary analyze` runs
     return [
         # Too few requests is inconclusive, never a failure of the release. Argo counts

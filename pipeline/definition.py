@@ -103,6 +103,11 @@ class CanaryStep(_Strict):
         return None if value is None else _check_duration(value)
 
 
+# The canary-vs-stable latency quantile must leave at least this many of a window's
+# min_requests above it: a p99 of 50 requests is their single slowest one.
+RELATIVE_TAIL_REQUESTS = 5
+
+
 class CanaryGate(_Strict):
     min_success_rate: float = Field(ge=0.0, le=1.0)
     max_error_rate: float = Field(ge=0.0, le=1.0)
@@ -110,8 +115,9 @@ class CanaryGate(_Strict):
     max_ttft_p99_s: float = Field(gt=0)
     # Relative to the stable, same window, same scrape (pipeline/canary/promql.py).
     max_error_rate_increase: float = Field(ge=0.0, le=1.0)
-    max_p99_latency_ratio: float = Field(gt=1.0)
-    max_ttft_p99_ratio: float = Field(gt=1.0)
+    max_latency_ratio: float = Field(gt=1.0)
+    max_ttft_ratio: float = Field(gt=1.0)
+    relative_quantile: float = Field(gt=0.0, lt=1.0)
     confidence: float = Field(ge=0.5, lt=1.0)
     min_requests: int = Field(ge=1)
     window: str
@@ -128,6 +134,18 @@ class CanaryGate(_Strict):
     @classmethod
     def _durations(cls, value: str) -> str:
         return _check_duration(value)
+
+    @model_validator(mode="after")
+    def _quantile_has_a_tail(self) -> CanaryGate:
+        """A quantile of min_requests requests needs requests above it, or it is their maximum."""
+        allowed = 1 - RELATIVE_TAIL_REQUESTS / self.min_requests
+        if self.relative_quantile > allowed + 1e-9:
+            raise ValueError(
+                f"relative_quantile = {self.relative_quantile} leaves fewer than "
+                f"{RELATIVE_TAIL_REQUESTS} of min_requests = {self.min_requests} above it; "
+                f"at most {max(allowed, 0):.3g} (or raise min_requests)"
+            )
+        return self
 
     @field_validator("steps")
     @classmethod
@@ -259,6 +277,10 @@ class Stage(_Strict):
     gates: tuple[GateName, ...] = ()
     action: StageAction | None = None
     commands: tuple[Command, ...] = ()
+    # The commands do not depend on each other: the local runner runs them side by
+    # side, up to the cores (pipeline/local/side_by_side.py); the workflow, as steps
+    # of one job, in order.
+    independent_commands: bool = False
 
 
 class PipelineDefinition(_Strict):
@@ -296,8 +318,9 @@ class PipelineDefinition(_Strict):
         c = self.canary
         return (
             f"Canary gate (vs stable: errors +{c.max_error_rate_increase} at "
-            f"{c.confidence:.0%}, p99 x{c.max_p99_latency_ratio}, TTFT p99 "
-            f"x{c.max_ttft_p99_ratio}; ceilings success >= {c.min_success_rate}, errors <= "
+            f"{c.confidence:.0%}, p{c.relative_quantile * 100:g} x{c.max_latency_ratio}, "
+            f"TTFT p{c.relative_quantile * 100:g} x{c.max_ttft_ratio}; "
+            f"ceilings success >= {c.min_success_rate}, errors <= "
             f"{c.max_error_rate}, p99 <= {c.max_p99_latency_s} s, "
             f"TTFT p99 <= {c.max_ttft_p99_s} s)"
         )

@@ -23,4 +23,8 @@ pytest tests/unit tests/infra -m "not serial" -n "${MLCICD_TEST_WORKERS:-auto}" 
 # things (latency gates, canary analysis), which workers sharing the cores would skew.
 echo "== pytest (serial tier)"
 pytest tests/unit tests/infra -m serial
-pytest tests/inference tests/integration
+pytest tests/inference tests/integration -m "not e2e"
+# End-to-end tier: whole `mlcicd run`s (releases through every stage, minutes each),
+# last, so that every faster signal comes first.
+echo "== pytest (end-to-end tier)"
+pytest tests/integration -m e2e

@@ -45,6 +45,16 @@ from typing import Any, Literal
 
 from pipeline.definition import CanaryGate
 
+# `mlcicd canary analyze --out DIR` writes DIR/canary.json (and `mlcicd canary golden`
+# DIR/golden.json: pipeline.canary.golden.GOLDEN_FILE). The local runner gives each
+# traffic step its own directory.
+VERDICT_FILE = "canary.json"
+
+
+def step_dir_name(number: int, weight: int) -> str:
+    """``canary-step-<n>-w<weight>``: the release report reads the step and weight from it."""
+    return f"canary-step-{number}-w{weight}"
+
 
 class Phase(StrEnum):
     RUNNING = "Running"
@@ -104,7 +114,7 @@ class Check:
         return f"result {self.op} {self.threshold}"
 
 
-RELATIVE_CHECKS = ("error-rate-vs-stable", "p99-latency-vs-stable", "ttft-p99-vs-stable")
+RELATIVE_CHECKS = ("error-rate-vs-stable", "latency-vs-stable", "ttft-vs-stable")
 
 
 def checks_from_gate(gate: CanaryGate, relative: bool = True) -> tuple[Check, ...]:
@@ -122,8 +132,8 @@ def checks_from_gate(gate: CanaryGate, relative: bool = True) -> tuple[Check, ..
         return ceilings
     return (
         Check(RELATIVE_CHECKS[0], "<=", gate.max_error_rate_increase),
-        Check(RELATIVE_CHECKS[1], "<", gate.max_p99_latency_ratio),
-        Check(RELATIVE_CHECKS[2], "<", gate.max_ttft_p99_ratio),
+        Check(RELATIVE_CHECKS[1], "<", gate.max_latency_ratio),
+        Check(RELATIVE_CHECKS[2], "<", gate.max_ttft_ratio),
         *ceilings,
     )
 

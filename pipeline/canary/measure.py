@@ -60,8 +60,8 @@ def query_map(queries: CanaryQueries, relative: RelativeQueries | None = None) -
     return {
         **plain,
         "error-rate-vs-stable": relative.error_rate_increase_lower,
-        "p99-latency-vs-stable": relative.p99_latency_ratio,
-        "ttft-p99-vs-stable": relative.ttft_p99_ratio,
+        "latency-vs-stable": relative.latency_ratio,
+        "ttft-vs-stable": relative.ttft_ratio,
     }
 
 

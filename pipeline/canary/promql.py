@@ -21,7 +21,9 @@ inconclusive, never as success.
 each (Argo's Prometheus provider has no formula over two queries), over the same
 window of the same scrape: the Agresti-Caffo lower bound of the error-rate
 increase (the formula of :func:`pipeline.gates.stats.error_rate_increase_lower`)
-and the ratio of histogram p99s. Either side without traffic gives an empty
+and the ratio of histogram quantiles at the definition's ``relative_quantile``,
+not p99: the canary's share of a window holds tens of requests, whose p99 is
+their slowest one (the ceilings keep judging p99). Either side without traffic gives an empty
 result or NaN, so "no stable to compare with" is inconclusive too.
 """
 
@@ -37,6 +39,8 @@ from inference.metrics import (
     SUCCESS,
     TIME_TO_FIRST_TOKEN,
 )
+from pipeline.definition import CanaryGate
+from pipeline.gates.stats import one_sided_z
 
 
 @dataclass(frozen=True)
@@ -67,19 +71,19 @@ class CanaryQueries:
     def error_rate(self) -> str:
         return f"{self.error_count} / ({self.request_count} > 0)"
 
-    def _p99(self, histogram: str) -> str:
+    def quantile(self, histogram: str, q: float) -> str:
         return (
-            f"histogram_quantile(0.99, sum by (le) "
+            f"histogram_quantile({q!r}, sum by (le) "
             f"(rate({histogram}_bucket{self._sel()}[{self.window}])))"
         )
 
     @property
     def p99_latency_seconds(self) -> str:
-        return self._p99(REQUEST_DURATION)
+        return self.quantile(REQUEST_DURATION, 0.99)
 
     @property
     def ttft_p99_seconds(self) -> str:
-        return self._p99(TIME_TO_FIRST_TOKEN)
+        return self.quantile(TIME_TO_FIRST_TOKEN, 0.99)
 
     @property
     def error_count(self) -> str:
@@ -95,6 +99,14 @@ class RelativeQueries:
     canary: CanaryQueries
     stable: CanaryQueries
     z: float  # the one-sided normal quantile of the definition's confidence
+    q: float  # the latency quantile compared (the definition's relative_quantile)
+
+    @classmethod
+    def for_gate(
+        cls, canary: CanaryQueries, stable: CanaryQueries, gate: CanaryGate
+    ) -> RelativeQueries:
+        """The comparison the definition's canary gate asks for."""
+        return cls(canary, stable, one_sided_z(gate.confidence), gate.relative_quantile)
 
     def _adjusted_rate(self, side: CanaryQueries) -> tuple[str, str]:
         """Agresti-Caffo: (errors + 1) / (n + 2), and n + 2."""
@@ -108,10 +120,15 @@ class RelativeQueries:
         spread = f"sqrt({pc} * (1 - {pc}) / {nc} + {ps} * (1 - {ps}) / {ns})"
         return f"({pc} - {ps}) - {self.z!r} * {spread}"
 
-    @property
-    def p99_latency_ratio(self) -> str:
-        return f"{self.canary.p99_latency_seconds} / {self.stable.p99_latency_seconds}"
+    def _ratio(self, histogram: str) -> str:
+        return (
+            f"{self.canary.quantile(histogram, self.q)} / {self.stable.quantile(histogram, self.q)}"
+        )
 
     @property
-    def ttft_p99_ratio(self) -> str:
-        return f"{self.canary.ttft_p99_seconds} / {self.stable.ttft_p99_seconds}"
+    def latency_ratio(self) -> str:
+        return self._ratio(REQUEST_DURATION)
+
+    @property
+    def ttft_ratio(self) -> str:
+        return self._ratio(TIME_TO_FIRST_TOKEN)

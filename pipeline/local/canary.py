@@ -9,10 +9,12 @@ with real parts on one machine:
 
 - the champion (the registry's ``champion`` alias) and the candidate are each pulled
   from the OCI registry by digest and served as ``stable`` and ``canary`` processes,
-  each pinned to its registered model revision (checked on ``/v1/models``);
+  each pinned to its registered model revision (checked on ``/v1/models``), plus a
+  ``baseline`` of the champion at the canary's share, which the canary is compared
+  with (:mod:`pipeline.local.fleet` says why);
 - nginx stands in for the user-facing Service, with upstream weights taken from the
   definition's ``canary.steps``; the load generator (:class:`BackgroundLoad`) plays
-  the users;
+  the users, and each step records what nginx served each server (``traffic.json``);
 - after each step's pause, ``mlcicd canary analyze`` judges the canary from a real
   Prometheus and ``mlcicd canary golden`` sends it the golden prompts, as the
   AnalysisTemplate's Prometheus and web metrics do;
@@ -39,7 +41,8 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.canary.golden import GoldenResult, run_golden
+from pipeline.canary.analysis import VERDICT_FILE, step_dir_name
+from pipeline.canary.golden import GOLDEN_FILE, GoldenResult, run_golden
 from pipeline.definition import (
     CanaryGate,
     Stage,
@@ -49,14 +52,18 @@ from pipeline.definition import (
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK
 from pipeline.load.generator import BackgroundLoad
 from pipeline.local.context import RunContext, StageFailed
+from pipeline.local.fleet import Fleet, address, pod_threads
 from pipeline.local.image_bundle import PushedImage
 from pipeline.local.report import StepRecord
-from pipeline.local.services import ScrapeTarget, Service, TrafficSplitter, start_prometheus
+from pipeline.local.services import Service, TrafficSplitter, start_prometheus
 from pipeline.registry.client import ModelRegistry, RegistryError, default_actor
 from pipeline.rollout.budget import release_budget
 
 # Where a promote is sent when the run injects a registry fault: nothing listens there.
 UNREACHABLE_REGISTRY = "http://127.0.0.1:9"
+
+# What nginx served each server during a step's pause, beside the step's canary.json.
+TRAFFIC_FILE = "traffic.json"
 
 # Prometheus' increase() extrapolates and loses a new series' first count, and the
 # servers lag the schedule on a busy machine: aim this much above the minimum.
@@ -166,8 +173,8 @@ class CanaryRollout:
     def traffic_rate(self) -> float:
         return traffic_rate(self.canary)
 
-    def deploy(self) -> tuple[Service, Service | None]:
-        """(stable, canary); stable is the candidate itself on a first release."""
+    def deploy(self) -> Fleet:
+        """The servers: the candidate alone on a first release, else stable, canary, baseline."""
         runner, candidate = self.runner, self.runner.state.image
         revision = runner.state.model_revision
         if candidate is None or runner.state.model_version is None or revision is None:
@@ -176,19 +183,26 @@ class CanaryRollout:
         canary_args = self.server_args("canary")
         with runner.step(self.stage.id, "Deploy stable and canary (pull by digest)") as record:
             if champion is None:
-                stable = runner.deploy_image("canary", candidate, *canary_args, revision=revision)
+                alone = runner.deploy_image("canary", candidate, *canary_args, revision=revision)
                 record.detail = "no champion yet: first release takes all traffic (as in Argo)"
-                return stable, None
+                return Fleet(alone)
             version, image, champion_revision = champion
+            champion_args = ("--environment", "prod")
+            threads = pod_threads(3)
             stable = runner.deploy_image(
-                "stable", image, "--environment", "prod", revision=champion_revision
+                "stable", image, *champion_args, revision=champion_revision, threads=threads
             )
-            canary = runner.deploy_image("canary", candidate, *canary_args, revision=revision)
+            canary = runner.deploy_image(
+                "canary", candidate, *canary_args, revision=revision, threads=threads
+            )
+            baseline = runner.deploy_image(
+                "baseline", image, *champion_args, revision=champion_revision, threads=threads
+            )
             record.detail = (
-                f"stable = champion v{version} (model {champion_revision[:12]}), "
+                f"stable and baseline = champion v{version} (model {champion_revision[:12]}), "
                 f"canary = v{runner.state.model_version} (model {revision[:12]})"
             )
-            return stable, canary
+            return Fleet(stable, canary, baseline)
 
     def run(self) -> None:
         runner = self.runner
@@ -205,53 +219,39 @@ class CanaryRollout:
         runner.console.info(f"release budget ({self.stage.environment}): {self.budget.describe()}")
         runner.report.facts["release budget"] = self.budget.describe()
         started = time.monotonic()
-        stable, canary = self.deploy()
-        judged = canary or stable  # the release being judged
-        targets = [ScrapeTarget(stable.url.removeprefix("http://"), {"version": "canary"})]
-        if canary is not None:
-            targets = [
-                ScrapeTarget(stable.url.removeprefix("http://"), {"version": "stable"}),
-                ScrapeTarget(canary.url.removeprefix("http://"), {"version": "canary"}),
-            ]
-        prometheus = start_prometheus(targets, runner.run_dir / "prometheus", runner.logs)
-        runner.on_exit(prometheus.stop)
-        splitter = TrafficSplitter(
-            runner.run_dir / "nginx", runner.logs, stable.url.removeprefix("http://")
+        self.fleet = fleet = self.deploy()
+        prometheus = start_prometheus(
+            fleet.scrape_targets(), runner.run_dir / "prometheus", runner.logs
         )
+        runner.on_exit(prometheus.stop)
+        splitter = TrafficSplitter(runner.run_dir / "nginx", runner.logs, address(fleet.stable))
         runner.on_exit(splitter.stop)
         traffic = BackgroundLoad(splitter.url, self.traffic_rate(), self.budget.wait_timeout_s)
         traffic.start()
         runner.console.info(
             f"traffic: {traffic_plan(self.canary, self.traffic_rate())} through {splitter.url}"
         )
-        self.compare_with_stable = canary is not None
         try:
-            verdict = self.walk_steps(splitter, canary, judged, prometheus.url, started)
+            verdict = self.walk_steps(splitter, prometheus.url, started)
         finally:
             runner.report.facts["canary traffic (HTTP code: count)"] = traffic.stop()
         if verdict != "successful":
-            splitter.set_weight(None, 0)
+            splitter.set_weights(fleet.weights(0))
             runner.report.outcome = f"rolled back: canary {verdict}"
             self.reject(str(runner.state.model_version), verdict)
             raise StageFailed(f"canary {verdict}: traffic returned to stable, not promoted")
         self.promote()
 
-    def walk_steps(
-        self,
-        splitter: TrafficSplitter,
-        canary: Service | None,
-        judged: Service,
-        prometheus_url: str,
-        started: float,
-    ) -> str:
-        steps = self.canary.steps if canary is not None else self.canary.steps[-1:]
+    def walk_steps(self, splitter: TrafficSplitter, prometheus_url: str, started: float) -> str:
+        first_release = self.fleet.canary is None
+        steps = self.canary.steps[-1:] if first_release else self.canary.steps
         for number, step in enumerate(steps, start=1):
-            if canary is not None:
-                splitter.set_weight(canary.url.removeprefix("http://"), step.set_weight)
-            if step.set_weight >= 100 and canary is not None:
+            if not first_release:
+                splitter.set_weights(self.fleet.weights(step.set_weight))
+            if step.set_weight >= 100 and not first_release:
                 break
             pause = duration_seconds(step.pause or self.canary.window)
-            verdict = self.analyse(number, step.set_weight, pause, prometheus_url, judged)
+            verdict = self.analyse(number, step.set_weight, pause, prometheus_url, splitter)
             if verdict != "successful":
                 return verdict
             if time.monotonic() - started > self.budget.wait_timeout_s:
@@ -292,28 +292,42 @@ class CanaryRollout:
         runner.report.outcome = f"promoted v{version} to champion"
 
     def analyse(
-        self, number: int, weight: int, pause_s: int, prometheus_url: str, judged: Service
+        self, number: int, weight: int, pause_s: int, prometheus_url: str, splitter: TrafficSplitter
     ) -> str:
         name = f"Step {number}: {weight}% canary, pause {pause_s}s, analysis"
         with self.runner.step(self.stage.id, name) as record:
+            paused_at = time.time()
             time.sleep(pause_s)
             # The weight in the name labels the step in the release report.
-            out = self.runner.reports / f"canary-step-{number}-w{weight}.json"
+            out = self.runner.reports / step_dir_name(number, weight)
             verdict = self.prometheus_verdict(record, out, prometheus_url)
-            golden = self.golden(number, judged)
+            served = self.served(out, splitter, paused_at)
+            golden = self.golden(out, self.fleet.judged)
             if verdict == "successful" and not golden.passed:
                 verdict = "failed"
-            record.detail = f"{verdict}: {canary_line(out)}; {golden.summary()}"
+            line = canary_line(out / VERDICT_FILE)
+            record.detail = f"{verdict}: {line}; {golden.summary()}; {served}"
             if verdict != "successful":
                 record.status = "failed" if verdict == "failed" else "inconclusive"
-                record.why = f"{canary_line(out)}; {golden.summary()}"
+                record.why = f"{line}; {golden.summary()}"
             return verdict
 
     def versions(self) -> list[str]:
-        """Against the stable when there is one; a first release is judged alone."""
-        if getattr(self, "compare_with_stable", False):
-            return ["--canary", "canary", "--stable", "stable"]
+        """Against the baseline when there is one; a first release is judged alone."""
+        reference = self.fleet.reference_label
+        if reference is not None:
+            return ["--canary", "canary", "--stable", reference]
         return ["--version", "canary"]
+
+    def served(self, step_dir: Path, splitter: TrafficSplitter, since: float) -> str:
+        """What nginx actually sent each server during the step's pause: traffic.json."""
+        roles = self.fleet.names()
+        counts = {roles.get(a, a): n for a, n in splitter.served_since(since).items()}
+        step_dir.mkdir(parents=True, exist_ok=True)
+        (step_dir / TRAFFIC_FILE).write_text(json.dumps(counts, indent=2) + "\n")
+        total = sum(counts.values()) or 1
+        shares = ", ".join(f"{role} {n / total:.1%}" for role, n in sorted(counts.items()))
+        return f"served {shares} of {total}"
 
     def prometheus_verdict(self, record: StepRecord, out: Path, prometheus_url: str) -> str:
         code = self.runner.run_logged(
@@ -329,11 +343,11 @@ class CanaryRollout:
             code
         ]
 
-    def golden(self, number: int, judged: Service) -> GoldenResult:
+    def golden(self, step_dir: Path, judged: Service) -> GoldenResult:
         """The AnalysisTemplate's golden-prompt web metrics, run against the canary alone."""
         result = run_golden(self.definition, judged.url, self.runner.state.model_revision)
-        out = self.runner.reports / f"canary-step-{number}-golden.json"
-        out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        step_dir.mkdir(parents=True, exist_ok=True)
+        (step_dir / GOLDEN_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         return result
 
 

@@ -95,7 +95,12 @@ class RunContext(Protocol):
     def cached(self, record: StepRecord, key: str, inputs: Sequence[str]) -> bool: ...
 
     def deploy_image(
-        self, name: str, image: PushedImage, *extra_args: str, revision: str
+        self,
+        name: str,
+        image: PushedImage,
+        *extra_args: str,
+        revision: str,
+        threads: int | None = None,
     ) -> Service: ...
 
     def on_exit(self, callback: Callable[[], object]) -> None: ...

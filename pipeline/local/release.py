@@ -133,7 +133,12 @@ def _same_or_other(built: PushedImage, registered: PushedImage) -> str:
 
 
 def deploy_image(
-    runner: RunContext, name: str, image: PushedImage, *extra_args: str, revision: str
+    runner: RunContext,
+    name: str,
+    image: PushedImage,
+    *extra_args: str,
+    revision: str,
+    threads: int | None = None,
 ) -> Service:
     """Pull ``image`` by digest, unpack it and serve it as the image would; stopped at exit.
 
@@ -141,7 +146,9 @@ def deploy_image(
     definition's serving limits for the environment passed in as env (as the Rollout does)
     and the model pinned to ``revision`` (``MLCICD_MODEL_REVISION``, as ``deploy
     set-image`` pins it): the server refuses other weights, and ``/v1/models`` must
-    report the revision before the service counts as deployed.
+    report the revision before the service counts as deployed. ``threads`` caps its
+    torch threads (``OMP_NUM_THREADS``), as a pod's CPU request does in the cluster,
+    when several servers share this machine's cores.
     """
     dest = runner.run_dir / "deploy" / name
     pull_and_unpack(image, dest, runner.run_dir / "deploy" / f"{name}-pull")
@@ -153,6 +160,8 @@ def deploy_image(
     env = runner.env(
         PYTHONPATH=str(dest / "app"), MLCICD_GIT_SHA=runner.git_sha, MLCICD_MODEL_REVISION=revision
     )
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     server = start_server(
         f"server-{name}", str(dest / "model"), runner.logs, limits,
         args=extra_args, env=env, cwd=dest / "app", ready_timeout_s=180,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,18 +134,21 @@ def start_registry(workdir: Path, log_dir: Path, port: int | None = None) -> Ser
     return Service(proc, url)
 
 
-def nginx_split_config(
-    prefix: Path, port: int, stable: str, canary: str | None, canary_weight: int
-) -> str:
-    """An nginx config sending ``canary_weight``% of requests to ``canary``."""
-    servers: list[str] = []
-    if canary is None or canary_weight <= 0:
-        servers.append(f"server {stable};")
-    elif canary_weight >= 100:
-        servers.append(f"server {canary};")
-    else:
-        servers.append(f"server {stable} weight={100 - canary_weight};")
-        servers.append(f"server {canary} weight={canary_weight};")
+def nginx_split_config(prefix: Path, port: int, weights: Mapping[str, int]) -> str:
+    """An nginx config splitting requests over ``weights`` (address -> percent).
+
+    Addresses at weight 0 get nothing. Every proxied request is logged as
+    ``<epoch seconds> <upstream address> <status>`` to ``access.log``, so that the
+    split actually served can be counted (:meth:`TrafficSplitter.served_since`).
+    """
+    live = {address: weight for address, weight in weights.items() if weight > 0}
+    if not live:
+        raise ValueError("no upstream with a positive weight")
+    servers = (
+        [f"server {next(iter(live))};"]
+        if len(live) == 1
+        else [f"server {address} weight={weight};" for address, weight in live.items()]
+    )
     upstream = "\n    ".join(servers)
     return f"""worker_processes 1;
 daemon off;
@@ -152,7 +156,8 @@ pid {prefix / "nginx.pid"};
 error_log {prefix / "error.log"} warn;
 events {{ worker_connections 1024; }}
 http {{
-  access_log off;
+  log_format split '$msec $upstream_addr $status';
+  access_log {prefix / "access.log"} split;
   client_body_temp_path {prefix / "body"};
   proxy_temp_path {prefix / "proxy"};
   fastcgi_temp_path {prefix / "fastcgi"};
@@ -175,15 +180,13 @@ http {{
 
 
 class TrafficSplitter:
-    """nginx in front of a stable and a canary server; weights change by reload (SIGHUP)."""
+    """nginx in front of the servers of a rollout; weights change by reload (SIGHUP)."""
 
     def __init__(self, workdir: Path, log_dir: Path, stable: str, port: int | None = None):
         self.prefix = workdir
         self.prefix.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.stable = stable
-        self.canary: str | None = None
-        self.canary_weight = 0
+        self.weights: dict[str, int] = {stable: 100}
         self.config = self.prefix / "nginx.conf"
         self._write()
         self.process = ManagedProcess(
@@ -193,15 +196,25 @@ class TrafficSplitter:
         self.process.wait_http(f"{self.url}/health", timeout_s=30)
 
     def _write(self) -> None:
-        self.config.write_text(
-            nginx_split_config(self.prefix, self.port, self.stable, self.canary, self.canary_weight)
-        )
+        self.config.write_text(nginx_split_config(self.prefix, self.port, self.weights))
 
-    def set_weight(self, canary: str | None, weight: int) -> None:
-        self.canary, self.canary_weight = canary, weight
+    def set_weights(self, weights: Mapping[str, int]) -> None:
+        self.weights = dict(weights)
         self._write()
         self.process.send_signal(signal.SIGHUP)
         time.sleep(0.5)  # nginx starts new workers; old ones finish their requests
+
+    def served_since(self, since: float) -> Counter[str]:
+        """Requests proxied to each upstream address since ``since`` (epoch seconds)."""
+        served: Counter[str] = Counter()
+        log = self.prefix / "access.log"
+        if not log.exists():
+            return served
+        for line in log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and float(parts[0]) >= since:
+                served[parts[1]] += 1
+        return served
 
     def stop(self) -> int:
         return self.process.stop()

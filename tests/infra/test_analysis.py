@@ -125,25 +125,24 @@ def test_the_canary_is_judged_against_the_stable_in_one_query(
     `mlcicd canary analyze --canary canary --stable stable` runs."""
     from infra.analysis import STABLE_SELECTOR
     from pipeline.canary.promql import RelativeQueries
-    from pipeline.gates.stats import one_sided_z
 
     gate = definition.canary
-    relative = RelativeQueries(
+    relative = RelativeQueries.for_gate(
         CanaryQueries(CANARY_SELECTOR, gate.window),
         CanaryQueries(STABLE_SELECTOR, gate.window),
-        one_sided_z(gate.confidence),
+        gate,
     )
     m = _metrics(definition)
     query = {name: metric["provider"]["prometheus"]["query"] for name, metric in m.items()}
     assert query["error-rate-vs-stable"] == relative.error_rate_increase_lower
-    assert query["p99-latency-vs-stable"] == relative.p99_latency_ratio
-    assert query["ttft-p99-vs-stable"] == relative.ttft_p99_ratio
-    for name in ("error-rate-vs-stable", "p99-latency-vs-stable", "ttft-p99-vs-stable"):
+    assert query["latency-vs-stable"] == relative.latency_ratio
+    assert query["ttft-vs-stable"] == relative.ttft_ratio
+    for name in ("error-rate-vs-stable", "latency-vs-stable", "ttft-vs-stable"):
         assert 'version="stable"' in query[name] and 'version="canary"' in query[name]
     # A stable as slow as the canary passes; a canary past the ratio fails.
-    assert _outcome(m["p99-latency-vs-stable"], [1.0]) == "Successful"
-    assert _outcome(m["p99-latency-vs-stable"], [gate.max_p99_latency_ratio]) == "Failed"
-    assert _outcome(m["ttft-p99-vs-stable"], [gate.max_ttft_p99_ratio * 2]) == "Failed"
+    assert _outcome(m["latency-vs-stable"], [1.0]) == "Successful"
+    assert _outcome(m["latency-vs-stable"], [gate.max_latency_ratio]) == "Failed"
+    assert _outcome(m["ttft-vs-stable"], [gate.max_ttft_ratio * 2]) == "Failed"
     # Errors: a lower bound at or under the allowed increase passes; above it fails.
     bound = gate.max_error_rate_increase
     assert _outcome(m["error-rate-vs-stable"], [bound - 0.01]) == "Successful"

@@ -34,7 +34,7 @@ import pytest
 from mlcicd.cli import main
 from pipeline.canary.promql import CanaryQueries, RelativeQueries
 from pipeline.definition import DEFAULT_DEFINITION, load_definition
-from pipeline.gates.stats import error_rate_increase_lower, one_sided_z
+from pipeline.gates.stats import error_rate_increase_lower
 from tests.fixtures.inference_server import InferenceServer, StartServer
 from tests.fixtures.prometheus import PrometheusFactory, PrometheusServer, ScrapeTarget
 
@@ -244,7 +244,7 @@ def test_injected_errors_fail_against_the_stable_and_the_pair_reports_the_delta(
     assert verdict["verdict"] == "failed"
     phases = {m["name"]: m["phase"] for m in verdict["metrics"]}
     assert phases["error-rate-vs-stable"] == "Failed"
-    assert phases["p99-latency-vs-stable"] != "Failed"  # errors, not slowness
+    assert phases["latency-vs-stable"] != "Failed"  # errors, not slowness
     assert any(r.startswith("error-rate-vs-stable Failed") for r in verdict["reasons"])
     tick = verdict["ticks"][0]
     assert tick["canary"]["error-rate"] > 0 and tick["stable"]["error-rate"] == 0
@@ -258,7 +258,7 @@ def test_injected_latency_fails_against_the_stable(
     code, verdict, err = analyze(capsys, loaded, "--stable", "v-healthy", "--canary", "v-slow")
     assert code == 1, err
     phases = {m["name"]: m["phase"] for m in verdict["metrics"]}
-    assert phases["p99-latency-vs-stable"] == "Failed" and phases["ttft-p99-vs-stable"] == "Failed"
+    assert phases["latency-vs-stable"] == "Failed" and phases["ttft-vs-stable"] == "Failed"
     assert phases["error-rate-vs-stable"] != "Failed"  # slow, not broken
 
 
@@ -267,7 +267,7 @@ def test_the_promql_error_bound_is_the_python_formula(loaded: Setup) -> None:
     prom = loaded.prometheus
     gate = load_definition("builtin", "prod", loaded.definition).canary
     canary, stable = queries("v-errors"), queries("v-healthy")
-    relative = RelativeQueries(canary, stable, one_sided_z(gate.confidence))
+    relative = RelativeQueries.for_gate(canary, stable, gate)
     at = time.time()
 
     def value(promql: str) -> float:

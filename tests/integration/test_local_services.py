@@ -56,13 +56,16 @@ def test_nginx_splits_by_weight_and_reloads(tmp_path: Path, backends: tuple[str,
     splitter = TrafficSplitter(tmp_path / "nginx", tmp_path / "logs", stable)
     try:
         assert _hits(splitter.url, 20) == Counter({"stable": 20})
-        splitter.set_weight(canary, 30)
+        since = time.time()
+        splitter.set_weights({stable: 70, canary: 30})
         hits = _hits(splitter.url, 100)
         # nginx's smooth weighted round robin is exact over a full cycle of 100.
         assert hits == Counter({"stable": 70, "canary": 30})
-        splitter.set_weight(canary, 100)
+        time.sleep(0.2)  # nginx writes its access log line after the response
+        assert splitter.served_since(since) == Counter({stable: 70, canary: 30})
+        splitter.set_weights({canary: 100})
         assert _hits(splitter.url, 20) == Counter({"canary": 20})
-        splitter.set_weight(None, 0)
+        splitter.set_weights({stable: 100})
         assert _hits(splitter.url, 20) == Counter({"stable": 20})
     finally:
         assert splitter.stop() == 0

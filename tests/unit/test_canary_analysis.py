@@ -171,8 +171,8 @@ def test_without_a_stable_only_the_ceilings_judge() -> None:
     assert plain == {"success-rate", "error-rate", "p99-latency", "ttft-p99"}
     assert relative - plain == {
         "error-rate-vs-stable",
-        "p99-latency-vs-stable",
-        "ttft-p99-vs-stable",
+        "latency-vs-stable",
+        "ttft-vs-stable",
     }
     increase = next(c for c in checks_from_gate(gate) if c.name == "error-rate-vs-stable")
     assert increase.threshold == gate.max_error_rate_increase and increase.op == "<="
@@ -237,8 +237,8 @@ def test_analyze_rejects_an_error_fault_against_the_stable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     canary = {"requests": 80.0, "success-rate": 0.96, "error-rate": 0.04, "p99-latency": 0.8,
-              "ttft-p99": 0.2, "error-rate-vs-stable": 0.012, "p99-latency-vs-stable": 1.0,
-              "ttft-p99-vs-stable": 1.0}  # fmt: skip
+              "ttft-p99": 0.2, "error-rate-vs-stable": 0.012, "latency-vs-stable": 1.0,
+              "ttft-vs-stable": 1.0}  # fmt: skip
     code, report, err = _analyze(monkeypatch, capsys, canary, {"requests": 700.0, **HEALTHY})
     assert code == 1 and report["verdict"] == "failed"
     assert report["stable_selector"] == 'job="inference", version="stable"'
@@ -255,7 +255,7 @@ def test_analyze_inconclusive_on_thin_traffic_says_why(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     canary = {"requests": 5.4, **HEALTHY, "error-rate-vs-stable": -0.1,
-              "p99-latency-vs-stable": 1.0, "ttft-p99-vs-stable": 1.0}  # fmt: skip
+              "latency-vs-stable": 1.0, "ttft-vs-stable": 1.0}  # fmt: skip
     code, report, err = _analyze(monkeypatch, capsys, canary, {"requests": 48.6, **HEALTHY})
     assert code == 3 and report["verdict"] == "inconclusive"
     reasons = " ".join(report["reasons"])  # type: ignore[arg-type]

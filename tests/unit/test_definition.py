@@ -243,3 +243,14 @@ def test_a_drain_shorter_than_the_deadline_is_named(raw: dict[str, Any]) -> None
     raw["profiles"]["builtin"]["serving"] = {"drain_timeout_s": 10.0, "request_deadline_s": 30.0}
     message = _error(raw, "builtin")
     assert "serving" in message and "drain_timeout_s (10) must be >=" in message
+
+
+def test_relative_quantile_must_leave_a_tail_of_min_requests(raw: dict[str, Any]) -> None:
+    """A p99 of 50 requests is their slowest one: the definition refuses to compare it."""
+    raw["canary"]["relative_quantile"] = 0.99
+    message = _error(raw)
+    assert "canary" in message and "relative_quantile = 0.99" in message
+    assert "min_requests = 50" in message and "at most 0.9" in message
+    raw["canary"]["min_requests"] = 500  # 5 requests above p99
+    raw["profiles"]["builtin"]["canary"]["min_requests"] = 500
+    assert resolve(raw, "gpu", None).canary.relative_quantile == 0.99

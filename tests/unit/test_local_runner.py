@@ -24,7 +24,6 @@ from pipeline.local.lifecycle import Interrupted, signals_interrupt
 from pipeline.local.lock import StateLocked, acquire
 from pipeline.local.report import Console, RunReport, StepRecord
 from pipeline.local.runner import LocalRunner
-from pipeline.local.services import Service
 from pipeline.source import REPO_ROOT
 
 
@@ -81,7 +80,7 @@ def test_the_canary_analysis_step_interrupted_in_its_pause(tmp_path: Path) -> No
     canary = CanaryRollout(runner, stage)
     threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
     with pytest.raises(Interrupted), signals_interrupt(print):
-        canary.analyse(1, 10, 30, "http://127.0.0.1:9", Service(None, "http://127.0.0.1:9"))  # type: ignore[arg-type]
+        canary.analyse(1, 10, 30, "http://127.0.0.1:9", None)  # type: ignore[arg-type]
     (record,) = runner.report.steps
     assert record.status == "interrupted" and record.name.startswith("Step 1")
 

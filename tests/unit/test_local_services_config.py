@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
-from pipeline.local.services import ScrapeTarget, nginx_split_config, prometheus_config
+from pipeline.local.fleet import Fleet
+from pipeline.local.services import ScrapeTarget, Service, nginx_split_config, prometheus_config
 
 
 def _upstream(config: str) -> list[str]:
@@ -14,20 +16,44 @@ def _upstream(config: str) -> list[str]:
     return [line.strip() for line in block.splitlines() if line.strip()]
 
 
-def test_split_sends_everything_to_stable_without_a_canary() -> None:
-    config = nginx_split_config(Path("/p"), 8080, "127.0.0.1:1", None, 50)
-    assert _upstream(config) == ["server 127.0.0.1:1;"]
-
-
-def test_split_weights_follow_the_canary_percentage() -> None:
-    config = nginx_split_config(Path("/p"), 8080, "127.0.0.1:1", "127.0.0.1:2", 30)
+def test_split_config_lists_each_upstream_with_its_weight() -> None:
+    config = nginx_split_config(Path("/p"), 8080, {"127.0.0.1:1": 70, "127.0.0.1:2": 30})
     assert _upstream(config) == ["server 127.0.0.1:1 weight=70;", "server 127.0.0.1:2 weight=30;"]
-
-
-def test_split_at_full_weight_is_canary_only() -> None:
-    config = nginx_split_config(Path("/p"), 8080, "127.0.0.1:1", "127.0.0.1:2", 100)
-    assert _upstream(config) == ["server 127.0.0.1:2;"]
     assert "listen 127.0.0.1:8080;" in config
+    assert "access_log /p/access.log split;" in config  # what was served can be counted
+
+
+def test_split_config_drops_zero_weights_and_refuses_none() -> None:
+    config = nginx_split_config(Path("/p"), 8080, {"127.0.0.1:1": 0, "127.0.0.1:2": 100})
+    assert _upstream(config) == ["server 127.0.0.1:2;"]
+    with pytest.raises(ValueError, match="no upstream"):
+        nginx_split_config(Path("/p"), 8080, {"127.0.0.1:1": 0})
+
+
+def _fleet(*roles: str) -> Fleet:
+    ports = {"stable": 1, "canary": 2, "baseline": 3}
+    services = {r: Service(None, f"http://127.0.0.1:{ports[r]}") for r in roles}  # type: ignore[arg-type]
+    return Fleet(services["stable"], services.get("canary"), services.get("baseline"))
+
+
+def test_the_baseline_gets_the_canary_share_and_the_stable_the_rest() -> None:
+    """Kayenta's baseline: canary and baseline equally loaded, so their latencies compare."""
+    fleet = _fleet("stable", "canary", "baseline")
+    assert fleet.weights(10) == {"127.0.0.1:2": 10, "127.0.0.1:3": 10, "127.0.0.1:1": 80}
+    assert fleet.weights(50) == {"127.0.0.1:2": 50, "127.0.0.1:3": 50, "127.0.0.1:1": 0}
+    assert fleet.weights(80) == {"127.0.0.1:2": 80, "127.0.0.1:3": 20, "127.0.0.1:1": 0}
+    assert fleet.weights(100) == {"127.0.0.1:2": 100}
+    assert fleet.weights(0) == {"127.0.0.1:1": 100}  # rolled back
+    assert fleet.reference_label == "baseline"
+    labels = {t.address: t.labels["version"] for t in fleet.scrape_targets()}
+    assert labels == {"127.0.0.1:1": "stable", "127.0.0.1:2": "canary", "127.0.0.1:3": "baseline"}
+
+
+def test_a_first_release_serves_alone_and_is_judged_alone() -> None:
+    fleet = _fleet("stable")
+    assert fleet.weights(10) == {"127.0.0.1:1": 100}
+    assert fleet.reference_label is None and fleet.judged is fleet.stable
+    assert [t.labels for t in fleet.scrape_targets()] == [{"version": "canary"}]
 
 
 def test_prometheus_config_labels_each_target() -> None:

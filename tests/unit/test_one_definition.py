@@ -142,8 +142,8 @@ def _changed(base: PipelineDefinition, edited: PipelineDefinition) -> set[str]:
             "0.005",
         ),
         (
-            "max_p99_latency_ratio = 1.5\n",
-            "max_p99_latency_ratio = 1.75\n",
+            "max_latency_ratio = 1.5\n",
+            "max_latency_ratio = 1.75\n",
             {"workflow", "analysis-template", "canary-checks"},
             "1.75",
         ),
