@@ -118,6 +118,7 @@ class CanaryGate(_Strict):
     max_latency_ratio: float = Field(gt=1.0)
     max_ttft_ratio: float = Field(gt=1.0)
     relative_quantile: float = Field(gt=0.0, lt=1.0)
+    relative_floor_s: float = Field(ge=0.0)
     confidence: float = Field(ge=0.5, lt=1.0)
     min_requests: int = Field(ge=1)
     window: str
@@ -319,7 +320,8 @@ class PipelineDefinition(_Strict):
         return (
             f"Canary gate (vs stable: errors +{c.max_error_rate_increase} at "
             f"{c.confidence:.0%}, p{c.relative_quantile * 100:g} x{c.max_latency_ratio}, "
-            f"TTFT p{c.relative_quantile * 100:g} x{c.max_ttft_ratio}; "
+            f"TTFT p{c.relative_quantile * 100:g} x{c.max_ttft_ratio}, "
+            f"each side +{c.relative_floor_s:g} s; "
             f"ceilings success >= {c.min_success_rate}, errors <= "
             f"{c.max_error_rate}, p99 <= {c.max_p99_latency_s} s, "
             f"TTFT p99 <= {c.max_ttft_p99_s} s)"

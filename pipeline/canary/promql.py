@@ -23,8 +23,11 @@ window of the same scrape: the Agresti-Caffo lower bound of the error-rate
 increase (the formula of :func:`pipeline.gates.stats.error_rate_increase_lower`)
 and the ratio of histogram quantiles at the definition's ``relative_quantile``,
 not p99: the canary's share of a window holds tens of requests, whose p99 is
-their slowest one (the ceilings keep judging p99). Either side without traffic gives an empty
-result or NaN, so "no stable to compare with" is inconclusive too.
+their slowest one (the ceilings keep judging p99). Both quantiles get the
+definition's ``relative_floor_s`` added before the ratio, so that 24 ms against
+15 ms (x1.6, within one histogram bucket) is not a regression while +300 ms is.
+Either side without traffic gives an empty result or NaN, so "no stable to
+compare with" is inconclusive too.
 """
 
 from __future__ import annotations
@@ -100,13 +103,20 @@ class RelativeQueries:
     stable: CanaryQueries
     z: float  # the one-sided normal quantile of the definition's confidence
     q: float  # the latency quantile compared (the definition's relative_quantile)
+    floor_s: float = 0.0  # added to both sides: differences below it do not count
 
     @classmethod
     def for_gate(
         cls, canary: CanaryQueries, stable: CanaryQueries, gate: CanaryGate
     ) -> RelativeQueries:
         """The comparison the definition's canary gate asks for."""
-        return cls(canary, stable, one_sided_z(gate.confidence), gate.relative_quantile)
+        return cls(
+            canary,
+            stable,
+            one_sided_z(gate.confidence),
+            gate.relative_quantile,
+            gate.relative_floor_s,
+        )
 
     def _adjusted_rate(self, side: CanaryQueries) -> tuple[str, str]:
         """Agresti-Caffo: (errors + 1) / (n + 2), and n + 2."""
@@ -121,9 +131,11 @@ class RelativeQueries:
         return f"({pc} - {ps}) - {self.z!r} * {spread}"
 
     def _ratio(self, histogram: str) -> str:
-        return (
-            f"{self.canary.quantile(histogram, self.q)} / {self.stable.quantile(histogram, self.q)}"
-        )
+        canary = self.canary.quantile(histogram, self.q)
+        stable = self.stable.quantile(histogram, self.q)
+        if not self.floor_s:
+            return f"{canary} / {stable}"
+        return f"({canary} + {self.floor_s!r}) / ({stable} + {self.floor_s!r})"
 
     @property
     def latency_ratio(self) -> str:

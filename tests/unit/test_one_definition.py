@@ -148,6 +148,18 @@ def _changed(base: PipelineDefinition, edited: PipelineDefinition) -> set[str]:
             "1.75",
         ),
         (
+            "relative_quantile = 0.9\n",
+            "relative_quantile = 0.85\n",
+            {"analysis-template"},  # the workflow's step title changes too ("p85")
+            "histogram_quantile(0.85",
+        ),
+        (
+            "relative_floor_s = 0.05\n",
+            "relative_floor_s = 0.07\n",
+            {"analysis-template"},
+            "+ 0.07)",
+        ),
+        (
             "confidence = 0.95\n",
             "confidence = 0.9\n",
             {"analysis-template"},  # the workflow's step title changes too ("at 90%")
