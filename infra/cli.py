@@ -81,8 +81,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _workflow(args: argparse.Namespace) -> int:
-    """Write or ``--check`` every workflow file; ``--out`` names the pipeline's, and the
-    others go beside it under their own names."""
+    """Write or ``--check`` every workflow file, under its own name in ``--out``."""
     from infra.config import REPO_ROOT, ConfigError
     from infra.program import WORKFLOW_STACK, stack_workflow_files
     from infra.workflow import WORKFLOW_PATH
@@ -93,11 +92,8 @@ def _workflow(args: argparse.Namespace) -> int:
         print(f"mlcicd infra workflow: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # The checkout the renderer reads pipeline.toml and Pulumi.prod.yaml from.
-    main_out: Path = args.out or REPO_ROOT / WORKFLOW_PATH
-    targets = {
-        main_out if path == WORKFLOW_PATH else main_out.parent / Path(path).name: fresh
-        for path, fresh in files.items()
-    }
+    out_dir: Path = args.out or (REPO_ROOT / WORKFLOW_PATH).parent
+    targets = {out_dir / Path(path).name: fresh for path, fresh in files.items()}
     if not args.check:
         for out, fresh in targets.items():
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +129,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions = parser.add_subparsers(dest="infra_command", required=True, metavar="ACTION")
     render = actions.add_parser("render", help="run the Pulumi program under mocks; write files")
     render.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
-    render.add_argument("--out", required=True, type=Path, help="output directory (replaced)")
+    render.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="output directory (replaced)"
+    )
     render.add_argument(
         "--stack-file", type=Path, help="use this stack file instead of Pulumi.<stack>.yaml"
     )
@@ -163,8 +161,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     workflow.add_argument(
         "--out",
         type=Path,
-        help="the pipeline's workflow file (default: .github/workflows/ml-cicd.yml in the "
-        "checkout); the fork-comment relay goes beside it",
+        metavar="DIR",
+        help="directory for the workflow files, ml-cicd.yml and ml-cicd-comment.yml "
+        "(default: .github/workflows in the checkout)",
     )
     workflow.add_argument(
         "--check", action="store_true", help="exit 1 and print a diff if a file is stale"

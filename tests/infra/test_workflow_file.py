@@ -60,17 +60,17 @@ def test_the_render_is_what_the_prod_stack_commits(
 def test_cli_writes_and_checks_both_files(
     fresh: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "wf" / "ml-cicd.yml"
-    relay = tmp_path / "wf" / "ml-cicd-comment.yml"
-    assert main(["infra", "workflow", "--check", "--out", str(out)]) == 1
+    out_dir = tmp_path / "wf"  # --out is a directory
+    out, relay = out_dir / "ml-cicd.yml", out_dir / "ml-cicd-comment.yml"
+    assert main(["infra", "workflow", "--check", "--out", str(out_dir)]) == 1
     assert "missing" in capsys.readouterr().out
-    assert main(["infra", "workflow", "--out", str(out)]) == 0
+    assert main(["infra", "workflow", "--out", str(out_dir)]) == 0
     assert out.read_text() == fresh[WORKFLOW_PATH]
     assert relay.read_text() == fresh[COMMENT_WORKFLOW_PATH]
-    assert main(["infra", "workflow", "--check", "--out", str(out)]) == 0
+    assert main(["infra", "workflow", "--check", "--out", str(out_dir)]) == 0
     capsys.readouterr()
     out.write_text(fresh[WORKFLOW_PATH].replace("timeout-minutes: 30", "timeout-minutes: 31", 1))
-    assert main(["infra", "workflow", "--check", "--out", str(out)]) == 1
+    assert main(["infra", "workflow", "--check", "--out", str(out_dir)]) == 1
     printed = capsys.readouterr().out
     assert "-    timeout-minutes: 31\n" in printed and "+    timeout-minutes: 30\n" in printed
     assert "is stale; run `mlcicd infra workflow`" in printed
@@ -78,9 +78,9 @@ def test_cli_writes_and_checks_both_files(
     relay.write_text(
         fresh[COMMENT_WORKFLOW_PATH].replace("timeout-minutes: 5", "timeout-minutes: 6")
     )
-    assert main(["infra", "workflow", "--check", "--out", str(out)]) == 1
+    assert main(["infra", "workflow", "--check", "--out", str(out_dir)]) == 1
     printed = capsys.readouterr().out
     assert f"{relay} is stale" in printed and f"{out} is up to date" in printed
     relay.unlink()
-    assert main(["infra", "workflow", "--check", "--out", str(out)]) == 1
+    assert main(["infra", "workflow", "--check", "--out", str(out_dir)]) == 1
     assert f"{relay}: missing" in capsys.readouterr().out

@@ -18,16 +18,6 @@ import pytest
 from mlcicd.cli import build_parser
 from pipeline.cli_args import PROFILE_HELP, stage_ids
 
-# Flags whose value is a file the GitHub workflow rendered by infra/ already
-# passes as a path; changing them to directories needs a matching infra change.
-# infra/ (another owner) declares its own: `infra render --out` is a directory without
-# the DIR metavar, `infra workflow --out` the workflow file it writes.
-FILE_OUTS = {
-    "mlcicd registry champion-results",
-    "mlcicd canary analyze",
-    "mlcicd infra render",
-    "mlcicd infra workflow",
-}
 # The server's own flags are declared in inference/ and mirror its MLCICD_* env names.
 SERVER_FLAGS = {"mlcicd serve"}
 
@@ -67,7 +57,7 @@ def test_shared_flags_read_the_same_everywhere(path: str, parser: argparse.Argum
         flag = longs[0]
         if flag == "--environment":
             assert action.choices, f"{path}: --environment must be a choice"
-        if flag == "--out" and path not in FILE_OUTS:
+        if flag == "--out":
             assert action.metavar == "DIR", f"{path}: --out is a directory"
         if flag == "--profile" and path not in ("mlcicd bench", *SERVER_FLAGS):
             assert action.help == PROFILE_HELP, f"{path}: --profile has its own default rule"
