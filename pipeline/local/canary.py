@@ -183,7 +183,9 @@ class CanaryRollout:
         canary_args = self.server_args("canary")
         with runner.step(self.stage.id, "Deploy stable and canary (pull by digest)") as record:
             if champion is None:
-                alone = runner.deploy_image("canary", candidate, *canary_args, revision=revision)
+                alone = runner.deploy_image(
+                    "canary", candidate, *canary_args, revision=revision, threads=pod_threads(1)
+                )
                 record.detail = "no champion yet: first release takes all traffic (as in Argo)"
                 return Fleet(alone)
             version, image, champion_revision = champion

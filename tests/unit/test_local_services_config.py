@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.local.fleet import Fleet
+from pipeline.local import fleet
+from pipeline.local.fleet import Fleet, pod_threads
 from pipeline.local.services import ScrapeTarget, Service, nginx_split_config, prometheus_config
 
 
@@ -71,3 +72,13 @@ def test_prometheus_config_labels_each_target() -> None:
         (["127.0.0.1:1"], "stable"),
         (["127.0.0.1:2"], "canary"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("cores", "servers", "threads"), [(2, 1, 1), (2, 3, 1), (16, 1, 8), (16, 3, 4)]
+)
+def test_servers_sharing_the_cores_get_a_share_each_and_one_is_left(
+    monkeypatch: pytest.MonkeyPatch, cores: int, servers: int, threads: int
+) -> None:
+    monkeypatch.setattr(fleet.os, "cpu_count", lambda: cores)
+    assert pod_threads(servers) == threads
