@@ -309,13 +309,21 @@ async def run_load(
             assert rate is not None
             schedule = poisson_schedule(requests, rate, seed)
 
-            async def scheduled(i: int, offset: float) -> None:
-                await asyncio.sleep(max(0.0, run_start + offset - time.perf_counter()))
-                if stop is not None and stop.is_set():
-                    return
+            async def send(i: int) -> None:
                 done(await _one_request(client, endpoint, body(warmup + i), i, run_start))
 
-            await asyncio.gather(*(scheduled(i, t) for i, t in enumerate(schedule)))
+            # One dispatcher sends each request at its time, so that ``stop`` ends the
+            # run at once: requests in flight finish, none later is sent.
+            in_flight: list[asyncio.Task[None]] = []
+            for i, offset in enumerate(schedule):
+                while (wait := run_start + offset - time.perf_counter()) > 0:
+                    if stop is not None and stop.is_set():
+                        break
+                    await asyncio.sleep(min(wait, STOP_POLL_S))
+                if stop is not None and stop.is_set():
+                    break
+                in_flight.append(asyncio.create_task(send(i)))
+            await asyncio.gather(*in_flight)
         duration = time.perf_counter() - run_start
         bar.close()
     return LoadResult(
@@ -328,6 +336,10 @@ async def run_load(
         duration_s=duration,
         records=tuple(sorted(records, key=lambda r: r.index)),
     )
+
+
+# How often an open-loop run waiting for its next send looks at ``stop``.
+STOP_POLL_S = 0.1
 
 
 class BackgroundLoad:

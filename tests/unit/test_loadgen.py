@@ -295,3 +295,18 @@ def test_latency_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit) as info:
         main(["gate", "latency", "--url", "http://x", "--rate", "1", "--concurrency", "2"])
     assert info.value.code == 2
+
+
+def test_background_load_stops_at_once_with_a_long_schedule() -> None:
+    """stop() returns within a poll, not when the last scheduled request was due."""
+    import time as clock
+
+    from pipeline.load.generator import BackgroundLoad
+
+    load = BackgroundLoad("http://127.0.0.1:9", rate=2.0, max_seconds=600)
+    load.start()
+    clock.sleep(1.0)
+    started = clock.monotonic()
+    load.stop(timeout_s=30)
+    assert clock.monotonic() - started < 5
+    assert not load._thread.is_alive()
