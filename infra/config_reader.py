@@ -14,6 +14,7 @@ from typing import Protocol
 import pulumi
 
 from infra.config_model import Toleration
+from infra.kube import cpu_cores
 
 PROJECT = "mlcicd"
 
@@ -91,7 +92,7 @@ class Reader:
             self.fail(
                 key, f"expected a CPU quantity such as 4, 2.5 or 1500m, got {json.dumps(value)}"
             )
-        elif value and (float(value[:-1]) / 1000 if value.endswith("m") else float(value)) < 1:
+        elif value and cpu_cores(value) < 1:
             self.fail(key, f"must be at least one core (torch's thread pool), got {value}")
         return value or "1"
 

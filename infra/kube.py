@@ -41,6 +41,11 @@ def http_probe(path: str, port: int | str, period_s: int = 10, failures: int = 3
     }
 
 
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity (``4``, ``2.5``, ``500m``) in cores."""
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
 def whole_cpus(quantity: str) -> int:
     """A CPU quantity (``4``, ``2.5``, ``500m``) as whole cores, at least one.
 
@@ -48,8 +53,7 @@ def whole_cpus(quantity: str) -> int:
     on a shared node more threads than cores spin at barriers (measured locally:
     p99 4.8 s against 1.1 s), so the pod's ``OMP_NUM_THREADS`` comes from this.
     """
-    cores = float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
-    return max(1, math.floor(cores))
+    return max(1, math.floor(cpu_cores(quantity)))
 
 
 def resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:

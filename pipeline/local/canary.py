@@ -136,17 +136,11 @@ class CanaryRollout:
 
     def champion(self) -> tuple[str, PushedImage, str] | None:
         """The champion's version, its image and its model revision, from the registry."""
-        registry = self.runner.registry()
-        found = registry.champion_image()
+        found = champion_image(self.runner)
         if found is None:
             return None
-        version, reference, digest = found
-        revision = registry.model_revision(version) or ""
-        # The local registry listens on a new port each run but keeps its storage
-        # under the state dir, so the champion's image is re-addressed to it.
-        current = self.runner.services["registry"].url.removeprefix("http://")
-        path = reference.split("/", 1)[1] if "/" in reference else reference
-        return version, PushedImage(reference=f"{current}/{path}", digest=digest), revision
+        version, image = found
+        return version, image, self.runner.registry().model_revision(version) or ""
 
     def reject(self, version: str, verdict: str) -> None:
         """Record the failed release in the registry; a failure here must not hide the verdict."""
