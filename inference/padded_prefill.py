@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from inference.kv_cache import cache_layers
+from inference.kv_cache import SPARE_COLUMNS, cache_layers
 
 # Padded prompt tokens per prefill forward: bounds activations and padding waste.
 PREFILL_TOKEN_BUDGET = 4096
@@ -67,9 +67,12 @@ def prefill_chunks(lengths: list[int], budget: int = PREFILL_TOKEN_BUDGET) -> li
 
 @torch.inference_mode()
 def padded_prefill(
-    model: Any, prompts: list[list[int]], device: torch.device
+    model: Any, prompts: list[list[int]], device: torch.device, spare: int = SPARE_COLUMNS
 ) -> tuple[torch.Tensor, Any, torch.Tensor]:
-    """(last-position logits (B, V), cache, (B, T) mask with 1 = real token)."""
+    """(last-position logits (B, V), cache, (B, T) mask with 1 = real token).
+
+    ``spare``: empty cache columns to keep for decoding (inference/kv_cache.py).
+    """
     width = max(len(ids) for ids in prompts)
     ids = torch.tensor(
         [[0] * (width - len(p)) + p for p in prompts], dtype=torch.long, device=device
@@ -88,7 +91,7 @@ def padded_prefill(
         logits_to_keep=1,
     )
     padding = (mask == 0)[:, None, :, None]
-    for layer in cache_layers(out.past_key_values):
+    for layer in cache_layers(out.past_key_values, spare):
         keys, values = layer.current()
         keys.masked_fill_(padding, 0.0)
         values.masked_fill_(padding, 0.0)

@@ -75,6 +75,18 @@ class SequenceState:
         return self._prompt_length + len(self.generated) - 1
 
     @property
+    def tokens_to_come(self) -> int:
+        """Decode steps this sequence may still take: cache columns it may still write."""
+        generated = len(self.generated)
+        return max(
+            1,
+            min(
+                self.params.max_new_tokens - generated,
+                self.context_length - self._prompt_length - generated,
+            ),
+        )
+
+    @property
     def suppress_eos(self) -> bool:
         return len(self.generated) < self.params.min_new_tokens
 

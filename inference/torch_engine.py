@@ -331,7 +331,8 @@ class TorchEngine:
         """Logits of each prompt's last position, the cache, and its (B, T) padding mask."""
         for seq in group:
             seq.check_fits()
-        return padded_prefill(self._model, [seq.input_ids for seq in group], self._device)
+        spare = self._columns_to_come(list(self._batch.seqs) + group)
+        return padded_prefill(self._model, [seq.input_ids for seq in group], self._device, spare)
 
     def _merge(
         self, seqs: list[SequenceState], cache: Any, mask: torch.Tensor, rows: list[int]
@@ -341,11 +342,12 @@ class TorchEngine:
         index = torch.tensor(rows, dtype=torch.long, device=self._device)
         new_mask = mask.index_select(0, index)
         length = new_mask.shape[1]
-        new_layers = cache_layers(cache)
+        spare = self._columns_to_come(list(batch.seqs) + seqs)
+        new_layers = cache_layers(cache, spare)
         if len(rows) < mask.shape[0]:
             for layer in new_layers:
                 keys, values = layer.current()
-                layer.reset_to(keys.index_select(0, index), values.index_select(0, index))
+                layer.reset_to(keys.index_select(0, index), values.index_select(0, index), spare)
         if batch.cache is None or batch.mask is None:
             batch.cache, batch.mask, batch.seqs = cache, new_mask, list(seqs)
             return
@@ -355,6 +357,7 @@ class TorchEngine:
             old.reset_to(
                 torch.cat([pad_left(old_k, width, 2), pad_left(new_k, width, 2)]),
                 torch.cat([pad_left(old_v, width, 2), pad_left(new_v, width, 2)]),
+                spare,
             )
         batch.mask = torch.cat([pad_left(batch.mask, width, 1), pad_left(new_mask, width, 1)])
         batch.seqs.extend(seqs)
@@ -409,5 +412,10 @@ class TorchEngine:
             batch.clear()
             return
         index = torch.tensor(keep, dtype=torch.long, device=self._device)
-        batch.mask = keep_rows(batch.cache, batch.mask, index)
         batch.seqs = [batch.seqs[row] for row in keep]
+        batch.mask = keep_rows(batch.cache, batch.mask, index, self._columns_to_come(batch.seqs))
+
+    @staticmethod
+    def _columns_to_come(seqs: list[SequenceState]) -> int:
+        """Cache columns the batch can still write: its longest remaining generation."""
+        return max((seq.tokens_to_come for seq in seqs), default=1)

@@ -122,6 +122,28 @@ def test_smaller_batch_than_requests_joins_between_steps(builtin_loaded: LoadedM
     assert max(sizes) == 3
 
 
+def test_the_cache_holds_no_more_spare_columns_than_the_batch_can_write(
+    builtin_loaded: LoadedModel,
+) -> None:
+    """Spare cache columns are memory on every row of every layer: sized to need."""
+    from inference.kv_cache import cache_layers
+
+    engine = TorchEngine(builtin_loaded, max_batch_size=4, batch_window_s=0.05, queue_cap=64)
+    engine.start()
+    spare: list[int] = []
+
+    def record(_: int) -> None:
+        layers = cache_layers(engine._batch.cache)
+        spare.append(max(layer._k.shape[2] - layer.current()[0].shape[2] for layer in layers))
+
+    engine.observe_batches(record)
+    try:
+        run_all(engine, [params(engine, p, 5, min_new_tokens=5) for p in PROMPTS[:4]], True)
+    finally:
+        engine.stop()
+    assert spare and max(spare) <= 5  # at most the 5 new tokens, not a fixed reserve
+
+
 def test_gpt2_small_shaped_model_builds_loads_and_generates() -> None:
     # The benchmark's model: never downloaded, 124M parameters, a 50257-entry tokenizer.
     loaded = load_model("gpt2-small-random", device="cpu", dtype="fp32")

@@ -78,12 +78,16 @@ def test_small_layers_stay_dense() -> None:
     assert not isinstance(model.lm_head, PackedLinear)
 
 
-def test_growing_layer_equals_concatenation_across_regrowths() -> None:
+@pytest.mark.parametrize("spare", [1, 3, None], ids=["spare1", "spare3", "default"])
+def test_growing_layer_equals_concatenation_across_regrowths(spare: int | None) -> None:
     from inference.kv_cache import SPARE_COLUMNS, GrowingLayer
 
     torch.manual_seed(0)
     keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
     layer = GrowingLayer(keys.clone(), values.clone())
+    if spare is not None:
+        layer.reset_to(keys.clone(), values.clone(), spare)
+        assert layer._k.shape[2] == 5 + spare
     all_keys, all_values = [keys], [values]
     steps = [1] * (3 * SPARE_COLUMNS) + [SPARE_COLUMNS + 7]  # regrow often, then a long update
     for length in steps:
