@@ -50,7 +50,7 @@ from pipeline.gates.latency import LatencyVerdict
 from pipeline.gates.quality import HttpGenerator, run_suite
 from pipeline.gates.stats import wilson_interval
 from pipeline.gates.verdicts import LoadPlan, latency_verdict, measure_latency, quality_verdict
-from pipeline.serving import running_server
+from pipeline.serving import pod_threads, running_server
 from pipeline.source import REPO_ROOT
 
 CHAMPION = "builtin"
@@ -212,7 +212,10 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         }
 
     log_dir = args.out / "servers"
-    with running_server("champion", CHAMPION, log_dir, definition.serving) as champion:
+    threads = pod_threads(2)  # champion and candidate share the cores, as in the pipeline
+    with running_server(
+        "champion", CHAMPION, log_dir, definition.serving, threads=threads
+    ) as champion:
         champion_cases = (
             {r.id: r.passed for r in quality_once(definition, champion.url)}
             if "quality" in args.gates
@@ -228,7 +231,7 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
                         server = stack.enter_context(
                             running_server(
                                 f"candidate-{name}", variant.model, log_dir, definition.serving,
-                                args=variant.server_args,
+                                args=variant.server_args, threads=threads,
                             )
                         )  # fmt: skip
                         for run in range(args.runs):

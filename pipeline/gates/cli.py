@@ -44,7 +44,7 @@ from pipeline.gates.verdicts import (
     quality_verdict,
 )
 from pipeline.processes import ServiceError
-from pipeline.serving import running_server
+from pipeline.serving import pod_threads, running_server
 from pipeline.source import REPO_ROOT
 
 if TYPE_CHECKING:
@@ -265,13 +265,14 @@ def served(
     model: str | None,
     url: str | None,
     args: Sequence[str] = (),
+    threads: int | None = None,
 ) -> Iterator[str | None]:
     """The URL of ``url``, or of ``model`` served for the block; None when neither is given."""
     if url or not model:
         yield url
         return
     _err(f"starting the {name} server for {model} ...")
-    with running_server(name, model, out, definition.serving, args=args) as server:
+    with running_server(name, model, out, definition.serving, args=args, threads=threads) as server:
         yield server.url
 
 
@@ -301,15 +302,19 @@ def latency_command(args: argparse.Namespace) -> int:
             _err(f"mlcicd gate latency: cannot connect to {given}: {unreachable}")
             return EXIT_USAGE
     device = ["--device", args.device, "--dtype", args.dtype]
+    # Servers started here share the cores: each gets its share, as in the rollout.
+    local = [m for m, u in ((args.model, args.url), (args.champion_model, args.champion_url))
+             if m and not u]  # fmt: skip
+    threads = pod_threads(len(local)) if local and args.device in ("cpu", "auto") else None
     try:
         with ExitStack() as stack:
             url = stack.enter_context(
                 served(definition, args.out, "server", args.model, args.url,
-                       [*args.server_arg, *device])
+                       [*args.server_arg, *device], threads)
             )  # fmt: skip
             champion_url = stack.enter_context(
                 served(definition, args.out, "champion", args.champion_model,
-                       args.champion_url, device)
+                       args.champion_url, device, threads)
             )  # fmt: skip
             assert url is not None
             result, champion = measure_latency(definition, plan, url, champion_url)

@@ -52,12 +52,13 @@ from pipeline.definition import (
 from pipeline.exit_codes import EXIT_FAILED, EXIT_INCONCLUSIVE, EXIT_OK
 from pipeline.load.generator import BackgroundLoad
 from pipeline.local.context import RunContext, StageFailed
-from pipeline.local.fleet import Fleet, address, pod_threads
+from pipeline.local.fleet import Fleet, address
 from pipeline.local.image_bundle import PushedImage
 from pipeline.local.report import StepRecord
 from pipeline.local.services import Service, TrafficSplitter, start_prometheus
 from pipeline.registry.client import ModelRegistry, RegistryError, default_actor
 from pipeline.rollout.budget import release_budget
+from pipeline.serving import pod_threads
 
 # Where a promote is sent when the run injects a registry fault: nothing listens there.
 UNREACHABLE_REGISTRY = "http://127.0.0.1:9"

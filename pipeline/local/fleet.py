@@ -13,8 +13,8 @@ AnalysisTemplate runs, with another label value); the stable takes the rest and
 stands in for production. A first release (no champion) has neither.
 
 The servers share this machine's cores as pods would not: each gets
-``cores // (servers + 1)`` torch threads (at least one), as a pod's CPU request
-would give it.
+``cores // (servers + 1)`` torch threads (at least one, ``pipeline.serving.pod_threads``),
+as a pod's CPU request would give it.
 Measured without the cap, canary and baseline each ran two threads on two cores
 beside the stable; at the 50 % step both reached a p99 of 4.8 s (against 1.1 s at
 10 %), threads spinning at barriers while their partner was descheduled.
@@ -26,21 +26,9 @@ differ, and at 100 % the step is not analysed (as in Argo).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from pipeline.local.services import ScrapeTarget, Service
-
-
-def pod_threads(servers: int) -> int:
-    """Torch threads for each of ``servers`` busy servers sharing this machine's cores.
-
-    One share is left for the rest of the rollout (load generator, nginx, Prometheus)
-    and whatever else runs here: on 2 cores with one core busy elsewhere, a first
-    release served alone on 2 threads reached a p99 of 9.75 s, on 1 thread it does not
-    spin.
-    """
-    return max(1, (os.cpu_count() or 1) // (servers + 1))
 
 
 def address(service: Service) -> str:

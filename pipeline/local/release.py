@@ -160,11 +160,9 @@ def deploy_image(
     env = runner.env(
         PYTHONPATH=str(dest / "app"), MLCICD_GIT_SHA=runner.git_sha, MLCICD_MODEL_REVISION=revision
     )
-    if threads is not None:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     server = start_server(
         f"server-{name}", str(dest / "model"), runner.logs, limits,
-        args=extra_args, env=env, cwd=dest / "app", ready_timeout_s=180,
+        args=extra_args, env=env, cwd=dest / "app", ready_timeout_s=180, threads=threads,
     )  # fmt: skip
     runner.on_exit(server.stop)
     served = served_revision(server.url)

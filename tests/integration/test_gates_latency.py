@@ -8,6 +8,7 @@ a definition whose bound no server can meet.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,18 @@ def test_latency_gate_starts_its_own_server(builtin_model_dir: Path, tmp_path: P
     assert report["requests"] == 20 and report["error_count"] == 0
     assert report["url"].startswith("http://127.0.0.1:")
     assert (tmp_path / "server.log").exists()
+
+
+def test_servers_that_share_the_cores_get_a_share_of_the_threads_each(tmp_path: Path) -> None:
+    """Champion and candidate on all cores each spin at barriers when a core is busy
+    elsewhere: the paired gate and the calibration start them with their share."""
+    from pipeline.serving import pod_threads, running_server
+
+    serving = load_definition("builtin").serving
+    with running_server("shared", "builtin", tmp_path, serving, threads=pod_threads(2)) as server:
+        environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
+    assert f"OMP_NUM_THREADS={pod_threads(2)}".encode() in environ
+    assert pod_threads(2) < max(2, os.cpu_count() or 1)  # a share, not every core
 
 
 @pytest.mark.slow

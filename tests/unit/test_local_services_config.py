@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.local import fleet
-from pipeline.local.fleet import Fleet, pod_threads
+from pipeline import serving
+from pipeline.local.fleet import Fleet
 from pipeline.local.services import ScrapeTarget, Service, nginx_split_config, prometheus_config
+from pipeline.serving import pod_threads
 
 
 def _upstream(config: str) -> list[str]:
@@ -80,5 +81,5 @@ def test_prometheus_config_labels_each_target() -> None:
 def test_servers_sharing_the_cores_get_a_share_each_and_one_is_left(
     monkeypatch: pytest.MonkeyPatch, cores: int, servers: int, threads: int
 ) -> None:
-    monkeypatch.setattr(fleet.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(serving.os, "cpu_count", lambda: cores)
     assert pod_threads(servers) == threads
