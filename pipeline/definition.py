@@ -78,6 +78,16 @@ class QualityGate(_Strict):
     max_new_tokens: int = Field(gt=0)
 
 
+class SlowdownFloor(_Strict):
+    """Per measure, a difference too small to matter, in ms, added to both sides of the
+    paired comparison (as the canary's ``relative_floor_s`` is), so that sub-millisecond
+    scheduling noise in a tail is not read as a slowdown."""
+
+    ttft: float = Field(ge=0.0)
+    itl: float = Field(ge=0.0)
+    e2e: float = Field(ge=0.0)
+
+
 class LatencyGate(_Strict):
     max_new_tokens: int = Field(gt=0)
     requests: int = Field(gt=0)
@@ -91,6 +101,7 @@ class LatencyGate(_Strict):
     significance: float = Field(gt=0.0, lt=0.5)
     paired_blocks: int = Field(ge=2)
     ceiling_headroom_vs_champion: float = Field(ge=1.0)
+    slowdown_floor_ms: SlowdownFloor
 
 
 class CanaryStep(_Strict):
@@ -312,7 +323,9 @@ class PipelineDefinition(_Strict):
             lat = self.latency
             return (
                 f"Latency gate (vs champion: at most {lat.max_slowdown_vs_champion:.0%} slower, "
-                f"p < {lat.significance}; ceilings TTFT p99 <= {lat.max_ttft_p99_ms} ms, "
+                f"p < {lat.significance}, floors TTFT {lat.slowdown_floor_ms.ttft:g} / ITL "
+                f"{lat.slowdown_floor_ms.itl:g} / e2e {lat.slowdown_floor_ms.e2e:g} ms; "
+                f"ceilings TTFT p99 <= {lat.max_ttft_p99_ms} ms, "
                 f"mean <= {lat.max_e2e_mean_ms} ms (x{lat.ceiling_headroom_vs_champion:g} when "
                 f"paired), error rate <= {lat.max_error_rate})"
             )

@@ -16,8 +16,11 @@ candidate on the same machine and the same load alternates between the two
 (TTFT, the mean inter-token latency of each request, end-to-end) is then judged
 by two one-sided tests against the champion with the definition's practical
 margin (:mod:`pipeline.gates.stats`): Mann-Whitney U on the whole distribution
-and a bootstrap bound on the p95 ratio. Per-request ITL means, not every gap,
-because the gaps of one request are not independent. The absolute thresholds
+and a bootstrap bound on the p95 ratio that resamples whole paired blocks (a burst
+of background work slows a block, not scattered requests). Per-request ITL means, not every gap,
+because the gaps of one request are not independent. A per-measure floor (ms) is
+added to both sides first, so that a tail a fraction of a millisecond apart, which
+is scheduling noise between two processes, is not read as a 27 % slowdown. The absolute thresholds
 stay as ceilings; with no champion they decide alone and the verdict says so.
 
 Left out: throughput floors (the benchmark reports them; as a gate they would be
@@ -26,12 +29,16 @@ too machine-dependent to hold on shared CI runners).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.gates.stats import bootstrap_ratio_lower, slower_beyond_margin
-from pipeline.load.generator import LoadResult
+from pipeline.gates.stats import (
+    bootstrap_ratio_lower,
+    paired_block_ratio_lower,
+    slower_beyond_margin,
+)
+from pipeline.load.generator import LoadResult, RequestRecord
 from pipeline.load.stats import percentile
 
 NO_CHAMPION = "absolute limits only: no champion to compare with"
@@ -40,6 +47,9 @@ NO_CHAMPION = "absolute limits only: no champion to compare with"
 # busy-machine calibration (docs/gates.md) saw it reject a good release (16 requests,
 # bound x1.23, Mann-Whitney p=0.09). The Mann-Whitney test judges every sample size.
 MIN_TAIL_SAMPLES = 100
+# The p95 bound resamples whole paired blocks when there are at least this many
+# (pipeline.gates.stats.paired_block_ratio_lower); with fewer, single requests.
+MIN_PAIRED_BLOCKS = 4
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class RelativeRow:
     p_value: float  # Mann-Whitney U: candidate slower than champion x (1 + margin)
     p95_ratio_lower: float | None  # bootstrap lower bound of the p95 ratio; None: too few
     passed: bool
+    floor_ms: float = 0.0  # added to both sides before the tests
 
     @property
     def ratio_p50(self) -> float:
@@ -84,7 +95,18 @@ class LatencyVerdict:
 
 def measure_samples(result: LoadResult) -> dict[str, list[float]]:
     """Per-request samples (seconds) of each measure the paired comparison judges."""
+    return _samples(result.ok_records)
+
+
+def measure_blocks(result: LoadResult) -> dict[str, list[list[float]]]:
+    """:func:`measure_samples` per block of a paired measurement, in block order."""
     ok = result.ok_records
+    blocks = sorted({r.block for r in ok})
+    per_block = [_samples([r for r in ok if r.block == block]) for block in blocks]
+    return {name: [samples[name] for samples in per_block] for name in _samples(())}
+
+
+def _samples(ok: Sequence[RequestRecord]) -> dict[str, list[float]]:
     return {
         "ttft": [r.ttft_s for r in ok if r.ttft_s is not None],
         "itl": [sum(r.itl_s) / len(r.itl_s) for r in ok if r.itl_s],
@@ -99,14 +121,27 @@ def compare_measure(
     *,
     max_slowdown: float,
     significance: float,
+    floor_ms: float = 0.0,
+    blocks: tuple[Sequence[Sequence[float]], Sequence[Sequence[float]]] | None = None,
 ) -> RelativeRow:
-    """Candidate vs champion on one measure: fails only on evidence beyond the margin."""
-    test = slower_beyond_margin(candidate, champion, max_slowdown)
-    lower = (
-        bootstrap_ratio_lower(candidate, champion, 95, 1 - significance)
-        if min(len(candidate), len(champion)) >= MIN_TAIL_SAMPLES
-        else None
-    )
+    """Candidate vs champion on one measure: fails only on evidence beyond the margin,
+    both sides raised by ``floor_ms`` first. ``blocks``: the same samples as paired
+    blocks (candidate's, champion's), for the p95 bound."""
+    floor_s = floor_ms / 1000
+    floored = [v + floor_s for v in candidate]
+    reference = [v + floor_s for v in champion]
+    test = slower_beyond_margin(floored, reference, max_slowdown)
+    lower = None
+    if min(len(candidate), len(champion)) >= MIN_TAIL_SAMPLES:
+        if blocks and len(blocks[0]) == len(blocks[1]) >= MIN_PAIRED_BLOCKS:
+            lower = paired_block_ratio_lower(
+                [[v + floor_s for v in block] for block in blocks[0]],
+                [[v + floor_s for v in block] for block in blocks[1]],
+                95,
+                1 - significance,
+            )
+        else:
+            lower = bootstrap_ratio_lower(floored, reference, 95, 1 - significance)
     return RelativeRow(
         name,
         percentile(candidate, 50) * 1000,
@@ -116,6 +151,7 @@ def compare_measure(
         test.p,
         lower,
         passed=test.p >= significance and (lower is None or lower <= 1 + max_slowdown),
+        floor_ms=floor_ms,
     )
 
 
@@ -124,18 +160,26 @@ def _bound(lower: float | None) -> str:
 
 
 def compare_with_champion(
-    result: LoadResult, champion: LoadResult, *, max_slowdown: float, significance: float
+    result: LoadResult,
+    champion: LoadResult,
+    *,
+    max_slowdown: float,
+    significance: float,
+    floors_ms: Mapping[str, float],
 ) -> tuple[tuple[RelativeRow, ...], list[str]]:
     """Rows for every measure both sides have, and a reason per failed one."""
     ours, theirs = measure_samples(result), measure_samples(champion)
+    our_blocks, their_blocks = measure_blocks(result), measure_blocks(champion)
     rows: list[RelativeRow] = []
     reasons: list[str] = []
     for name in ours:
         if not ours[name] or not theirs[name]:
             continue
         row = compare_measure(
-            name, ours[name], theirs[name], max_slowdown=max_slowdown, significance=significance
-        )
+            name, ours[name], theirs[name], max_slowdown=max_slowdown,
+            significance=significance, floor_ms=floors_ms.get(name, 0.0),
+            blocks=(our_blocks[name], their_blocks[name]),
+        )  # fmt: skip
         rows.append(row)
         if not row.passed:
             reasons.append(
@@ -143,8 +187,8 @@ def compare_with_champion(
                 f"p50 {row.candidate_p50_ms:.1f} vs {row.champion_p50_ms:.1f} ms "
                 f"(x{row.ratio_p50:.2f}), p95 {row.candidate_p95_ms:.1f} vs "
                 f"{row.champion_p95_ms:.1f} ms (x{row.ratio_p95:.2f}, lower bound "
-                f"{_bound(row.p95_ratio_lower)}), Mann-Whitney p={row.p_value:.2g} "
-                f"(< {significance} fails)"
+                f"{_bound(row.p95_ratio_lower)} with a {row.floor_ms:g} ms floor), "
+                f"Mann-Whitney p={row.p_value:.2g} (< {significance} fails)"
             )
     return tuple(rows), reasons
 
@@ -159,6 +203,7 @@ def judge_latency(
     max_slowdown: float = 0.0,
     significance: float = 0.01,
     ceiling_headroom: float = 1.0,
+    slowdown_floor_ms: Mapping[str, float] | None = None,
 ) -> LatencyVerdict:
     """The verdict; paired when ``champion`` answered, else by the absolute limits alone.
 
@@ -185,8 +230,9 @@ def judge_latency(
     if paired:
         assert champion is not None
         relative, slower = compare_with_champion(
-            result, champion, max_slowdown=max_slowdown, significance=significance
-        )
+            result, champion, max_slowdown=max_slowdown, significance=significance,
+            floors_ms=slowdown_floor_ms or {},
+        )  # fmt: skip
         reasons += slower
         basis = (
             f"paired with the champion ({champion.url}), same machine, interleaved load; "

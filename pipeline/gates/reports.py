@@ -176,14 +176,15 @@ def _relative_lines(verdict: LatencyVerdict) -> list[str]:
     if not verdict.relative:
         return lines
     lines.append(
-        "  vs champion    p50 cand/champ (ms)   p95 cand/champ (ms)   x p95 (low)   MWU p  result"
+        "  vs champion    p50 cand/champ (ms)   p95 cand/champ (ms)   x p95 (low)   MWU p  "
+        "floor ms  result"
     )
     for row in verdict.relative:
         lines.append(
             f"  {row.name:<8} {row.candidate_p50_ms:9.1f} /{row.champion_p50_ms:8.1f}   "
             f"{row.candidate_p95_ms:9.1f} /{row.champion_p95_ms:8.1f}   "
             f"{row.ratio_p95:5.2f} ({_low(row.p95_ratio_lower)})  {row.p_value:7.2g}  "
-            f"{'ok' if row.passed else 'FAIL'}"
+            f"{row.floor_ms:8g}  {'ok' if row.passed else 'FAIL'}"
         )
     return lines
 

@@ -223,6 +223,41 @@ def bootstrap_ratio_lower(
     return percentile(ratios, (1 - confidence) * 100)
 
 
+def paired_block_ratio_lower(
+    candidate_blocks: Sequence[Sequence[float]],
+    reference_blocks: Sequence[Sequence[float]],
+    q: float,
+    confidence: float,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> float:
+    """One-sided lower bound of the q-th percentile ratio, resampling whole paired blocks.
+
+    Why blocks: requests of one block share a stretch of the machine's time, so a
+    burst of background work slows a whole block, not random requests; resampling
+    single requests takes that burst for a steady slowdown and gives a bound far too
+    tight (the calibration's false rejects, docs/gates.md). Block ``i`` of each side
+    ran back to back (ABBA), so a resample takes block ``i`` from both sides: the
+    time-shared noise stays paired and cancels, a slowdown in every block remains.
+    """
+    if len(candidate_blocks) != len(reference_blocks) or not candidate_blocks:
+        raise ValueError("paired blocks: both sides need the same number of blocks")
+    rng = random.Random(seed)
+    count = len(candidate_blocks)
+    ratios = []
+    for _ in range(resamples):
+        picks = rng.choices(range(count), k=count)
+        top = [v for i in picks for v in candidate_blocks[i]]
+        bottom = [v for i in picks for v in reference_blocks[i]]
+        if not top or not bottom:
+            continue
+        low = percentile(bottom, q)
+        ratios.append(percentile(top, q) / low if low > 0 else math.inf)
+    if not ratios:
+        raise ValueError("paired blocks: no values to compare")
+    return percentile(ratios, (1 - confidence) * 100)
+
+
 def error_rate_increase_lower(
     canary_errors: float,
     canary_total: float,

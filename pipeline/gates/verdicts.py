@@ -48,6 +48,7 @@ def latency_verdict(
         max_slowdown=lat.max_slowdown_vs_champion,
         significance=lat.significance,
         ceiling_headroom=lat.ceiling_headroom_vs_champion,
+        slowdown_floor_ms=lat.slowdown_floor_ms.model_dump(),
     )
 
 

@@ -74,6 +74,7 @@ class RequestRecord:
     status_code: int | None = None
     error_kind: str | None = None
     error: str | None = None
+    block: int = 0  # which block of a paired measurement (pipeline.load.paired)
 
 
 @dataclass(frozen=True)

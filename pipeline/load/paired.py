@@ -29,13 +29,14 @@ class PairedResult:
 
 
 def merge(parts: list[LoadResult]) -> LoadResult:
-    """One result from consecutive blocks against the same server; records renumbered."""
+    """One result from consecutive blocks against the same server; records renumbered
+    and labelled with their block, so the gate can resample whole blocks."""
     records: list[RequestRecord] = []
     offset = 0.0
-    for part in parts:
+    for block, part in enumerate(parts):
         start = len(records)
         records += [
-            replace(r, index=start + i, start_s=r.start_s + offset)
+            replace(r, index=start + i, start_s=r.start_s + offset, block=block)
             for i, r in enumerate(part.records)
         ]
         offset += part.duration_s

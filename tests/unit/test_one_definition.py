@@ -130,6 +130,12 @@ def _changed(base: PipelineDefinition, edited: PipelineDefinition) -> set[str]:
             "5%",
         ),
         (
+            "itl = 5.0\n",
+            "itl = 4.5\n",
+            {"workflow", "gate-verdicts"},
+            "ITL 4.5",
+        ),
+        (
             "ceiling_headroom_vs_champion = 4.0\n",
             "ceiling_headroom_vs_champion = 3.5\n",
             {"workflow"},

@@ -49,6 +49,58 @@ def test_a_candidate_300_ms_slower_fails_for_that_reason() -> None:
     assert all(row.passed for row in verdict.rows)
 
 
+def test_a_tail_a_fraction_of_a_millisecond_apart_is_noise_not_a_slowdown() -> None:
+    """The calibration's false reject, rebuilt: the champion's own model beside it, its
+    slowest tenth of per-token means 0.4 ms slower (x1.3 at p95), everything else alike.
+    The floor keeps it a pass; with no floor the p95 bound rejects it."""
+    from pipeline.gates.latency import compare_measure
+
+    lat = DEFINITION.latency
+    kw = {"max_slowdown": lat.max_slowdown_vs_champion, "significance": lat.significance}
+    rng = random.Random(7)
+    champion = [0.0012 * math.exp(rng.gauss(0, 0.08)) for _ in range(200)]
+    candidate = sorted(0.0012 * math.exp(rng.gauss(0, 0.08)) for _ in range(200))
+    candidate = [*candidate[:180], *(v + 0.0004 for v in candidate[180:])]
+    floored = compare_measure("itl", candidate, champion, **kw, floor_ms=lat.slowdown_floor_ms.itl)
+    assert floored.passed and floored.ratio_p95 > 1.2
+    bare = compare_measure("itl", candidate, champion, **kw)
+    assert not bare.passed and bare.p95_ratio_lower is not None and bare.p95_ratio_lower > 1.1
+
+
+def _blocks(values: list[float], size: int) -> list[list[float]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def test_a_burst_in_one_block_is_the_machine_a_slowdown_in_every_block_is_the_candidate() -> None:
+    """Paired blocks: one block of the candidate hit by background work (x3) is not a
+    regression; the same samples taken as independent requests would reject it."""
+    from pipeline.gates.latency import compare_measure
+
+    lat = DEFINITION.latency
+    kw = {"max_slowdown": lat.max_slowdown_vs_champion, "significance": lat.significance}
+    champion = [r.e2e_s for r in _run(2).records]
+    same = [r.e2e_s for r in _run(3).records]
+    burst = [v * 3 if 75 <= i < 100 else v for i, v in enumerate(same)]  # block 3 of 8
+    paired = compare_measure("e2e", burst, champion, **kw,
+                             blocks=(_blocks(burst, 25), _blocks(champion, 25)))  # fmt: skip
+    assert paired.passed, paired
+    single = compare_measure("e2e", burst, champion, **kw)
+    assert not single.passed and single.p95_ratio_lower is not None
+    slower = [v * 1.5 for v in same]  # every block
+    regressed = compare_measure("e2e", slower, champion, **kw,
+                                blocks=(_blocks(slower, 25), _blocks(champion, 25)))  # fmt: skip
+    assert not regressed.passed and regressed.p95_ratio_lower is not None
+    assert regressed.p95_ratio_lower > 1.1
+
+
+def test_paired_results_carry_their_blocks() -> None:
+    from pipeline.gates.latency import measure_blocks
+
+    merged = paired.merge([_run(1, n=5), _run(2, n=5), _run(3, n=5)])
+    assert [r.block for r in merged.records] == [0] * 5 + [1] * 5 + [2] * 5
+    assert [len(block) for block in measure_blocks(merged)["e2e"]] == [5, 5, 5]
+
+
 def test_a_slow_machine_slows_both_and_only_the_ceiling_catches_the_extreme() -> None:
     """Both sides slowed alike pass the comparison; paired, the time ceilings get headroom,
     and beyond it they still fail (a gate that cannot fail is a defect)."""
