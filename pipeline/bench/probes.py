@@ -15,6 +15,8 @@ fresh interpreter so no probe inherits another's threads or caches:
   engine warmed up on the calling thread (inference/compute_thread.py).
 * ``engine-omp-active`` / ``engine-omp-passive``: ``engine`` with
   ``OMP_WAIT_POLICY`` set, i.e. idle OpenMP helpers always spin / sleep at once.
+* ``step-profile`` and ``memory-c64``: where a batch-1 step's time and 64
+  clients' memory go (:mod:`pipeline.bench.probes_breakdown`).
 * ``torch-compile``: the eager decode step against ``torch.compile`` of the
   model (inductor), compiled cold (inductor's caches off, as on a fresh server):
   the first compiled steps (compiling), the steady step, and the first step at a
@@ -45,10 +47,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.bench.probes_breakdown import probe_memory_c64, probe_step_profile
 from pipeline.load.generator import DEFAULT_PROMPTS
 
 PROBES = (
     "steps",
+    "step-profile",
+    "memory-c64",
     "engine",
     "engine-second-pool",
     "engine-omp-active",
@@ -67,7 +72,7 @@ _PROBE_ENV = {
 CONCURRENCY, ROUNDS, NEW_TOKENS = 16, 3, 32
 
 
-def _prompts(loaded: Any, count: int) -> list[tuple[str, tuple[int, ...]]]:
+def prompts_for(loaded: Any, count: int) -> list[tuple[str, tuple[int, ...]]]:
     texts = [DEFAULT_PROMPTS[index % len(DEFAULT_PROMPTS)] for index in range(count)]
     return [(text, tuple(loaded.tokenizer(text)["input_ids"])) for text in texts]
 
@@ -99,7 +104,7 @@ def _probe_engine(model: str, second_pool: bool) -> dict[str, Any]:
 
     engine = TimedEngine(loaded, max_batch_size=CONCURRENCY, batch_window_s=0.005, queue_cap=64)
     engine.start()
-    prompts = _prompts(loaded, CONCURRENCY * ROUNDS)
+    prompts = prompts_for(loaded, CONCURRENCY * ROUNDS)
 
     async def client(worker: int, loop: asyncio.AbstractEventLoop) -> int:
         tokens = 0
@@ -136,7 +141,7 @@ def _probe_hf_generate_batch(model: str, packed: bool) -> dict[str, Any]:
     from inference.packed_linear import pack_linear_layers
 
     loaded = load_model(model, "cpu", "fp32")
-    inputs = [list(ids) for _, ids in _prompts(loaded, CONCURRENCY * ROUNDS)]
+    inputs = [list(ids) for _, ids in prompts_for(loaded, CONCURRENCY * ROUNDS)]
     config = GenerationConfig(  # type: ignore[no-untyped-call]
         max_new_tokens=NEW_TOKENS,
         min_new_tokens=NEW_TOKENS,
@@ -174,7 +179,7 @@ def _probe_steps(model: str) -> dict[str, Any]:
     from inference.padded_prefill import padded_prefill, prefill_chunks
 
     loaded = load_model(model, "cpu", "fp32")
-    prompts = [list(ids) for _, ids in _prompts(loaded, CONCURRENCY)]
+    prompts = [list(ids) for _, ids in prompts_for(loaded, CONCURRENCY)]
     cut = [[prompts[i] for i in chunk] for chunk in prefill_chunks([len(p) for p in prompts])]
     device = torch.device("cpu")
 
@@ -241,7 +246,7 @@ def _probe_torch_compile(model: str) -> dict[str, Any]:
     from inference.loader import load_model
 
     loaded = load_model(model, "cpu", "fp32")
-    prompts = [list(ids) for _, ids in _prompts(loaded, CONCURRENCY)]
+    prompts = [list(ids) for _, ids in prompts_for(loaded, CONCURRENCY)]
     device = torch.device("cpu")
 
     @torch.no_grad()  # not inference_mode: dynamo's recompile fails on inference tensors
@@ -289,6 +294,8 @@ def _probe_torch_compile(model: str) -> dict[str, Any]:
 def run_probe(name: str, model: str) -> dict[str, Any]:
     probes: dict[str, Callable[[], dict[str, Any]]] = {
         "steps": lambda: _probe_steps(model),
+        "step-profile": lambda: probe_step_profile(model),
+        "memory-c64": lambda: probe_memory_c64(model),
         "torch-compile": lambda: _probe_torch_compile(model),
         "engine": lambda: _probe_engine(model, second_pool=False),
         "engine-second-pool": lambda: _probe_engine(model, second_pool=True),

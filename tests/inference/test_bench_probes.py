@@ -43,6 +43,20 @@ def test_step_and_engine_probes_report_what_they_measured(tmp_path: Path) -> Non
         assert result["decode_forward_ms_p50"] > 0
 
 
+@pytest.mark.usefixtures("builtin_model_dir")
+def test_breakdown_probes_say_where_a_step_and_memory_go() -> None:
+    done = _probe("--model", "builtin", "--probes", "step-profile,memory-c64")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()[2:]
+    results = {line.split()[0]: json.loads(line.split(maxsplit=1)[1]) for line in lines}
+    profile = results["step-profile"]
+    assert profile["decode_b1_ms_p50"] > 0 and 0 < profile["matmul_share"] <= 1
+    memory = results["memory-c64"]
+    assert 0 < memory["rss_imported_gib"] <= memory["rss_loaded_gib"]
+    assert memory["rss_peak_c64_gib"] >= memory["rss_started_gib"]
+    assert memory["kv_cache_max_gib"] > 0  # 64 clients' cache was measured, not assumed
+
+
 def test_an_unknown_probe_is_a_usage_error_naming_it() -> None:
     done = _probe("--probes", "engine,warp-drive")
     assert done.returncode == 2

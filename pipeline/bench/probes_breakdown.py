@@ -1,0 +1,144 @@
+"""Two probes that break a benchmark miss down: where a batch-1 step and 64 clients' memory go.
+
+``python -m pipeline.bench.probes --probes step-profile,memory-c64`` runs them
+(registered in :mod:`pipeline.bench.probes`, each in a fresh interpreter):
+
+* ``step-profile``: the engine's batch-1 decode step (layers chosen by measuring,
+  as :meth:`TorchEngine.start` does; the engine's growing cache), median of 40
+  steps, and torch's profiler over 10 of them: the share of the step spent in
+  matrix multiplies (oneDNN's packed linear, ``addmm``, ``mm``). If the matrix
+  multiplies alone take longer than the target allows for the whole step, no
+  scheduling or Python work on our side can meet it.
+* ``memory-c64``: our engine in process at 64 clients (3 rounds of 32 tokens,
+  the benchmark's prompts and ``max_batch_size`` 64): resident memory after
+  import, after loading, after start (packing and warm-up), its peak during the
+  load (sampled every 5 ms), and the KV cache's own bytes at its largest. The
+  difference between the peak's growth and the cache is what the allocator
+  holds beyond live tensors.
+
+Left out: HTTP (``mlcicd bench`` measures the server whole) and repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from typing import Any
+
+GIB = 1 << 30
+MATMUL_OPS = ("mkldnn::_linear_pointwise", "aten::addmm", "aten::mm")
+
+
+def probe_step_profile(model: str) -> dict[str, Any]:
+    from inference.compute_thread import run_in_fresh_thread
+
+    return run_in_fresh_thread(lambda: _step_profile(model))
+
+
+def _step_profile(model: str) -> dict[str, Any]:
+    import torch
+    from torch.profiler import profile
+
+    from inference.kv_cache import cache_layers
+    from inference.layer_tuning import tune_linear_layers
+    from inference.loader import load_model
+    from inference.padded_prefill import padded_prefill
+
+    loaded = load_model(model, "cpu", "fp32")
+    choices = tune_linear_layers(loaded.model, [1, 16], "measure")
+    prompt = list(loaded.tokenizer("The capital of France is")["input_ids"])
+    device = torch.device("cpu")
+    times: list[float] = []
+    with torch.inference_mode():
+        _, cache, mask = padded_prefill(loaded.model, [prompt], device)
+        cache_layers(cache)
+        state = {"mask": mask}
+
+        def step() -> None:
+            mask = torch.cat([state["mask"], torch.ones((1, 1), dtype=torch.long)], dim=1)
+            started = time.perf_counter()
+            out = loaded.model(
+                input_ids=torch.tensor([[5]]), attention_mask=mask,
+                position_ids=mask.sum(dim=1, keepdim=True) - 1,
+                past_key_values=cache, use_cache=True,
+            )  # fmt: skip
+            out.logits[:, -1, :].argmax(dim=-1)
+            times.append(time.perf_counter() - started)
+            state["mask"] = mask
+
+        for _ in range(40):
+            step()
+        with profile() as profiler:
+            for _ in range(10):
+                step()
+    events = profiler.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    matmul = sum(event.self_cpu_time_total for event in events if event.key in MATMUL_OPS)
+    return {
+        "decode_b1_ms_p50": round(statistics.median(times[5:40]) * 1000, 2),
+        "matmul_share": round(matmul / total, 3) if total else None,
+        "matmul_ms_per_step": round(matmul / 10 / 1000, 2),
+        "layers": [f"{c.shape} x{c.layers}: {c.layout} {c.threads}t" for c in choices],
+    }
+
+
+def probe_memory_c64(model: str) -> dict[str, Any]:
+    import psutil
+
+    import inference.torch_engine as torch_engine
+    from inference.engine import GenerationParams
+    from inference.kv_cache import cache_layers
+    from inference.loader import load_model
+    from pipeline.bench.probes import prompts_for
+
+    process = psutil.Process()
+    rss = {"imported": process.memory_info().rss}
+    loaded = load_model(model, "cpu", "fp32")
+    rss["loaded"] = process.memory_info().rss
+    engine = torch_engine.TorchEngine(loaded, max_batch_size=64, batch_window_s=0.005,
+                                      queue_cap=64)  # fmt: skip
+    cache_bytes = [0]
+
+    def measure_cache(_: int) -> None:
+        layers = cache_layers(engine._batch.cache)
+        held = sum(layer._k.nbytes + layer._v.nbytes for layer in layers)
+        cache_bytes[0] = max(cache_bytes[0], held)
+
+    engine.observe_batches(measure_cache)
+    engine.start()
+    rss["started"] = process.memory_info().rss
+    peak, stop = [rss["started"]], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    prompts = prompts_for(loaded, 64 * 3)
+
+    async def client(worker: int, loop: asyncio.AbstractEventLoop) -> None:
+        for index in range(worker, len(prompts), 64):
+            text, ids = prompts[index]
+            params = GenerationParams(prompt=text, prompt_ids=ids, max_new_tokens=32,
+                                      min_new_tokens=32)  # fmt: skip
+            async for _ in engine.submit(params, loop).events():
+                pass
+
+    async def drive() -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(client(worker, loop) for worker in range(64)))
+
+    asyncio.run(drive())
+    stop.set()
+    sampler.join()
+    engine.stop()
+    return {
+        **{f"rss_{name}_gib": round(value / GIB, 3) for name, value in rss.items()},
+        "rss_peak_c64_gib": round(peak[0] / GIB, 3),
+        "growth_c64_gib": round((peak[0] - rss["started"]) / GIB, 3),
+        "kv_cache_max_gib": round(cache_bytes[0] / GIB, 3),
+    }
