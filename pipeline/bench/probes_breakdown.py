@@ -91,7 +91,7 @@ def probe_memory_c64(model: str) -> dict[str, Any]:
     from inference.engine import GenerationParams
     from inference.kv_cache import cache_layers
     from inference.loader import load_model
-    from pipeline.bench.probes import prompts_for
+    from pipeline.load.generator import DEFAULT_PROMPTS
 
     process = psutil.Process()
     rss = {"imported": process.memory_info().rss}
@@ -118,7 +118,8 @@ def probe_memory_c64(model: str) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    prompts = prompts_for(loaded, 64 * 3)
+    texts = [DEFAULT_PROMPTS[index % len(DEFAULT_PROMPTS)] for index in range(64 * 3)]
+    prompts = [(text, tuple(loaded.tokenizer(text)["input_ids"])) for text in texts]
 
     async def client(worker: int, loop: asyncio.AbstractEventLoop) -> None:
         for index in range(worker, len(prompts), 64):
