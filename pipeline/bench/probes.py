@@ -47,8 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.bench.probes_breakdown import probe_memory_c64, probe_step_profile
-from pipeline.load.generator import DEFAULT_PROMPTS
+from pipeline.bench.probes_breakdown import probe_memory_c64, probe_step_profile, prompts_for
 
 PROBES = (
     "steps",
@@ -70,11 +69,6 @@ _PROBE_ENV = {
     "torch-compile": {"TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"},
 }
 CONCURRENCY, ROUNDS, NEW_TOKENS = 16, 3, 32
-
-
-def prompts_for(loaded: Any, count: int) -> list[tuple[str, tuple[int, ...]]]:
-    texts = [DEFAULT_PROMPTS[index % len(DEFAULT_PROMPTS)] for index in range(count)]
-    return [(text, tuple(loaded.tokenizer(text)["input_ids"])) for text in texts]
 
 
 def _rate(tokens: int, elapsed: float) -> dict[str, Any]:

@@ -27,8 +27,15 @@ import threading
 import time
 from typing import Any
 
+from pipeline.load.generator import DEFAULT_PROMPTS
+
 GIB = 1 << 30
 MATMUL_OPS = ("mkldnn::_linear_pointwise", "aten::addmm", "aten::mm")
+
+
+def prompts_for(loaded: Any, count: int) -> list[tuple[str, tuple[int, ...]]]:
+    texts = [DEFAULT_PROMPTS[index % len(DEFAULT_PROMPTS)] for index in range(count)]
+    return [(text, tuple(loaded.tokenizer(text)["input_ids"])) for text in texts]
 
 
 def probe_step_profile(model: str) -> dict[str, Any]:
@@ -91,7 +98,6 @@ def probe_memory_c64(model: str) -> dict[str, Any]:
     from inference.engine import GenerationParams
     from inference.kv_cache import cache_layers
     from inference.loader import load_model
-    from pipeline.load.generator import DEFAULT_PROMPTS
 
     process = psutil.Process()
     rss = {"imported": process.memory_info().rss}
@@ -118,8 +124,7 @@ def probe_memory_c64(model: str) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    texts = [DEFAULT_PROMPTS[index % len(DEFAULT_PROMPTS)] for index in range(64 * 3)]
-    prompts = [(text, tuple(loaded.tokenizer(text)["input_ids"])) for text in texts]
+    prompts = prompts_for(loaded, 64 * 3)
 
     async def client(worker: int, loop: asyncio.AbstractEventLoop) -> None:
         for index in range(worker, len(prompts), 64):
