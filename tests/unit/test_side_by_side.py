@@ -57,11 +57,16 @@ def test_an_interrupt_stops_every_running_command(tmp_path: Path) -> None:
             raise
 
     main = threading.get_ident()
+    # Ctrl-C as a terminal delivers it, whatever SIGINT disposition this worker inherited.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.0, lambda: signal.pthread_kill(main, signal.SIGINT))
     timer.start()
     started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        run_side_by_side([lambda: command("a"), lambda: command("b")], live, workers=2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_side_by_side([lambda: command("a"), lambda: command("b")], live, workers=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 20
     assert outcomes == {"a": "interrupted", "b": "interrupted"}
     leftover = subprocess.run(["pgrep", "-f", "^sleep 61.7$"], capture_output=True, check=False)
