@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -61,6 +62,12 @@ def wait_http(
     )
 
 
+def log_file_name(name: str) -> str:
+    """``name`` as one file name in the log folder: a model given as a path (the
+    benchmark's int8 candidate, say) must not become folders under it."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.") + ".log"
+
+
 class ManagedProcess:
     """A child process in its own session, with output in a log file."""
 
@@ -74,7 +81,7 @@ class ManagedProcess:
     ) -> None:
         self.name = name
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"{name}.log"
+        self.log_path = log_dir / log_file_name(name)
         self._log = self.log_path.open("ab")
         merged = dict(os.environ)
         if env:
