@@ -222,6 +222,8 @@ class ModelCard(BaseModel):
     owned_by: str = "mlcicd"
     revision: str
     context_length: int
+    # Torch threads the engine computes with; None for an engine that does not say.
+    threads: int | None = None
 
 
 class ModelList(BaseModel):

@@ -234,6 +234,7 @@ class GenerationEndpoints:
             created=int(time.time()),
             revision=self.engine.revision,
             context_length=self.context,
+            threads=getattr(self.engine, "threads", None),
         )
         return ModelList(data=[card])
 

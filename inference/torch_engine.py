@@ -123,6 +123,7 @@ class TorchEngine:
         self._batch_callbacks: list[Callable[[int], None]] = []
         self._layer_policy: LayerPolicy = layer_policy
         self._layer_choices: tuple[LayerChoice, ...] = ()
+        self._threads = torch.get_num_threads()
 
     # -- Engine protocol: metadata -------------------------------------------------
     @property
@@ -151,6 +152,13 @@ class TorchEngine:
     def packed_layers(self) -> int:
         """Linear layers running packed for oneDNN (0 before :meth:`start`, or on GPU)."""
         return sum(c.layers for c in self._layer_choices if c.layout == "packed")
+
+    @property
+    def threads(self) -> int:
+        """Torch threads this engine computes with (its process's OMP_NUM_THREADS, or
+        every core), shown in ``/v1/models``: a paired latency gate compares two
+        servers only on equal threads (pipeline/gates/cli.py)."""
+        return self._threads
 
     @property
     def layer_choices(self) -> tuple[LayerChoice, ...]:
@@ -198,6 +206,7 @@ class TorchEngine:
     def _prepare(self) -> None:
         """Choose each layer shape's layout and threads (timed at 1 row and the decode
         batch's, capped at ``PACK_ROWS``), then serve one short request on this thread."""
+        self._threads = torch.get_num_threads()
         rows = sorted({1, min(self._max_batch, PACK_ROWS)})
         self._layer_choices = tuple(tune_linear_layers(self._model, rows, self._layer_policy))
         warm_ids = self.count_tokens(_WARMUP_PROMPT)

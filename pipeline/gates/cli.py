@@ -42,6 +42,7 @@ from pipeline.gates.verdicts import (
     load_plan,
     measure_latency,
     quality_verdict,
+    unequal_threads,
 )
 from pipeline.processes import ServiceError
 from pipeline.serving import pod_threads, running_server
@@ -126,6 +127,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=[],
         help="with --model: extra argument for `mlcicd serve`, repeatable "
         "(e.g. --server-arg=--fault-error-rate --server-arg=0.2)",
+    )
+    latency.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads for each server started here (default: this machine's cores "
+        "shared among them and one more share); give a champion at --champion-url the same",
     )
     champion = latency.add_mutually_exclusive_group()
     champion.add_argument(
@@ -301,11 +308,16 @@ def latency_command(args: argparse.Namespace) -> int:
         if unreachable:
             _err(f"mlcicd gate latency: cannot connect to {given}: {unreachable}")
             return EXIT_USAGE
+    if args.threads is not None and args.threads < 1:
+        _err(f"mlcicd gate latency: --threads must be >= 1, got {args.threads}")
+        return EXIT_USAGE
     device = ["--device", args.device, "--dtype", args.dtype]
     # Servers started here share the cores: each gets its share, as in the rollout.
     local = [m for m, u in ((args.model, args.url), (args.champion_model, args.champion_url))
              if m and not u]  # fmt: skip
-    threads = pod_threads(len(local)) if local and args.device in ("cpu", "auto") else None
+    threads = args.threads or (
+        pod_threads(len(local)) if local and args.device in ("cpu", "auto") else None
+    )
     try:
         with ExitStack() as stack:
             url = stack.enter_context(
@@ -317,6 +329,10 @@ def latency_command(args: argparse.Namespace) -> int:
                        args.champion_url, device, threads)
             )  # fmt: skip
             assert url is not None
+            unequal = unequal_threads(url, champion_url) if champion_url else None
+            if unequal:
+                _err(f"mlcicd gate latency: {unequal}")
+                return EXIT_USAGE
             result, champion = measure_latency(definition, plan, url, champion_url)
     except ServiceError as exc:
         _err(f"mlcicd gate latency: the server did not start: {exc}")

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from pipeline.definition import PipelineDefinition
 from pipeline.gates.latency import LatencyVerdict, judge_latency
 from pipeline.gates.quality import CaseResult, QualityVerdict, judge_quality
@@ -104,3 +106,36 @@ def measure_latency(
         **load,
     )
     return paired.candidate, paired.champion
+
+
+def unequal_threads(url: str, champion_url: str) -> str | None:
+    """Why the pair cannot be compared when the two servers compute on different torch
+    threads (``/v1/models``), else None.
+
+    Why: on a shared CPU the server with more threads than its share spins at
+    barriers whenever a core is busy elsewhere; paired with a one-thread candidate,
+    a two-thread champion measured 866-1606 ms p50 end to end against the
+    candidate's 60-78 ms with one core busy, so any slower candidate would have
+    passed. A server that does not report its threads is taken as it is.
+    """
+    found = {
+        name: _threads(address)
+        for name, address in (("candidate", url), ("champion", champion_url))
+    }
+    if None in found.values() or found["candidate"] == found["champion"]:
+        return None
+    return (
+        f"the candidate computes on {found['candidate']} torch threads and the champion on "
+        f"{found['champion']}: a paired comparison needs them equal (start both with the "
+        "same --threads, or the champion with the share `mlcicd gate latency` gives its own)"
+    )
+
+
+def _threads(url: str) -> int | None:
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=10.0)
+        response.raise_for_status()
+        threads = response.json()["data"][0].get("threads")
+    except (httpx.HTTPError, ValueError, LookupError, AttributeError):
+        return None  # the load will say what is wrong with the server
+    return threads if isinstance(threads, int) else None

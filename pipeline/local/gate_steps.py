@@ -21,6 +21,7 @@ from typing import Any
 from pipeline.definition import Stage
 from pipeline.local.context import RunContext, StageFailed
 from pipeline.registry.client import CHAMPION
+from pipeline.serving import pod_threads
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -124,13 +125,15 @@ def latency(runner: RunContext, stage: Stage) -> None:
     with runner.step(stage.id, runner.definition.gate_title("latency")) as record:
         if _restored(runner, record, "model-tests/latency", inputs, out):
             return
-        champion = None
-        if found is not None:
+        champion, compare = None, []
+        if found is not None:  # both servers share the cores: the same share each
+            threads = pod_threads(2)
             revision = runner.registry().model_revision(found[0]) or ""
             champion = runner.deploy_image(
-                "latency-champion", found[1], "--environment", "prod", revision=revision
-            )
-        compare = ["--champion-url", champion.url] if champion is not None else []
+                "latency-champion", found[1], "--environment", "prod",
+                revision=revision, threads=threads,
+            )  # fmt: skip
+            compare = ["--champion-url", champion.url, "--threads", str(threads)]
         try:
             code = runner.run_logged(
                 record,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from mlcicd.cli import main
@@ -118,6 +119,34 @@ def test_servers_that_share_the_cores_get_a_share_of_the_threads_each(tmp_path: 
         environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
     assert f"OMP_NUM_THREADS={pod_threads(2)}".encode() in environ
     assert pod_threads(2) < max(2, os.cpu_count() or 1)  # a share, not every core
+
+
+def test_a_pair_on_unequal_threads_is_refused_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A champion on every core beside a one-thread candidate spins whenever a core is
+    busy elsewhere and makes any candidate look fast: the gate compares equals only."""
+    from pipeline.serving import running_server
+
+    serving = load_definition("builtin").serving
+    with (
+        running_server("candidate", "builtin", tmp_path, serving, threads=1) as candidate,
+        running_server("champion", "builtin", tmp_path, serving, threads=2) as champion,
+    ):
+        models = httpx.get(f"{champion.url}/v1/models").json()["data"][0]
+        code = main(["gate", "latency", *SHORT, "--out", str(tmp_path / "gate"),
+                     "--url", candidate.url, "--champion-url", champion.url])  # fmt: skip
+    assert models["threads"] == 2
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "candidate computes on 1 torch threads and the champion on 2" in err, err
+    assert not (tmp_path / "gate" / "latency.json").exists()  # nothing was measured
+
+
+def test_threads_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gate", "latency", *SHORT, "--out", str(tmp_path), "--model", "builtin",
+                 "--threads", "0"]) == 2  # fmt: skip
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
