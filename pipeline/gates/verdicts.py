@@ -113,10 +113,10 @@ def unequal_threads(url: str, champion_url: str) -> str | None:
     threads (``/v1/models``), else None.
 
     Why: on a shared CPU the server with more threads than its share spins at
-    barriers whenever a core is busy elsewhere; paired with a one-thread candidate,
-    a two-thread champion measured 866-1606 ms p50 end to end against the
-    candidate's 60-78 ms with one core busy, so any slower candidate would have
-    passed. A server that does not report its threads is taken as it is.
+    barriers whenever a core is busy elsewhere, so a champion on every core beside
+    a candidate on its share is slowed by the machine, not by its model, and a
+    slower candidate passes (docs/gates.md has the measurement). A server that
+    does not report its threads is taken as it is.
     """
     found = {
         name: _threads(address)
