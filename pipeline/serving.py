@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from inference import serve_cli
 from inference.settings import env_name
 from pipeline.cli_args import profile_for
@@ -158,3 +160,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"mlcicd serve: invalid setting `profile` (--profile): {exc}", file=sys.stderr)
         return EXIT_USAGE
     return serve_cli.serve(args, defaults=definition.serving.model_dump())
+
+
+def served_model(endpoint: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The model card ``/v1/models`` reports: what the server loaded, and how it computes."""
+    response = httpx.get(f"{endpoint.rstrip('/')}/v1/models", timeout=timeout_s)
+    response.raise_for_status()
+    card: dict[str, Any] = response.json()["data"][0]
+    return card

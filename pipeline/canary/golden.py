@@ -34,6 +34,7 @@ import httpx
 
 from pipeline.definition import PipelineDefinition
 from pipeline.gates.checks import Case, load_suite, run_checks
+from pipeline.serving import served_model
 from pipeline.source import REPO_ROOT
 
 # `mlcicd canary golden --out DIR` writes DIR/golden.json.
@@ -92,9 +93,7 @@ class GoldenResult:
 
 def served_revision(endpoint: str, timeout_s: float = 10.0) -> str:
     """The revision ``/v1/models`` reports (what the server loaded)."""
-    response = httpx.get(f"{endpoint.rstrip('/')}/v1/models", timeout=timeout_s)
-    response.raise_for_status()
-    return str(response.json()["data"][0]["revision"])
+    return str(served_model(endpoint, timeout_s)["revision"])
 
 
 def _answer(

@@ -20,6 +20,7 @@ from pipeline.gates.latency import LatencyVerdict, judge_latency
 from pipeline.gates.quality import CaseResult, QualityVerdict, judge_quality
 from pipeline.load.generator import LoadResult, run_load
 from pipeline.load.paired import run_paired
+from pipeline.serving import served_model
 
 
 def quality_verdict(
@@ -133,9 +134,7 @@ def unequal_threads(url: str, champion_url: str) -> str | None:
 
 def _threads(url: str) -> int | None:
     try:
-        response = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=10.0)
-        response.raise_for_status()
-        threads = response.json()["data"][0].get("threads")
+        threads = served_model(url).get("threads")
     except (httpx.HTTPError, ValueError, LookupError, AttributeError):
         return None  # the load will say what is wrong with the server
     return threads if isinstance(threads, int) else None
