@@ -5,7 +5,8 @@
 # MLCICD_CACHE; a Hugging Face id or a mounted directory loads that). Build with
 # `--build-arg BAKE_BUILTIN=true` to train it at build time instead.
 # Every other setting is an MLCICD_* variable too (see `mlcicd serve --help`); the
-# Rollout passes the pipeline definition's serving limits that way.
+# Rollout passes the pipeline definition's serving limits that way. libjemalloc2 is
+# the server's allocator: it re-executes itself on it at start (inference/allocator.py).
 ARG BASE_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04
 FROM ${BASE_IMAGE}
 
@@ -29,6 +30,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
+        libjemalloc2 \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv \
     && groupadd --gid 10001 mlcicd \

@@ -224,6 +224,8 @@ class ModelCard(BaseModel):
     context_length: int
     # Torch threads the engine computes with; None for an engine that does not say.
     threads: int | None = None
+    # The process's C allocator, as its memory map shows it (inference/allocator.py).
+    allocator: str | None = None
 
 
 class ModelList(BaseModel):

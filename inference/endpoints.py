@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from inference.allocator import active_allocator
 from inference.api_models import (
     CompletionRequest,
     GenerateRequest,
@@ -88,6 +89,7 @@ class GenerationEndpoints:
         self.faults = faults
         self.context = min(engine.context_length, settings.context_cap or engine.context_length)
         self.served_names = frozenset({engine.model_name, settings.model})
+        self.allocator = active_allocator()  # fixed for the process's life
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
 
     def close(self) -> None:
@@ -235,6 +237,7 @@ class GenerationEndpoints:
             revision=self.engine.revision,
             context_length=self.context,
             threads=getattr(self.engine, "threads", None),
+            allocator=self.allocator,
         )
         return ModelList(data=[card])
 

@@ -9,7 +9,8 @@ of four, plus the output layer) is timed in every candidate configuration, at
 one input row and at the decode batch's rows, and the fastest wins.
 
 Candidates: packed or dense layout (layers under ``MIN_PACKED_WEIGHTS`` weights
-stay dense: oneDNN's per-call cost outweighs its gain there), times thread
+stay dense: oneDNN's per-call cost outweighs its gain there; so does a tied
+layer, see below), times thread
 counts 1, half and all of torch's threads. A configuration other than the
 default (packed where allowed, all threads) must be at least ``MARGIN`` faster
 to be chosen: a layer run on fewer threads leaves the pool's other threads idle,
@@ -19,6 +20,14 @@ Cost: each candidate is timed ``REPEATS`` times after one warm-up call and the
 best is kept (robust to a preempted call); a layer wider than ``PROBE_OUT``
 outputs (GPT-2's 50257-row output layer) is timed on a slice of its rows, and
 past ``BUDGET_S`` of measuring the remaining shapes take the default unmeasured.
+
+Tied layers (GPT-2's output layer shares the token embedding's weight): a packed
+copy cannot replace the weight, since the embedding still reads it, so packing
+would hold the weight twice (0.14 GiB more for GPT-2-small). Measuring trades
+time only, not memory, so under "measure" a tied layer stays dense (dense
+layouts still choose their thread count); ``--layer-policy packed`` still packs it.
+With the copy, peak RSS at 64 clients was 1.48-1.49 GiB against the 1.46 that
+the memory target allows (docs/performance.md).
 
 Left out: per-layer (rather than per-shape) choices, attention and layer-norm
 kernels, and GPU (nothing to choose: cuBLAS).
@@ -147,6 +156,7 @@ def tune_linear_layers(
     if not packable(model):
         return []
     groups: dict[tuple[int, int], list[tuple[nn.Module, str, nn.Module]]] = {}
+    tied = tied_layers(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             found = dense_weight(child)
@@ -158,7 +168,9 @@ def tune_linear_layers(
     try:
         for (out, inp), members in groups.items():
             late = policy == "measure" and time.perf_counter() > started + BUDGET_S
-            plan = _plan(out, inp, members, rows, "packed" if late else policy, full, started)
+            may_pack = not (policy == "measure" and any(id(c) in tied for _, _, c in members))
+            plan = _plan(out, inp, members, rows, "packed" if late else policy, full, started,
+                         may_pack)  # fmt: skip
             plans.append((plan, members))
     finally:
         torch.set_num_threads(full)
@@ -185,8 +197,9 @@ def _plan(
     policy: LayerPolicy,
     full: int,
     started: float,
+    may_pack: bool = True,
 ) -> LayerChoice:
-    allowed = policy != "dense" and out * inp >= MIN_PACKED_WEIGHTS
+    allowed = may_pack and policy != "dense" and out * inp >= MIN_PACKED_WEIGHTS
     default: tuple[Layout, int] = ("packed" if allowed else "dense", full)
     if policy != "measure":
         return LayerChoice(f"{out}x{inp}", len(members), *default)
@@ -197,6 +210,21 @@ def _plan(
     layout, threads = _choose(timings, default)
     shown = {f"{lay}/{n}t": round(ms, 3) for (lay, n), ms in timings.items()}
     return LayerChoice(f"{out}x{inp}", len(members), layout, threads, shown)
+
+
+def tied_layers(model: nn.Module) -> set[int]:
+    """ids of the linear layers whose weight another kind of module also holds (an embedding)."""
+    held_elsewhere = {
+        tensor.data_ptr()
+        for module in model.modules()
+        if dense_weight(module) is None
+        for tensor in module.parameters(recurse=False)
+    }
+    return {
+        id(module)
+        for module in model.modules()
+        if (found := dense_weight(module)) is not None and found[0].data_ptr() in held_elsewhere
+    }
 
 
 @torch.inference_mode()

@@ -6,7 +6,9 @@ image's command, which carries ``inference/`` alone) and ``mlcicd serve``
 definition's serving limits in as defaults.
 
 Start-up order: settings (flags over ``MLCICD_*`` env over the caller's
-defaults; a bad one exits 2 naming it) -> load the model (a failure exits 2
+defaults; a bad one exits 2 naming it) -> the allocator (the process
+``exec``s itself again, same PID, to run on jemalloc where installed:
+inference/allocator.py) -> load the model (a failure exits 2
 with the loader's message, no traceback) -> bind the socket -> warm the engine
 in the background, so ``/health`` answers at once and ``/ready`` is 503 until
 the model is warm. One line is logged when ready:
@@ -44,6 +46,12 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from inference.allocator import (
+    Allocator,
+    AllocatorError,
+    active_allocator,
+    run_on_chosen_allocator,
+)
 from inference.http_protocol import timed_protocol
 from inference.metrics import ServerMetrics
 from inference.runtime import ServerRuntime
@@ -78,6 +86,10 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "layer_policy": {
         "choices": [p.value for p in LayerPolicy],
         "help": "linear layers: measure packed/dense and threads at start (default), or pin",
+    },
+    "allocator": {
+        "choices": [a.value for a in Allocator],
+        "help": "C allocator: jemalloc where installed (auto, default), required, or glibc's",
     },
     "max_batch_size": {"type": int},
     "batch_window_s": {"type": float, "help": "wait this long to fill a batch"},
@@ -121,6 +133,11 @@ def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -
     except SettingsError as exc:
         print(f"mlcicd serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        run_on_chosen_allocator(settings.allocator)  # returns only if no re-exec is due
+    except AllocatorError as exc:
+        print(f"mlcicd serve: invalid setting `allocator` (--allocator): {exc}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -142,12 +159,14 @@ def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -
         print(f"mlcicd serve: cannot load model {settings.model!r}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     log.info(
-        "loaded model=%s revision=%s device=%s dtype=%s context=%d",
+        "loaded model=%s revision=%s device=%s dtype=%s context=%d allocator=%s (asked %s)",
         loaded.name,
         loaded.revision,
         loaded.device,
         loaded.dtype,
         loaded.context_length,
+        active_allocator(),
+        settings.allocator.value,
     )
     return run_server(create_app(engine, settings), settings)
 

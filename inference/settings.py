@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from inference.allocator import Allocator
 from inference.faults import FaultConfigError, check_faults_allowed
 
 ENV_PREFIX = "MLCICD_"
@@ -87,6 +88,8 @@ class ServerSettings(BaseModel):
     # "measure": time packed/dense and thread counts per shape at start; the others pin
     # a layout on all threads (to compare, or to rule one out on a given CPU).
     layer_policy: LayerPolicy = LayerPolicy.measure
+    # The C allocator: jemalloc where installed (inference/allocator.py says why).
+    allocator: Allocator = Allocator.auto
     # Issue 16: for more than 16 clients the decode batch may grow past 16 (the
     # benchmark judges 64 clients against CTranslate2's batch 32); at 16 clients or
     # fewer nothing changes. 64 GPT-2-small sequences of ~50 tokens hold ~0.2 GB of KV cache.

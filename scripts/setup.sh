@@ -10,7 +10,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 # chromium: the release report test renders report.html in a real headless browser.
-APT_PACKAGES=(prometheus docker-registry buildah skopeo nginx shellcheck chromium)
+# libjemalloc2: the server's allocator where installed (inference/allocator.py).
+APT_PACKAGES=(prometheus docker-registry buildah skopeo nginx shellcheck libjemalloc2 chromium)
 has_browser() {
   local name
   for name in chromium chromium-browser google-chrome; do

@@ -19,17 +19,19 @@ from inference.layer_tuning import (
     ThreadCapped,
     _choose,
     thread_options,
+    tied_layers,
     tune_linear_layers,
 )
 from inference.metrics import ServerMetrics
 from inference.packed_linear import PackedLinear, packable
 
 
-def _gpt2(width: int) -> Any:
+def _gpt2(width: int, vocab: int = 97, tied: bool = True) -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=97, n_layer=2, n_head=2, n_embd=width, n_positions=64)
+    config = GPT2Config(vocab_size=vocab, n_layer=2, n_head=2, n_embd=width, n_positions=64,
+                        tie_word_embeddings=tied)  # fmt: skip
     return GPT2LMHeadModel(config).eval()
 
 
@@ -63,6 +65,31 @@ def test_packed_policy_packs_the_large_shapes_and_keeps_the_outputs() -> None:
     assert "packed" in by_layout
     assert sum(isinstance(m, PackedLinear) for m in model.modules()) == 2 * 4
     torch.testing.assert_close(_logits(model), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_only_an_output_layer_sharing_the_embedding_counts_as_tied() -> None:
+    tied = _gpt2(32)
+    assert tied_layers(tied) == {id(tied.lm_head)}
+    assert tied_layers(_gpt2(32, tied=False)) == set()
+
+
+@pytest.mark.skipif(not packable(torch.nn.Linear(2, 2)), reason="oneDNN packing unavailable")
+def test_measuring_never_packs_a_tied_layer_twice_the_weight_but_packed_policy_does() -> None:
+    # 1024 x 512 output weights: large enough to pack, so only the tie keeps it dense.
+    model = _gpt2(512, vocab=1024)
+    expected = _logits(model)
+    choices = {c.shape: c for c in tune_linear_layers(model, rows=[1, 4])}
+    output = choices["1024x512"]
+    assert output.layout == "dense" and output.timings_ms
+    assert all(key.startswith("dense/") for key in output.timings_ms)  # packed never timed
+    lm_head = getattr(model.lm_head, "inner", model.lm_head)  # ThreadCapped, if fewer threads won
+    assert not isinstance(lm_head, PackedLinear)
+    assert lm_head.weight is model.transformer.wte.weight  # still one copy
+    torch.testing.assert_close(_logits(model), expected, rtol=1e-3, atol=1e-3)
+
+    forced = _gpt2(512, vocab=1024)
+    forced_choices = {c.shape: c for c in tune_linear_layers(forced, rows=[1], policy="packed")}
+    assert forced_choices["1024x512"].layout == "packed"
 
 
 def test_dense_policy_packs_nothing() -> None:
