@@ -31,8 +31,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from enum import StrEnum
 from pathlib import Path
+
+from inference.settings import Allocator
 
 # Debian/Ubuntu's libjemalloc2, per architecture; the first that exists is used.
 JEMALLOC_PATHS = (
@@ -43,12 +44,6 @@ JEMALLOC_PATHS = (
 # Set in the environment of the re-executed process, so a preload that the
 # dynamic loader ignored (a broken library) cannot loop: the second start goes on.
 REEXEC_MARK = "MLCICD_ALLOCATOR_REEXEC"
-
-
-class Allocator(StrEnum):
-    auto = "auto"
-    jemalloc = "jemalloc"
-    system = "system"
 
 
 class AllocatorError(RuntimeError):

@@ -6,10 +6,13 @@ image's command, which carries ``inference/`` alone) and ``mlcicd serve``
 definition's serving limits in as defaults.
 
 Start-up order: settings (flags over ``MLCICD_*`` env over the caller's
-defaults; a bad one exits 2 naming it) -> the allocator (the process
-``exec``s itself again, same PID, to run on jemalloc where installed:
-inference/allocator.py) -> load the model (a failure exits 2
-with the loader's message, no traceback) -> bind the socket -> warm the engine
+defaults; a bad one exits 2 naming it) -> load the model (a failure exits 2
+with the loader's message, no traceback) -> the allocator: the process
+``exec``s itself again, same PID, to run on jemalloc where installed
+(inference/allocator.py). After the load, so that a bad setting or model fails
+once and an in-process caller that fails there is never replaced; the load
+itself maps the weights lazily, so doing it twice costs little, and the heavy
+allocation (packing, warm-up) comes after -> bind the socket -> warm the engine
 in the background, so ``/health`` answers at once and ``/ready`` is 503 until
 the model is warm. One line is logged when ready:
 ``ready: model=NAME url=http://HOST:PORT``.
@@ -46,18 +49,14 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from inference.allocator import (
-    Allocator,
-    AllocatorError,
-    active_allocator,
-    run_on_chosen_allocator,
-)
+from inference.allocator import AllocatorError, active_allocator, run_on_chosen_allocator
 from inference.http_protocol import timed_protocol
 from inference.metrics import ServerMetrics
 from inference.runtime import ServerRuntime
 from inference.server import create_app
 from inference.settings import (
     GRACE_AFTER_DRAIN_S,
+    Allocator,
     Device,
     DType,
     Environment,
@@ -133,11 +132,6 @@ def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -
     except SettingsError as exc:
         print(f"mlcicd serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        run_on_chosen_allocator(settings.allocator)  # returns only if no re-exec is due
-    except AllocatorError as exc:
-        print(f"mlcicd serve: invalid setting `allocator` (--allocator): {exc}", file=sys.stderr)
-        return EXIT_USAGE
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -157,6 +151,11 @@ def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -
         )
     except Exception as exc:  # the CLI boundary: any load failure is a clear message, exit 2
         print(f"mlcicd serve: cannot load model {settings.model!r}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        run_on_chosen_allocator(settings.allocator)  # returns only if no re-exec is due
+    except AllocatorError as exc:
+        print(f"mlcicd serve: invalid setting `allocator` (--allocator): {exc}", file=sys.stderr)
         return EXIT_USAGE
     log.info(
         "loaded model=%s revision=%s device=%s dtype=%s context=%d allocator=%s (asked %s)",

@@ -34,7 +34,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from inference.allocator import Allocator
 from inference.faults import FaultConfigError, check_faults_allowed
 
 ENV_PREFIX = "MLCICD_"
@@ -55,6 +54,14 @@ class DType(StrEnum):
     fp16 = "fp16"
     bf16 = "bf16"
     fp32 = "fp32"
+
+
+class Allocator(StrEnum):
+    """The server process's C allocator (inference/allocator.py says why jemalloc)."""
+
+    auto = "auto"
+    jemalloc = "jemalloc"
+    system = "system"
 
 
 class LayerPolicy(StrEnum):

@@ -6,12 +6,12 @@ import pytest
 
 from inference.allocator import (
     REEXEC_MARK,
-    Allocator,
     AllocatorError,
     allocator_in_maps,
     jemalloc_library,
     reexec_env,
 )
+from inference.settings import Allocator
 
 LIB = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 LIBC_LINE = "7f20-7f30 r-xp 00000000 08:01 7 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
