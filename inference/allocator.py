@@ -4,13 +4,13 @@ Why: at 64 clients the engine's KV cache is rebuilt, step after step, as rows
 join and leave, and the matrix multiplies allocate and free activations of
 every batch size in between. glibc's malloc keeps much of what is freed in
 its heaps, so peak RSS grows well past what is live (docs/performance.md:
-peak RSS above the weights 1.19-1.26 GiB with glibc, 1.00-1.01 GiB with
-jemalloc, same code, same machine, same or better tokens/s). Forcing glibc to
+peak RSS above the weights at 64 clients 1.28-1.35 GiB with glibc, 1.02-1.03
+GiB with jemalloc, same code, same machine, same or better tokens/s). Forcing glibc to
 return memory (a fixed ``MALLOC_MMAP_THRESHOLD_``) met the memory bound but
 cost a quarter or more of the throughput; jemalloc returns it without that cost.
 
-How: the allocator must be in place before the interpreter allocates anything,
-so it cannot be switched in process. :func:`reexec_env` says how to start
+How: the allocator must be in place before the process allocates much, so it
+cannot be switched in process. :func:`reexec_env` says how to start
 this same command again with ``LD_PRELOAD`` naming jemalloc, and the server's
 entry point (``inference/serve_cli.py``) ``exec``s it: same PID, same file
 descriptors, so a process manager, a Kubernetes probe or a benchmark measuring
@@ -21,8 +21,8 @@ memory map (:func:`active_allocator`), logged and shown in ``/v1/models``.
 Choices: ``auto`` (jemalloc where its library is found, else glibc, said in
 the log), ``jemalloc`` (refuse to start without it) and ``system`` (glibc).
 
-Left out: tcmalloc (measured: 1.15-1.17 GiB above the weights, slower than
-glibc at 64 clients) and allocator tuning knobs (jemalloc's defaults met
+Left out: tcmalloc (measured: 1.15-1.17 GiB above the weights, still over the
+bound) and allocator tuning knobs (jemalloc's defaults met
 the bound; ``MALLOC_CONF`` still reaches it for whoever wants to tune).
 """
 

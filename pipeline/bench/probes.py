@@ -15,8 +15,9 @@ fresh interpreter so no probe inherits another's threads or caches:
   engine warmed up on the calling thread (inference/compute_thread.py).
 * ``engine-omp-active`` / ``engine-omp-passive``: ``engine`` with
   ``OMP_WAIT_POLICY`` set, i.e. idle OpenMP helpers always spin / sleep at once.
-* ``step-profile`` and ``memory-c64``: where a batch-1 step's time and 64
-  clients' memory go (:mod:`pipeline.bench.probes_breakdown`).
+* ``step-profile``, ``memory-c64`` and ``output-layer``: where a decode step's
+  time and 64 clients' memory go, and what the output layer's layout costs
+  (:mod:`pipeline.bench.probes_breakdown`).
 * ``torch-compile``: the eager decode step against ``torch.compile`` of the
   model (inductor), compiled cold (inductor's caches off, as on a fresh server):
   the first compiled steps (compiling), the steady step, and the first step at a
@@ -47,12 +48,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.bench.probes_breakdown import probe_memory_c64, probe_step_profile, prompts_for
+from pipeline.bench.probes_breakdown import (
+    probe_memory_c64,
+    probe_output_layer,
+    probe_step_profile,
+    prompts_for,
+)
 
 PROBES = (
     "steps",
     "step-profile",
     "memory-c64",
+    "output-layer",
     "engine",
     "engine-second-pool",
     "engine-omp-active",
@@ -290,6 +297,7 @@ def run_probe(name: str, model: str) -> dict[str, Any]:
         "steps": lambda: _probe_steps(model),
         "step-profile": lambda: probe_step_profile(model),
         "memory-c64": lambda: probe_memory_c64(model),
+        "output-layer": lambda: probe_output_layer(model),
         "torch-compile": lambda: _probe_torch_compile(model),
         "engine": lambda: _probe_engine(model, second_pool=False),
         "engine-second-pool": lambda: _probe_engine(model, second_pool=True),

@@ -1,11 +1,11 @@
-"""Two probes that break a benchmark miss down: where a batch-1 step and 64 clients' memory go.
+"""Probes that break a benchmark miss down: where a decode step's time and 64 clients' memory go.
 
-``python -m pipeline.bench.probes --probes step-profile,memory-c64`` runs them
+``python -m pipeline.bench.probes --probes step-profile,memory-c64,output-layer`` runs them
 (registered in :mod:`pipeline.bench.probes`, each in a fresh interpreter):
 
-* ``step-profile``: the engine's batch-1 decode step (layers chosen by measuring,
-  as :meth:`TorchEngine.start` does; the engine's growing cache), median of 40
-  steps, and torch's profiler over 10 of them: the share of the step spent in
+* ``step-profile``: the engine's decode step at batch 1 and 16 (layers chosen by
+  measuring, as :meth:`TorchEngine.start` does; the engine's growing cache),
+  median of 40 steps each, and torch's profiler over 10 of them: the share of the step spent in
   matrix multiplies (oneDNN's packed linear, ``addmm``, ``mm``). If the matrix
   multiplies alone take longer than the target allows for the whole step, no
   scheduling or Python work on our side can meet it.
@@ -16,12 +16,17 @@
   difference between the peak's growth and the cache is what the allocator
   holds beyond live tensors.
 
+* ``output-layer``: the model's output layer (GPT-2's is tied to the embedding)
+  as one matrix multiply, dense against packed, at 1, 16 and 64 rows, on
+  torch's threads, and the dense one-row call's effective memory bandwidth.
+
 Left out: HTTP (``mlcicd bench`` measures the server whole) and repeats.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import threading
 import time
@@ -45,29 +50,44 @@ def probe_step_profile(model: str) -> dict[str, Any]:
 
 
 def _step_profile(model: str) -> dict[str, Any]:
+    from inference.layer_tuning import tune_linear_layers
+    from inference.loader import load_model
+
+    loaded = load_model(model, "cpu", "fp32")
+    choices = tune_linear_layers(loaded.model, [1, 16], "measure")
+    results: dict[str, Any] = {}
+    for batch in (1, 16):
+        times, events = _profiled_steps(loaded, batch)
+        total = sum(event.self_cpu_time_total for event in events)
+        matmul = sum(event.self_cpu_time_total for event in events if event.key in MATMUL_OPS)
+        suffix = "" if batch == 1 else f"_b{batch}"
+        results[f"decode_b{batch}_ms_p50"] = round(statistics.median(times[5:40]) * 1000, 2)
+        results[f"matmul_share{suffix}"] = round(matmul / total, 3) if total else None
+        results[f"matmul_ms_per_step{suffix}"] = round(matmul / 10 / 1000, 2)
+    results["layers"] = [f"{c.shape} x{c.layers}: {c.layout} {c.threads}t" for c in choices]
+    return results
+
+
+def _profiled_steps(loaded: Any, batch: int) -> tuple[list[float], Any]:
+    """``batch`` rows' KV-cached decode steps after a shared prompt: 40 timed, then 10 profiled."""
     import torch
     from torch.profiler import profile
 
     from inference.kv_cache import cache_layers
-    from inference.layer_tuning import tune_linear_layers
-    from inference.loader import load_model
     from inference.padded_prefill import padded_prefill
 
-    loaded = load_model(model, "cpu", "fp32")
-    choices = tune_linear_layers(loaded.model, [1, 16], "measure")
     prompt = list(loaded.tokenizer("The capital of France is")["input_ids"])
-    device = torch.device("cpu")
     times: list[float] = []
     with torch.inference_mode():
-        _, cache, mask = padded_prefill(loaded.model, [prompt], device)
+        _, cache, mask = padded_prefill(loaded.model, [prompt] * batch, torch.device("cpu"))
         cache_layers(cache)
         state = {"mask": mask}
 
         def step() -> None:
-            mask = torch.cat([state["mask"], torch.ones((1, 1), dtype=torch.long)], dim=1)
+            mask = torch.cat([state["mask"], torch.ones((batch, 1), dtype=torch.long)], dim=1)
             started = time.perf_counter()
             out = loaded.model(
-                input_ids=torch.tensor([[5]]), attention_mask=mask,
+                input_ids=torch.full((batch, 1), 5), attention_mask=mask,
                 position_ids=mask.sum(dim=1, keepdim=True) - 1,
                 past_key_values=cache, use_cache=True,
             )  # fmt: skip
@@ -80,15 +100,44 @@ def _step_profile(model: str) -> dict[str, Any]:
         with profile() as profiler:
             for _ in range(10):
                 step()
-    events = profiler.key_averages()
-    total = sum(event.self_cpu_time_total for event in events)
-    matmul = sum(event.self_cpu_time_total for event in events if event.key in MATMUL_OPS)
-    return {
-        "decode_b1_ms_p50": round(statistics.median(times[5:40]) * 1000, 2),
-        "matmul_share": round(matmul / total, 3) if total else None,
-        "matmul_ms_per_step": round(matmul / 10 / 1000, 2),
-        "layers": [f"{c.shape} x{c.layers}: {c.layout} {c.threads}t" for c in choices],
-    }
+    return times, profiler.key_averages()
+
+
+def probe_output_layer(model: str) -> dict[str, Any]:
+    """The output layer's matrix multiply, whole (no slice), dense and packed, at 1, 16 and 64 rows.
+
+    Why whole: layer tuning times this layer on a slice that fits in cache,
+    and a tied output layer is no longer packed; this is what that costs.
+    """
+    import torch
+
+    from inference.loader import load_model
+    from inference.packed_linear import PACK_ROWS, packable
+
+    loaded = load_model(model, "cpu", "fp32")
+    weight = loaded.model.get_output_embeddings().weight.detach()
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+    layouts: dict[str, Any] = {"dense": lambda x: torch.nn.functional.linear(x, weight)}
+    if packable(loaded.model):
+        layouts["packed"] = lambda x: torch.ops.mkldnn._linear_pointwise(
+            x, packed, None, "none", [], ""
+        )
+    results: dict[str, Any] = {"shape": "x".join(map(str, weight.shape))}
+    with torch.inference_mode():
+        for rows, (name, layer) in itertools.product((1, 16, 64), layouts.items()):
+            x = torch.randn(rows, weight.shape[1])
+            layer(x)
+            best = min(_mean_call_s(layer, x) for _ in range(3))
+            results[f"{name}_{rows}_ms"] = round(best * 1000, 2)
+    results["dense_1_row_gb_per_s"] = round(weight.nbytes / results["dense_1_ms"] / 1e6, 1)
+    return results
+
+
+def _mean_call_s(layer: Any, x: Any, calls: int = 20) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        layer(x)
+    return (time.perf_counter() - started) / calls
 
 
 def probe_memory_c64(model: str) -> dict[str, Any]:

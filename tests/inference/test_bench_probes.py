@@ -45,12 +45,16 @@ def test_step_and_engine_probes_report_what_they_measured(tmp_path: Path) -> Non
 
 @pytest.mark.usefixtures("builtin_model_dir")
 def test_breakdown_probes_say_where_a_step_and_memory_go() -> None:
-    done = _probe("--model", "builtin", "--probes", "step-profile,memory-c64")
+    done = _probe("--model", "builtin", "--probes", "step-profile,memory-c64,output-layer")
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()[2:]
     results = {line.split()[0]: json.loads(line.split(maxsplit=1)[1]) for line in lines}
     profile = results["step-profile"]
     assert profile["decode_b1_ms_p50"] > 0 and 0 < profile["matmul_share"] <= 1
+    assert profile["decode_b16_ms_p50"] > 0 and 0 < profile["matmul_share_b16"] <= 1
+    output = results["output-layer"]
+    assert all(output[f"dense_{rows}_ms"] > 0 for rows in (1, 16, 64))
+    assert output["dense_1_row_gb_per_s"] > 0
     memory = results["memory-c64"]
     assert 0 < memory["rss_imported_gib"] <= memory["rss_loaded_gib"]
     assert memory["rss_peak_c64_gib"] >= memory["rss_started_gib"]
