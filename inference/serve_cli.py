@@ -65,6 +65,7 @@ from inference.settings import (
     SettingsError,
     flag_name,
     load_settings,
+    setting_label,
 )
 
 log = logging.getLogger("mlcicd.serve")
@@ -155,7 +156,7 @@ def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -
     try:
         run_on_chosen_allocator(settings.allocator)  # returns only if no re-exec is due
     except AllocatorError as exc:
-        print(f"mlcicd serve: invalid setting `allocator` (--allocator): {exc}", file=sys.stderr)
+        print(f"mlcicd serve: invalid setting {setting_label('allocator')}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     log.info(
         "loaded model=%s revision=%s device=%s dtype=%s context=%d allocator=%s (asked %s)",

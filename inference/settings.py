@@ -163,6 +163,11 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+def setting_label(field: str) -> str:
+    """How an error names a setting: the field, its flag and its env var."""
+    return f"`{field}` ({flag_name(field)} / {env_name(field)})"
+
+
 def git_sha(env: Mapping[str, str]) -> str:
     """``MLCICD_GIT_SHA``, set by whoever built or started the server; else ``unknown``.
 
@@ -183,8 +188,8 @@ def _format(error: ValidationError) -> str:
     for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else ""
         if field:
-            where = f"`{field}` ({flag_name(field)} / {env_name(field)})"
-            lines.append(f"invalid setting {where}: {item['msg']}, got {item['input']!r}")
+            label = setting_label(field)
+            lines.append(f"invalid setting {label}: {item['msg']}, got {item['input']!r}")
         else:
             lines.append(f"invalid settings: {item['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from inference.allocator import (
@@ -55,7 +57,7 @@ def test_required_jemalloc_that_did_not_load_is_refused_not_retried() -> None:
         reexec_env(Allocator.jemalloc, {REEXEC_MARK: "1"}, "glibc", LIB)
 
 
-def test_library_lookup_takes_the_first_that_exists(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_library_lookup_takes_the_first_that_exists(tmp_path: Path) -> None:
     present = tmp_path / "libjemalloc.so.2"
     present.write_bytes(b"")
     assert jemalloc_library((str(tmp_path / "missing.so"), str(present))) == str(present)
