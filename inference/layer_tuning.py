@@ -1,33 +1,40 @@
-"""Choose packed or dense weights, and a thread count, per linear-layer shape, by measuring here.
+"""Choose each linear-layer shape's layout and thread count by measuring here, as served.
 
-Why measure at start: oneDNN-packed weights (inference/packed_linear.py) beat
-MKL's dense ``addmm`` by 15-30% on this project's AVX-512 runners, but an AVX2
-CPU, another core count or another oneDNN build may answer differently, and a
-choice measured on one machine is a guess on the next. So when the engine
-starts, each distinct weight shape (GPT-2-small has five: 12 layers share each
-of four, plus the output layer) is timed in every candidate configuration, at
-one input row and at the decode batch's rows, and the fastest wins.
+Why measure at start: which matrix-multiply layout is fastest depends on the CPU,
+its core count and the torch/oneDNN build, and a choice measured on one machine is
+a guess on the next. Three layouts (inference/packed_linear.py): ``dense`` (the
+model's own call, MKL), ``packed`` (oneDNN's blocked weight) and ``weight-first``
+(the weight as the left operand). On a 2-core Xeon (AVX-512) a GPT-2-small decode
+step at 1 row was fastest dense and slowest packed, and at 16 rows the reverse,
+with weight-first close to the best at both; an AMD EPYC ranked them otherwise.
 
-Candidates: packed or dense layout (layers under ``MIN_PACKED_WEIGHTS`` weights
-stay dense: oneDNN's per-call cost outweighs its gain there; so does a tied
-layer, see below), times thread
-counts 1, half and all of torch's threads. A configuration other than the
-default (packed where allowed, all threads) must be at least ``MARGIN`` faster
-to be chosen: a layer run on fewer threads leaves the pool's other threads idle,
-and waking them for the next layer costs time this isolated timing cannot see.
+How, and why so: the model's linear layers are called in the model's order, with
+every layer of a shape set to one candidate, once at each of ``rows`` input rows,
+and each call is timed; a shape's cost under a candidate is its layers' summed time.
+Run in order over all the real layers, each weight comes from memory as it does when
+serving (by the time a layer runs again, the rest of the model has passed through
+the caches): timing one layer over and over, as this module used to, measures a
+weight that sits in cache and chose oneDNN's packed layout where, in the model, it
+made the one-row step 15-20% slower.
 
-Cost: each candidate is timed ``REPEATS`` times after one warm-up call and the
-best is kept (robust to a preempted call); a layer wider than ``PROBE_OUT``
-outputs (GPT-2's 50257-row output layer) is timed on a slice of its rows, and
-past ``BUDGET_S`` of measuring the remaining shapes take the default unmeasured.
+Candidates: the layouts on all of torch's threads, and then, for the layout each
+shape got, 1 and half of the threads.
+Only layers of at least ``MIN_PACKED_WEIGHTS`` weights may be packed (below it
+oneDNN's per-call cost outweighs its gain), and, under "measure", never a tied
+layer (GPT-2's output layer shares the token embedding's weight: a packed copy
+cannot replace it, so it would be held twice, 0.14 GiB more; weight-first shares
+it). The fastest layout wins; before one replaces the default (weight-first: no
+copy held twice), the default is timed again, since a slow pass can only make a
+layout look slower, never faster. Fewer threads must be at least ``MARGIN``
+faster: a layer run on fewer threads leaves the pool's other threads idle, and
+waking them for the next layer costs time a per-call timing cannot see.
 
-Tied layers (GPT-2's output layer shares the token embedding's weight): a packed
-copy cannot replace the weight, since the embedding still reads it, so packing
-would hold the weight twice (0.14 GiB more for GPT-2-small). Measuring trades
-time only, not memory, so under "measure" a tied layer stays dense (dense
-layouts still choose their thread count); ``--layer-policy packed`` still packs it.
-With the copy, peak RSS at 64 clients was 1.48-1.49 GiB against the 1.46 that
-the memory target allows (docs/performance.md).
+Cost: at each row count a candidate gets one warm-up pass and ``PASSES`` timed
+passes, the best of which counts (robust to a preempted pass). Once ``BUDGET_S`` is
+spent, no further layout or thread count starts and a started one takes one timed
+pass per row count, so a large model's start-up stays bounded. Candidates are
+built for one layout at a time and dropped after timing, so at most one layout's
+copies are held beside the model.
 
 Left out: per-layer (rather than per-shape) choices, attention and layer-norm
 kernels, and GPU (nothing to choose: cuBLAS).
@@ -35,12 +42,11 @@ kernels, and GPU (nothing to choose: cuBLAS).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -48,26 +54,28 @@ from torch import nn
 from inference.packed_linear import (
     MIN_PACKED_WEIGHTS,
     PackedLinear,
+    WeightFirstLinear,
     dense_weight,
     own_weights_outside,
     packable,
     packed_if_equal,
+    weight_first_if_equal,
 )
 
-Layout = Literal["packed", "dense"]
-# "measure": choose by timing here; "packed"/"dense": force a layout on all threads
-# (tests pin the fast path they check; an operator can rule a layout out).
-LayerPolicy = Literal["measure", "packed", "dense"]
-POLICIES: tuple[LayerPolicy, ...] = ("measure", "packed", "dense")
-REPEATS = 3
+Layout = Literal["packed", "dense", "weight-first"]
+LAYOUTS: tuple[Layout, ...] = ("weight-first", "dense", "packed")
+# "measure": choose by timing here; a layout's name: force it on all threads (tests pin
+# the fast path they check; an operator can rule a layout out).
+LayerPolicy = Literal["measure", "packed", "dense", "weight-first"]
+POLICIES: tuple[LayerPolicy, ...] = ("measure", *LAYOUTS)
+DEFAULT_LAYOUT: Layout = "weight-first"
+PASSES = 2
 MARGIN = 0.9
-# A wider layer is timed on its first PROBE_OUT output rows: a matmul's time grows
-# linearly in them, and GPT-2's 50257-row output layer would cost more than all others.
-PROBE_OUT = 4096
-# Past this much measuring, the remaining shapes take the default unmeasured (and say
-# so): on an oversubscribed machine every timing is slow, and start-up must stay short.
-BUDGET_S = 1.0
+# No candidate starts after this much measuring: on an oversubscribed machine every
+# timing is slow, and start-up must stay short. A started one still gets PASSES.
+BUDGET_S = 3.0
 log = logging.getLogger(__name__)
+Candidate = tuple[Layout, int]
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,18 @@ class LayerChoice:
     layout: Layout
     threads: int
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One linear layer where it sits: ``parent.name`` is ``layer``."""
+
+    parent: nn.Module
+    name: str
+    layer: nn.Module
+    shape: str
+    width: int
+    may_pack: bool
 
 
 class ThreadCapped(nn.Module):
@@ -104,47 +124,6 @@ def thread_options(threads: int) -> list[int]:
     return sorted({1, max(1, threads // 2), threads})
 
 
-def _best_ms(layer: nn.Module, x: torch.Tensor, threads: int, deadline: float) -> float:
-    """Best of ``REPEATS`` timed calls after a warm-up; past ``deadline``, of those made."""
-    torch.set_num_threads(threads)
-    layer(x)
-    best = float("inf")
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        layer(x)
-        best = min(best, time.perf_counter() - started)
-        if started > deadline:
-            break
-    return 1000 * best
-
-
-@torch.inference_mode()
-def _measure(
-    module: nn.Module,
-    packed: PackedLinear | None,
-    width: int,
-    rows: Sequence[int],
-    threads: Sequence[int],
-    deadline: float,
-) -> dict[tuple[Layout, int], float]:
-    """ms (summed over ``rows`` input rows of ``width``) per (layout, threads) candidate."""
-    inputs = [torch.randn(n, width) for n in rows]
-    layers: list[tuple[Layout, nn.Module]] = [("dense", module)]
-    if packed is not None:
-        layers.append(("packed", packed))
-    timings = {}
-    for (layout, layer), count in itertools.product(layers, threads):
-        timings[(layout, count)] = sum(_best_ms(layer, x, count, deadline) for x in inputs)
-    return timings
-
-
-def _choose(
-    timings: dict[tuple[Layout, int], float], default: tuple[Layout, int]
-) -> tuple[Layout, int]:
-    fastest = min(timings, key=timings.__getitem__)
-    return fastest if timings[fastest] < MARGIN * timings[default] else default
-
-
 def tune_linear_layers(
     model: nn.Module, rows: Sequence[int], policy: LayerPolicy = "measure"
 ) -> list[LayerChoice]:
@@ -155,61 +134,168 @@ def tune_linear_layers(
     """
     if not packable(model):
         return []
-    groups: dict[tuple[int, int], list[tuple[nn.Module, str, nn.Module]]] = {}
-    tied = tied_layers(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            found = dense_weight(child)
-            if found is not None:
-                out, inp = found[0].shape
-                groups.setdefault((int(out), int(inp)), []).append((parent, name, child))
-    full, started = torch.get_num_threads(), time.perf_counter()
-    plans: list[tuple[LayerChoice, list[tuple[nn.Module, str, nn.Module]]]] = []
+    started, full = time.perf_counter(), torch.get_num_threads()
+    deadline = started + BUDGET_S
+    slots = linear_slots(model, packing_tied=policy != "measure")
+    timings: dict[str, dict[Candidate, float]] = {slot.shape: {} for slot in slots}
+    measuring = policy == "measure"
     try:
-        for (out, inp), members in groups.items():
-            late = policy == "measure" and time.perf_counter() > started + BUDGET_S
-            may_pack = not (policy == "measure" and any(id(c) in tied for _, _, c in members))
-            plan = _plan(out, inp, members, rows, "packed" if late else policy, full, started,
-                         may_pack)  # fmt: skip
-            plans.append((plan, members))
+        if measuring:
+            measure_layouts(slots, rows, full, deadline, timings)
+        forced = None if measuring else cast(Layout, policy)
+        plans = {
+            shape: forced or _choose(measured, (DEFAULT_LAYOUT, full), 1.0)[0]
+            for shape, measured in timings.items()
+        }
+        layers = _swap_layouts(model, slots, plans)
+        threads = dict.fromkeys(plans, full)
+        if measuring:
+            threads = _measure_threads(slots, layers, plans, rows, full, deadline, timings)
     finally:
         torch.set_num_threads(full)
-    packed_ids = {id(c) for choice, ms in plans if choice.layout == "packed" for _, _, c in ms}
-    if packed_ids:
-        own_weights_outside(model, packed_ids)
-    choices = [_apply(choice, members, full) for choice, members in plans]
+    choices = _cap_threads(slots, layers, plans, threads, full, timings)
     log.info(
-        "layer choice (%s, rows %s) in %.0f ms: %d of %d linear layers packed",
+        "layer choice (%s, rows %s) in %.0f ms: %s",
         policy, list(rows), 1000 * (time.perf_counter() - started),
-        sum(c.layers for c in choices if c.layout == "packed"), sum(c.layers for c in choices),
+        ", ".join(f"{c.shape} x{c.layers} {c.layout}/{c.threads}t" for c in choices),
     )  # fmt: skip
     for c in choices:
-        log.info("layer %s x%d: %s, %d threads %s", c.shape, c.layers, c.layout, c.threads,
-                 c.timings_ms)  # fmt: skip
+        log.info("layer %s timings (ms): %s", c.shape, c.timings_ms)
     return choices
 
 
-def _plan(
-    out: int,
-    inp: int,
-    members: list[tuple[nn.Module, str, nn.Module]],
+def linear_slots(model: nn.Module, packing_tied: bool) -> list[_Slot]:
+    """The model's linear layers in call order (module order, as transformers' models run)."""
+    tied = tied_layers(model)
+    slots = []
+    for path, child in model.named_modules():
+        found = dense_weight(child)
+        if found is None or not path:
+            continue
+        parent_path, _, name = path.rpartition(".")
+        out, inp = (int(n) for n in found[0].shape)
+        may_pack = out * inp >= MIN_PACKED_WEIGHTS and (packing_tied or id(child) not in tied)
+        parent = model.get_submodule(parent_path)
+        slots.append(_Slot(parent, name, child, f"{out}x{inp}", inp, may_pack))
+    return slots
+
+
+@torch.inference_mode()
+def measure_layouts(
+    slots: Sequence[_Slot],
     rows: Sequence[int],
-    policy: LayerPolicy,
+    threads: int,
+    deadline: float,
+    timings: dict[str, dict[Candidate, float]],
+) -> None:
+    """Time every layout on ``threads`` threads into ``timings`` (ms per shape).
+
+    The default layout goes first, so every shape has at least it. Each layout's
+    copies are dropped once timed, so start-up holds at most one layout's copies
+    beside the model.
+    """
+    for layout in LAYOUTS:
+        if layout != DEFAULT_LAYOUT and time.perf_counter() > deadline:
+            break
+        _time_layout(slots, layout, rows, threads, timings, deadline, keep_best=False)
+    default = (DEFAULT_LAYOUT, threads)
+    if any(_choose(measured, default, 1.0) != default for measured in timings.values()):
+        # Before leaving the default, time it again: one slow pass set (a preempted
+        # core, a noisy neighbour) must not decide a layout on its own.
+        _time_layout(slots, DEFAULT_LAYOUT, rows, threads, timings, deadline, keep_best=True)
+
+
+def _time_layout(
+    slots: Sequence[_Slot],
+    layout: Layout,
+    rows: Sequence[int],
+    threads: int,
+    timings: dict[str, dict[Candidate, float]],
+    deadline: float,
+    keep_best: bool,
+) -> None:
+    """Time ``layout`` (built for every slot, dropped after) into ``timings``."""
+    built = [(slot.shape, _built(slot, layout), slot.width) for slot in slots]
+    calls = [(shape, layer, width) for shape, layer, width in built if layer is not None]
+    for shape, ms in _timed_passes(calls, rows, threads, deadline).items():
+        earlier = timings[shape].get((layout, threads), ms) if keep_best else ms
+        timings[shape][(layout, threads)] = min(ms, earlier)
+
+
+@torch.inference_mode()
+def _measure_threads(
+    slots: Sequence[_Slot],
+    layers: Sequence[nn.Module],
+    plans: dict[str, Layout],
+    rows: Sequence[int],
     full: int,
-    started: float,
-    may_pack: bool = True,
-) -> LayerChoice:
-    allowed = may_pack and policy != "dense" and out * inp >= MIN_PACKED_WEIGHTS
-    default: tuple[Layout, int] = ("packed" if allowed else "dense", full)
-    if policy != "measure":
-        return LayerChoice(f"{out}x{inp}", len(members), *default)
-    probe, packed = _probes(members[0][2], allowed)
-    if packed is None:
-        default = ("dense", full)
-    timings = _measure(probe, packed, inp, rows, thread_options(full), started + BUDGET_S)
-    layout, threads = _choose(timings, default)
-    shown = {f"{lay}/{n}t": round(ms, 3) for (lay, n), ms in timings.items()}
-    return LayerChoice(f"{out}x{inp}", len(members), layout, threads, shown)
+    deadline: float,
+    timings: dict[str, dict[Candidate, float]],
+) -> dict[str, int]:
+    """Time the swapped-in layers on fewer threads; per shape, the count to run on."""
+    calls = [(slot.shape, layer, slot.width) for slot, layer in zip(slots, layers, strict=True)]
+    for count in reversed(thread_options(full)[:-1]):
+        if time.perf_counter() > deadline:
+            break
+        for shape, ms in _timed_passes(calls, rows, count, deadline).items():
+            timings[shape][(plans[shape], count)] = ms
+    return {
+        shape: _choose(timings[shape], (layout, full))[1]
+        if (layout, full) in timings[shape] else full
+        for shape, layout in plans.items()
+    }  # fmt: skip
+
+
+def _built(slot: _Slot, layout: Layout) -> nn.Module | None:
+    """``slot``'s layer in ``layout``; None where that layout is not allowed or differs."""
+    if layout == "dense":
+        return slot.layer
+    if layout == "packed":
+        return packed_if_equal(slot.layer) if slot.may_pack else None
+    return weight_first_if_equal(slot.layer)
+
+
+def _timed_passes(
+    calls: Sequence[tuple[str, Callable[[torch.Tensor], torch.Tensor], int]],
+    rows: Sequence[int],
+    threads: int,
+    deadline: float = float("inf"),
+) -> dict[str, float]:
+    """ms per shape, summed over ``rows``: at each row count, the best of ``PASSES`` passes.
+
+    A pass runs every call once at one row count, as a forward at one batch size
+    does; the first pass at each count is a warm-up (allocations, pool start).
+    Past ``deadline``, one timed pass per row count is enough (a large model's
+    start-up stays bounded).
+    """
+    torch.set_num_threads(threads)
+    total: dict[str, float] = {}
+    for count in rows:
+        inputs = {width: torch.randn(count, width) for _, _, width in calls}
+        best: dict[str, float] = {}
+        for index in range(PASSES + 1):
+            spent: dict[str, float] = {}
+            for shape, layer, width in calls:
+                begun = time.perf_counter()
+                layer(inputs[width])
+                spent[shape] = spent.get(shape, 0.0) + time.perf_counter() - begun
+            if index:
+                best = {k: min(best.get(k, float("inf")), 1000 * v) for k, v in spent.items()}
+                if time.perf_counter() > deadline:
+                    break
+        for shape, ms in best.items():
+            total[shape] = total.get(shape, 0.0) + ms
+    return total
+
+
+def _choose(
+    timings: dict[Candidate, float], default: Candidate, margin: float = MARGIN
+) -> Candidate:
+    """The fastest candidate if it beats ``default`` by ``margin``; else ``default``."""
+    if default not in timings:
+        return default
+    fastest = min(timings, key=timings.__getitem__)
+    return fastest if timings[fastest] < margin * timings[default] else default
 
 
 def tied_layers(model: nn.Module) -> set[int]:
@@ -227,46 +313,61 @@ def tied_layers(model: nn.Module) -> set[int]:
     }
 
 
-@torch.inference_mode()
-def _probes(module: nn.Module, allowed: bool) -> tuple[nn.Module, PackedLinear | None]:
-    """(dense layer to time, packed layer to time or None); sliced to ``PROBE_OUT`` rows.
+def _swap_layouts(
+    model: nn.Module,
+    slots: Sequence[_Slot],
+    plans: dict[str, Layout],
+) -> list[nn.Module]:
+    """Swap each layer for its shape's planned layout; the layers now in place, in order.
 
-    An unsliced packed probe must reproduce the layer (else packing is ruled
-    out); a sliced one is checked when the layers are swapped (:func:`_apply`).
+    A layer stays dense where its layout is not allowed (packing a small or, under
+    "measure", a tied layer) or would not reproduce it.
     """
-    found = dense_weight(module)
-    assert found is not None
-    weight, bias = found
-    if weight.shape[0] <= PROBE_OUT:
-        return module, packed_if_equal(module) if allowed else None
-    part = weight[:PROBE_OUT].contiguous()
-    part_bias = None if bias is None else bias[:PROBE_OUT].contiguous()
-    return _DenseProbe(part, part_bias), PackedLinear(part, part_bias) if allowed else None
+    replaced = {id(s.layer) for s in slots if _replaces(plans[s.shape], s)}
+    if replaced:
+        own_weights_outside(model, replaced)
+    layers = []
+    for slot in slots:
+        layout = plans[slot.shape]
+        built = _built(slot, layout) if _replaces(layout, slot) else None
+        layer = slot.layer if built is None else built
+        if layer is not slot.layer:
+            setattr(slot.parent, slot.name, layer)
+        layers.append(layer)
+    return layers
 
 
-class _DenseProbe(nn.Module):
-    """``nn.Linear``'s computation on a weight slice (plain tensors: timing only)."""
+def _cap_threads(
+    slots: Sequence[_Slot],
+    layers: Sequence[nn.Module],
+    plans: dict[str, Layout],
+    threads: dict[str, int],
+    full: int,
+    timings: dict[str, dict[Candidate, float]],
+) -> list[LayerChoice]:
+    """Wrap the layers of shapes chosen to run on fewer threads; one choice per shape."""
+    kinds: dict[str, set[Layout]] = {}
+    for slot, layer in zip(slots, layers, strict=True):
+        kinds.setdefault(slot.shape, set()).add(_layout_of(layer))
+        if threads[slot.shape] != full:
+            setattr(slot.parent, slot.name, ThreadCapped(layer, threads[slot.shape]))
+    return [
+        LayerChoice(
+            shape,
+            sum(s.shape == shape for s in slots),
+            layout if kinds[shape] == {layout} else "dense",
+            threads[shape],
+            {f"{lay}/{n}t": round(ms, 3) for (lay, n), ms in timings[shape].items()},
+        )
+        for shape, layout in plans.items()
+    ]
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__()
-        self.weight, self.bias = weight, bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight, self.bias)
+def _layout_of(layer: nn.Module) -> Layout:
+    if isinstance(layer, PackedLinear):
+        return "packed"
+    return "weight-first" if isinstance(layer, WeightFirstLinear) else "dense"
 
 
-def _apply(
-    choice: LayerChoice, members: list[tuple[nn.Module, str, nn.Module]], full: int
-) -> LayerChoice:
-    """Swap each layer of ``choice``'s shape; a layer whose packed copy differs stays dense."""
-    layout = choice.layout
-    for parent, name, child in members:
-        layer: nn.Module = child
-        if layout == "packed":
-            packed = packed_if_equal(child)
-            layer = packed if packed is not None else child
-        if choice.threads != full:
-            layer = ThreadCapped(layer, choice.threads)
-        if layer is not child:
-            setattr(parent, name, layer)
-    return choice
+def _replaces(layout: Layout, slot: _Slot) -> bool:
+    return layout == "weight-first" or (layout == "packed" and slot.may_pack)

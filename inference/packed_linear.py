@@ -53,7 +53,7 @@ class PackedLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        dense = weight.detach().contiguous()
+        dense = contiguous_copy(weight.detach())
         self.register_buffer(
             "packed_weight", torch.ops.mkldnn._reorder_linear_weight(dense, PACK_ROWS)
         )
@@ -66,6 +66,22 @@ class PackedLinear(nn.Module):
         )
         result: torch.Tensor = out.view(*x.shape[:-1], self.out_features)
         return result
+
+
+def contiguous_copy(weight: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """``weight`` as a contiguous tensor; a transposed 2-D view copied ``block`` columns at a time.
+
+    Why blocks: a transposed view's plain ``.contiguous()`` reads memory with a
+    stride of a whole row; copying 64 source rows at a time keeps the reads within
+    cache. GPT-2-small's 768x3072 transposed copy: 3.1-5.4 ms against 8.9 ms, and the
+    start-up layer tuning makes three such copies of every ``Conv1D`` weight.
+    """
+    if weight.is_contiguous() or weight.dim() != 2 or weight.stride(0) != 1:
+        return weight.contiguous()
+    out = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+    for start in range(0, weight.shape[1], block):
+        out[:, start : start + block].copy_(weight[:, start : start + block])
+    return out
 
 
 def packable(model: Any) -> bool:
@@ -93,18 +109,65 @@ def dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] 
     return None
 
 
+class WeightFirstLinear(nn.Module):
+    """``y = (weight @ x.T).T + bias``: the weight, (out, in) and contiguous, as the left operand.
+
+    Why: for the few rows of a decode batch, MKL's ``sgemm`` runs the product with
+    the weight on the left (its rows become the long dimension, the batch the
+    short one) markedly faster than ``x @ weight.T``: on a 2-core Xeon (AVX-512),
+    16 rows against twelve 768x3072 weights 1.09 ms a layer against 1.49 dense
+    and 1.13 oneDNN-packed, while one row stays near the dense call (0.61 against
+    0.51-0.59 ms). It needs no packed copy: an ``nn.Linear`` (a tied output layer
+    included) keeps its own weight; a transformers ``Conv1D`` (weight stored
+    (in, out)) holds one transposed copy in place of the original.
+
+    The result is the transpose of a contiguous (out, rows) product: a view, so
+    the next layer's ``x.T`` is contiguous again.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        if isinstance(weight, nn.Parameter) and weight.is_contiguous():
+            self.weight = weight  # shared, not copied: a tied embedding keeps one copy
+        else:
+            self.register_buffer("weight", contiguous_copy(weight.detach()))
+        column = None if bias is None else bias.detach().reshape(-1, 1).clone()
+        self.register_buffer("bias", column)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if self.bias is None:
+            product = torch.mm(self.weight, rows.t())
+        else:
+            product = torch.addmm(self.bias, self.weight, rows.t())
+        result: torch.Tensor = product.t().view(*x.shape[:-1], self.out_features)
+        return result
+
+
 @torch.inference_mode()
 def packed_if_equal(module: nn.Module) -> PackedLinear | None:
     found = dense_weight(module)
-    if found is None:
-        return None
-    weight, bias = found
-    packed = PackedLinear(weight, bias)
-    probe = torch.randn(_PROBE_ROWS, weight.shape[1], generator=torch.Generator().manual_seed(0))
+    return None if found is None else _if_equal(PackedLinear(*found), module)
+
+
+@torch.inference_mode()
+def weight_first_if_equal(module: nn.Module) -> WeightFirstLinear | None:
+    found = dense_weight(module)
+    return None if found is None else _if_equal(WeightFirstLinear(*found), module)
+
+
+def _if_equal(candidate: Any, module: nn.Module) -> Any:
+    """``candidate`` if it reproduces ``module`` on a probe input to float rounding, else None."""
+    width = candidate.in_features
+    probe = torch.randn(_PROBE_ROWS, width, generator=torch.Generator().manual_seed(0))
     expected = module(probe)
-    if not torch.allclose(packed(probe), expected, rtol=_PROBE_TOLERANCE, atol=_PROBE_TOLERANCE):
+    if not torch.allclose(candidate(probe), expected, rtol=_PROBE_TOLERANCE, atol=_PROBE_TOLERANCE):
         return None
-    return packed
+    return candidate
 
 
 def pack_linear_layers(model: nn.Module, min_weights: int = MIN_PACKED_WEIGHTS) -> int:

@@ -85,7 +85,7 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "dtype": {"choices": [d.value for d in DType]},
     "layer_policy": {
         "choices": [p.value for p in LayerPolicy],
-        "help": "linear layers: measure packed/dense and threads at start (default), or pin",
+        "help": "linear layers: measure layouts and threads at start (default), or pin one",
     },
     "allocator": {
         "choices": [a.value for a in Allocator],

@@ -70,6 +70,7 @@ class LayerPolicy(StrEnum):
     measure = "measure"
     packed = "packed"
     dense = "dense"
+    weight_first = "weight-first"
 
 
 class Environment(StrEnum):
@@ -92,7 +93,7 @@ class ServerSettings(BaseModel):
     model_revision: str | None = Field(default=None, min_length=1)
     device: Device = Device.auto
     dtype: DType = DType.auto
-    # "measure": time packed/dense and thread counts per shape at start; the others pin
+    # "measure": time the layouts and thread counts per shape at start; the others pin
     # a layout on all threads (to compare, or to rule one out on a given CPU).
     layer_policy: LayerPolicy = LayerPolicy.measure
     # The C allocator: jemalloc where installed (inference/allocator.py says why).

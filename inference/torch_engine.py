@@ -17,11 +17,11 @@ padding for every remaining row are trimmed.
 
 Speed (CPU, fp32; figures in docs/performance.md, from ``python -m
 pipeline.bench.probes``): a step is mostly matrix multiplies, so :meth:`start`
-swaps the model's linear layers for oneDNN-packed ones where that measures
-faster on this machine, per layer shape and with the thread count that measures
-fastest (inference/layer_tuning.py, inference/packed_linear.py;
-GPT-2-small decode step 37-41 instead of 85-88 ms at batch 16, 25-26 instead of
-37 ms at batch 1), and a few padded prefills (cut by cost) replace a forward per distinct
+gives each linear-layer shape the layout (dense, oneDNN-packed or weight-first)
+and thread count that measures fastest on this machine, in the model's own call
+order (inference/layer_tuning.py, inference/packed_linear.py; on the AMD EPYC,
+GPT-2-small decode step 37-41 instead of 85-88 ms at batch 16 with packed layers),
+and a few padded prefills (cut by cost) replace a forward per distinct
 prompt length. All torch work, warm-up included, runs on the one worker thread: a
 second thread that has computed keeps a second CPU thread pool alive, which made
 every decode step 21-26% slower (inference/compute_thread.py).
@@ -204,10 +204,11 @@ class TorchEngine:
             raise RuntimeError(message) from failure[0]
 
     def _prepare(self) -> None:
-        """Choose each layer shape's layout and threads (timed at 1 row and the decode
-        batch's, capped at ``PACK_ROWS``), then serve one short request on this thread."""
+        """Choose each layer shape's layout and threads, timed at the rows a decode step
+        will have (1, ``PACK_ROWS`` and the largest batch), then serve one short request
+        on this thread."""
         self._threads = torch.get_num_threads()
-        rows = sorted({1, min(self._max_batch, PACK_ROWS)})
+        rows = sorted({1, min(self._max_batch, PACK_ROWS), self._max_batch})
         self._layer_choices = tuple(tune_linear_layers(self._model, rows, self._layer_policy))
         warm_ids = self.count_tokens(_WARMUP_PROMPT)
         events: list[Event] = []

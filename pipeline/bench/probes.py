@@ -18,6 +18,9 @@ fresh interpreter so no probe inherits another's threads or caches:
 * ``step-profile``, ``memory-c64`` and ``output-layer``: where a decode step's
   time and 64 clients' memory go, and what the output layer's layout costs
   (:mod:`pipeline.bench.probes_breakdown`).
+* ``layer-layouts`` and ``lean-step``: each linear-layer layout's cost in the
+  model's order at 1, 16 and 64 rows, and a bare one-row decode step without
+  transformers' modules (:mod:`pipeline.bench.probes_layers`).
 * ``torch-compile``: the eager decode step against ``torch.compile`` of the
   model (inductor), compiled cold (inductor's caches off, as on a fresh server):
   the first compiled steps (compiling), the steady step, and the first step at a
@@ -54,12 +57,15 @@ from pipeline.bench.probes_breakdown import (
     probe_step_profile,
     prompts_for,
 )
+from pipeline.bench.probes_layers import probe_layer_layouts, probe_lean_step
 
 PROBES = (
     "steps",
     "step-profile",
     "memory-c64",
     "output-layer",
+    "layer-layouts",
+    "lean-step",
     "engine",
     "engine-second-pool",
     "engine-omp-active",
@@ -298,6 +304,8 @@ def run_probe(name: str, model: str) -> dict[str, Any]:
         "step-profile": lambda: probe_step_profile(model),
         "memory-c64": lambda: probe_memory_c64(model),
         "output-layer": lambda: probe_output_layer(model),
+        "layer-layouts": lambda: probe_layer_layouts(model),
+        "lean-step": lambda: probe_lean_step(model),
         "torch-compile": lambda: _probe_torch_compile(model),
         "engine": lambda: _probe_engine(model, second_pool=False),
         "engine-second-pool": lambda: _probe_engine(model, second_pool=True),

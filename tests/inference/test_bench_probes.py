@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,14 @@ from tests.support import run_python
 
 def _probe(*args: str) -> subprocess.CompletedProcess[str]:
     return run_python("-m", "pipeline.bench.probes", *args)
+
+
+def _probe_results(probes: str) -> dict[str, Any]:
+    """Each probe's JSON by name, from a run on the built-in model that must succeed."""
+    done = _probe("--model", "builtin", "--probes", probes)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()[2:]
+    return {line.split()[0]: json.loads(line.split(maxsplit=1)[1]) for line in lines}
 
 
 @pytest.mark.usefixtures("builtin_model_dir")
@@ -45,10 +54,7 @@ def test_step_and_engine_probes_report_what_they_measured(tmp_path: Path) -> Non
 
 @pytest.mark.usefixtures("builtin_model_dir")
 def test_breakdown_probes_say_where_a_step_and_memory_go() -> None:
-    done = _probe("--model", "builtin", "--probes", "step-profile,memory-c64,output-layer")
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.splitlines()[2:]
-    results = {line.split()[0]: json.loads(line.split(maxsplit=1)[1]) for line in lines}
+    results = _probe_results("step-profile,memory-c64,output-layer")
     profile = results["step-profile"]
     assert profile["decode_b1_ms_p50"] > 0 and 0 < profile["matmul_share"] <= 1
     assert profile["decode_b16_ms_p50"] > 0 and 0 < profile["matmul_share_b16"] <= 1
@@ -65,3 +71,31 @@ def test_an_unknown_probe_is_a_usage_error_naming_it() -> None:
     done = _probe("--probes", "engine,warp-drive")
     assert done.returncode == 2
     assert "warp-drive is not a probe" in done.stderr
+
+
+@pytest.mark.usefixtures("builtin_model_dir")
+def test_layout_and_lean_step_probes_report_each_layout_and_both_steps() -> None:
+    results = _probe_results("layer-layouts,lean-step")
+    layouts = results["layer-layouts"]
+    for rows in (1, 16, 64):  # the built-in model's layers are too small to pack
+        assert layouts[f"dense_{rows}_rows_ms"] > 0 and layouts[f"weight-first_{rows}_rows_ms"] > 0
+    lean = results["lean-step"]
+    assert 0 < lean["lean_b1_ms_min"] <= lean["lean_b1_ms_p50"]
+    assert lean["transformers_b1_ms_p50"] > 0
+
+
+@pytest.mark.usefixtures("builtin_model_dir")
+def test_the_lean_step_computes_the_models_own_logits() -> None:
+    import torch
+
+    from inference.loader import load_model
+    from pipeline.bench.probes_layers import lean_decoder
+
+    model = load_model("builtin", "cpu", "fp32").model
+    tokens = [5, 17, 3, 9]
+    step = lean_decoder(model)
+    with torch.inference_mode():
+        for position, token in enumerate(tokens):
+            logits = step(token, position)
+        expected = model(input_ids=torch.tensor([tokens])).logits[:, -1]
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
