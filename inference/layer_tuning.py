@@ -119,6 +119,18 @@ class ThreadCapped(nn.Module):
         return result
 
 
+def use_threads(count: int) -> None:
+    """Set torch's thread count, only if it changes.
+
+    Why only then: every ``torch.set_num_threads`` call also sizes torch's global
+    pthreadpool (QNNPACK/XNNPACK), creating it on the first call; created at more
+    than one thread, its worker outlives the engine's thread
+    (tests/inference/test_compute_thread.py counts threads).
+    """
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+
+
 def thread_options(threads: int) -> list[int]:
     """1, half and all of ``threads``: the counts worth a timing."""
     return sorted({1, max(1, threads // 2), threads})
@@ -152,7 +164,7 @@ def tune_linear_layers(
         if measuring:
             threads = _measure_threads(slots, layers, plans, rows, full, deadline, timings)
     finally:
-        torch.set_num_threads(full)
+        use_threads(full)
     choices = _cap_threads(slots, layers, plans, threads, full, timings)
     log.info(
         "layer choice (%s, rows %s) in %.0f ms: %s",
@@ -268,7 +280,7 @@ def _timed_passes(
     Past ``deadline``, one timed pass per row count is enough (a large model's
     start-up stays bounded).
     """
-    torch.set_num_threads(threads)
+    use_threads(threads)
     total: dict[str, float] = {}
     for count in rows:
         inputs = {width: torch.randn(count, width) for _, _, width in calls}
