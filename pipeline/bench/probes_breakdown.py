@@ -57,7 +57,7 @@ def _step_profile(model: str) -> dict[str, Any]:
     choices = tune_linear_layers(loaded.model, [1, 16], "measure")
     results: dict[str, Any] = {}
     for batch in (1, 16):
-        times, events = _profiled_steps(loaded, batch)
+        times, events = profiled_steps(loaded, batch)
         total = sum(event.self_cpu_time_total for event in events)
         matmul = sum(event.self_cpu_time_total for event in events if event.key in MATMUL_OPS)
         suffix = "" if batch == 1 else f"_b{batch}"
@@ -68,7 +68,7 @@ def _step_profile(model: str) -> dict[str, Any]:
     return results
 
 
-def _profiled_steps(loaded: Any, batch: int) -> tuple[list[float], Any]:
+def profiled_steps(loaded: Any, batch: int) -> tuple[list[float], Any]:
     """``batch`` rows' KV-cached decode steps after a shared prompt: 40 timed, then 10 profiled."""
     import torch
     from torch.profiler import profile

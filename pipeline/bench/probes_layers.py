@@ -59,12 +59,12 @@ def probe_lean_step(model: str) -> dict[str, Any]:
     import torch
 
     from inference.loader import load_model
-    from pipeline.bench.probes_breakdown import _profiled_steps
+    from pipeline.bench.probes_breakdown import profiled_steps
 
     loaded = load_model(model, "cpu", "fp32")
     with torch.inference_mode():
         lean = _lean_step_times(loaded.model)
-    engine_cache, _ = _profiled_steps(loaded, 1)
+    engine_cache, _ = profiled_steps(loaded, 1)
     return {
         "lean_b1_ms_p50": round(statistics.median(lean[10:]) * 1000, 2),
         "lean_b1_ms_min": round(min(lean[10:]) * 1000, 2),
