@@ -262,10 +262,12 @@ class Bench(_Strict):
     min_requests: int = Field(ge=1)
     warmup_requests: int = Field(ge=0)
     cell_budget_s: float = Field(gt=0)
-    # The CTranslate2 peer (pipeline/bench/peer.py): the conversions timed, and
-    # how many calls each figure is the median of. The targets compare with float32.
+    # The CTranslate2 peer (pipeline/bench/peer.py): the conversions timed, how many
+    # calls each figure is the median of, and how many fresh processes time each
+    # conversion (the fastest counts). The targets compare with float32.
     peer_quantizations: tuple[PeerQuantization, ...]
     peer_repeats: int = Field(ge=1)
+    peer_processes: int = Field(ge=1)
     targets: tuple[BenchTarget, ...] = ()
 
 

@@ -120,6 +120,7 @@ def _resolve(args: argparse.Namespace) -> tuple[Bench, tuple[ServerKind, ...], b
             min_requests=8,
             warmup_requests=2,
             peer_repeats=1,
+            peer_processes=1,
         )
     for key in ("models", "concurrency"):
         if getattr(args, key) is not None:

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.bench.peer import PeerCell
+from pipeline.bench.peer import PeerCell, process_note
 from pipeline.bench.targets import GIB, NOISY_FOREIGN_CORES, Cell, TargetOutcome
 
 MARKERS = {"ours": "o-", "baseline": "s--", "peer-float32": "^:", "peer-int8": "v:"}
@@ -171,7 +171,8 @@ def _peer_lines(document: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "Peer: CTranslate2 `generate_batch` in process (no HTTP), same weights converted, "
-        "greedy, the same prompts and new tokens; median of the calls.",
+        "greedy, the same prompts and new tokens; median of the calls, in the fastest of "
+        "the processes that timed it (note).",
         "",
         "| model | peer | batch | tokens/s | decode step ms | first token ms | calls "
         "| threads | note |",
@@ -182,9 +183,10 @@ def _peer_lines(document: dict[str, Any]) -> list[str]:
         if p["skipped"]:
             lines.append(f"{head} - | - | - | 0 | {p['threads']} | {p['skipped']} |")
             continue
+        notes = [p["note"], process_note(p.get("process_tokens_per_s", ()))]
         lines.append(
             f"{head} {p['tokens_per_s']:.1f} | {p['step_ms']:.1f} | {p['first_token_ms']:.0f} "
-            f"| {p['runs']} | {p['threads']} | {p['note'] or ''} |"
+            f"| {p['runs']} | {p['threads']} | {'; '.join(n for n in notes if n)} |"
         )
     peer_at = {(p["model"], p["quantization"], p["batch"]): p for p in peers if not p["skipped"]}
     base_at = {

@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 
 from pipeline import serving
-from pipeline.bench.peer import PeerCell, run_peer
+from pipeline.bench.peer import PeerCell, process_note, run_peer
 from pipeline.bench.targets import GIB, SERVERS, Cell, ServerKind, cell_from_load, plan_requests
 from pipeline.definition import Bench, load_definition
 from pipeline.load.generator import run_load
@@ -310,13 +310,14 @@ def peer_batches(bench: Bench, model: str, concurrency: Sequence[int]) -> list[i
 def measure_peer(
     bench: Bench, model: str, concurrency: Sequence[int], threads: int, progress: Progress
 ) -> list[PeerCell]:
-    """CTranslate2 at every quantization of the bench table, one fresh process each."""
+    """CTranslate2 at every quantization of the bench table, in fresh processes."""
     cells: list[PeerCell] = []
     for quantization in bench.peer_quantizations:
         started = time.monotonic()
         found = run_peer(
             model, quantization, peer_batches(bench, model, concurrency),
             bench.max_new_tokens, bench.peer_repeats, threads, bench.cell_budget_s,
+            bench.peer_processes,
         )  # fmt: skip
         cells.extend(found)
         for cell in found:
@@ -324,6 +325,8 @@ def measure_peer(
                 f"{cell.tokens_per_s:.1f} tok/s, step {cell.step_ms:.1f} ms, "
                 f"first token {cell.first_token_ms:.0f} ms"
             )
+            if note := process_note(cell.process_tokens_per_s):
+                shown += f"; {note}"
             progress(f"[{model}/peer-{quantization}] batch {cell.batch}: {shown}")
         progress(f"[{model}/peer-{quantization}] done in {time.monotonic() - started:.0f} s")
     return cells

@@ -3,8 +3,9 @@
 What this proves, in seconds rather than the quick bench's minutes: CTranslate2
 converts the very directory our server loads (once; the second call reuses it),
 ``run_peer`` times it in a fresh interpreter at the batch sizes asked for and
-returns figures that add up, and a machine without the optional extra gets cells
-that say why instead of an exception.
+returns figures that add up (the fastest of several processes, when asked), and
+a machine without the optional extra gets cells that say why instead of an
+exception.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def test_run_peer_times_each_batch_in_a_fresh_interpreter() -> None:
         assert cell.measured, cell.skipped
         assert cell.quantization == "float32" and cell.threads == 1 and cell.runs == 1
         assert cell.tokens_per_s > 0 and cell.step_ms > 0 and cell.first_token_ms > 0
+
+
+@pytest.mark.timeout(240)
+def test_run_peer_keeps_the_fastest_of_several_processes() -> None:
+    pytest.importorskip("ctranslate2", reason="the optional peer extra is not installed")
+    cells = peer.run_peer("builtin", "float32", [1], 6, 1, 1, 60, processes=2)
+    (cell,) = cells
+    assert cell.measured and len(cell.process_tokens_per_s) == 2
+    assert cell.tokens_per_s == max(cell.process_tokens_per_s)
 
 
 def test_without_the_extra_every_cell_says_why(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from mlcicd.cli import main
 from pipeline.bench.machine import isa_label
-from pipeline.bench.peer import PeerCell
+from pipeline.bench.peer import PeerCell, fastest_per_batch
 from pipeline.bench.report import build_document, render_markdown, render_plot, write_json
 from pipeline.bench.runner import peer_batches
 from pipeline.bench.targets import (
@@ -228,6 +228,20 @@ def test_peer_targets_are_not_measured_when_the_peer_was_skipped(bench: Bench) -
     assert outcome.status == "NOT MEASURED" and "ctranslate2 missing" in outcome.detail
 
 
+def test_the_peer_counts_its_fastest_process_at_each_batch() -> None:
+    """A peer process that ran slow throughout must not flatter our ratios."""
+    slow = [_peer("gpt2", 1, tokens_per_s=10.0, step_ms=90.0),
+            _peer("gpt2", 16, tokens_per_s=130.0, step_ms=100.0)]  # fmt: skip
+    fast = [_peer("gpt2", 1, tokens_per_s=33.0, step_ms=27.0),
+            _peer("gpt2", 16, skipped="not run: budget")]  # fmt: skip
+    one, sixteen = fastest_per_batch([slow, fast])
+    assert (one.tokens_per_s, one.step_ms, one.process_tokens_per_s) == (33.0, 27.0, (10.0, 33.0))
+    assert sixteen.tokens_per_s == 130.0 and sixteen.process_tokens_per_s == (130.0,)
+    unmeasured = fastest_per_batch([[_peer("gpt2", 4, skipped="first")],
+                                    [_peer("gpt2", 4, skipped="second")]])  # fmt: skip
+    assert [cell.skipped for cell in unmeasured] == ["first"]
+
+
 def test_peer_batches_are_the_levels_plus_any_targets_peer_batch(bench: Bench) -> None:
     wide = next(t for t in bench.targets if t.peer_batch)
     batches = peer_batches(bench, wide.model, (1, 16))
@@ -300,7 +314,9 @@ def _document(bench: Bench, foreign: float) -> dict[str, object]:
         servers={"ours": "python -m mlcicd.cli serve"},
         cells=[ours, base, skipped],
         peers=[
-            _peer("builtin", 4, tokens_per_s=1000.0, step_ms=1.5),
+            _peer(
+                "builtin", 4, tokens_per_s=1000.0, step_ms=1.5, process_tokens_per_s=(1000.0, 310.5)
+            ),
             _peer("builtin", 4, "int8", tokens_per_s=2000.0, step_ms=1.0),
             PeerCell("builtin", "float32", 64, skipped="not run: peer budget"),
         ],
@@ -320,6 +336,7 @@ def test_reports_label_a_noisy_run_and_show_skips(bench: Bench, tmp_path: Path) 
     assert "NOT MEASURED" in text
     assert "ISA AVX2" in text and "oneDNN 3" in text and "CTranslate2 4" in text
     assert "| builtin | int8 | 4 | 2000.0 |" in text and "not run: peer budget" in text
+    assert "fastest of 2 processes (1000.0, 310.5 tokens/s)" in text
     # ours at c=4 against the peer at batch 4: fp32, int8 and the naive server.
     ours_tps = noisy["cells"][0]["tokens_per_s"]  # type: ignore[index]
     assert f"| {ours_tps / 1000:.2f}x | {ours_tps / 2000:.2f}x |" in text
