@@ -10,7 +10,8 @@ with weight-first close to the best at both; an AMD EPYC ranked them otherwise.
 
 How, and why so: the model's linear layers are called in the model's order, with
 every layer of a shape set to one candidate, once at each of ``rows`` input rows,
-and each call is timed; a shape's cost under a candidate is its layers' summed time.
+and each call is timed; a shape's time under a candidate, at each row count, is its
+layers' summed time.
 Run in order over all the real layers, each weight comes from memory as it does when
 serving (by the time a layer runs again, the rest of the model has passed through
 the caches): timing one layer over and over, as this module used to, measures a
@@ -23,11 +24,16 @@ Only layers of at least ``MIN_PACKED_WEIGHTS`` weights may be packed (below it
 oneDNN's per-call cost outweighs its gain), and, under "measure", never a tied
 layer (GPT-2's output layer shares the token embedding's weight: a packed copy
 cannot replace it, so it would be held twice, 0.14 GiB more; weight-first shares
-it). The fastest layout wins; before one replaces the default (weight-first: no
+it). The layout with the lowest relative cost wins: at each row count, its time
+over the fastest candidate's at that count, summed over the row counts. So every
+batch size counts alike, where summed milliseconds let the largest batch decide
+alone: on a 2-core Xeon a start chose oneDNN-packed layers, which the
+``layer-layouts`` probe measured there 1.7x slower than weight-first at one row
+and 2% faster at 64. Before another layout replaces the default (weight-first: no
 copy held twice), the default is timed again, since a slow pass can only make a
-layout look slower, never faster. Fewer threads must be at least ``MARGIN``
-faster: a layer run on fewer threads leaves the pool's other threads idle, and
-waking them for the next layer costs time a per-call timing cannot see.
+layout look slower, never faster. Fewer threads must cost at least ``MARGIN``
+less, relatively: a layer run on fewer threads leaves the pool's other threads
+idle, and waking them for the next layer costs time a per-call timing cannot see.
 
 Cost: at each row count a candidate gets one warm-up pass and ``PASSES`` timed
 passes, the best of which counts (robust to a preempted pass). Once ``BUDGET_S`` is
@@ -76,17 +82,19 @@ MARGIN = 0.9
 BUDGET_S = 3.0
 log = logging.getLogger(__name__)
 Candidate = tuple[Layout, int]
+# A candidate's ms per row count, in the order of the rows it was timed at.
+Timings = dict[Candidate, tuple[float, ...]]
 
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """What one weight shape runs as, and the timings it was chosen by (ms, summed over rows)."""
+    """What one weight shape runs as, and the timings it was chosen by (ms per row count)."""
 
     shape: str  # "out x in"
     layers: int
     layout: Layout
     threads: int
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ def tune_linear_layers(
     started, full = time.perf_counter(), torch.get_num_threads()
     deadline = started + BUDGET_S
     slots = linear_slots(model, packing_tied=policy != "measure")
-    timings: dict[str, dict[Candidate, float]] = {slot.shape: {} for slot in slots}
+    timings: dict[str, Timings] = {slot.shape: {} for slot in slots}
     measuring = policy == "measure"
     try:
         if measuring:
@@ -198,9 +206,9 @@ def measure_layouts(
     rows: Sequence[int],
     threads: int,
     deadline: float,
-    timings: dict[str, dict[Candidate, float]],
+    timings: dict[str, Timings],
 ) -> None:
-    """Time every layout on ``threads`` threads into ``timings`` (ms per shape).
+    """Time every layout on ``threads`` threads into ``timings`` (per shape, ms per row count).
 
     The default layout goes first, so every shape has at least it. Each layout's
     copies are dropped once timed, so start-up holds at most one layout's copies
@@ -222,7 +230,7 @@ def _time_layout(
     layout: Layout,
     rows: Sequence[int],
     threads: int,
-    timings: dict[str, dict[Candidate, float]],
+    timings: dict[str, Timings],
     deadline: float,
     keep_best: bool,
 ) -> None:
@@ -231,7 +239,7 @@ def _time_layout(
     calls = [(shape, layer, width) for shape, layer, width in built if layer is not None]
     for shape, ms in _timed_passes(calls, rows, threads, deadline).items():
         earlier = timings[shape].get((layout, threads), ms) if keep_best else ms
-        timings[shape][(layout, threads)] = min(ms, earlier)
+        timings[shape][(layout, threads)] = tuple(map(min, ms, earlier))
 
 
 @torch.inference_mode()
@@ -242,7 +250,7 @@ def _measure_threads(
     rows: Sequence[int],
     full: int,
     deadline: float,
-    timings: dict[str, dict[Candidate, float]],
+    timings: dict[str, Timings],
 ) -> dict[str, int]:
     """Time the swapped-in layers on fewer threads; per shape, the count to run on."""
     calls = [(slot.shape, layer, slot.width) for slot, layer in zip(slots, layers, strict=True)]
@@ -272,8 +280,8 @@ def _timed_passes(
     rows: Sequence[int],
     threads: int,
     deadline: float = float("inf"),
-) -> dict[str, float]:
-    """ms per shape, summed over ``rows``: at each row count, the best of ``PASSES`` passes.
+) -> dict[str, tuple[float, ...]]:
+    """ms per shape at each of ``rows``: the best of ``PASSES`` passes at that count.
 
     A pass runs every call once at one row count, as a forward at one batch size
     does; the first pass at each count is a warm-up (allocations, pool start).
@@ -281,7 +289,7 @@ def _timed_passes(
     start-up stays bounded).
     """
     use_threads(threads)
-    total: dict[str, float] = {}
+    per_count: dict[str, list[float]] = {}
     for count in rows:
         inputs = {width: torch.randn(count, width) for _, _, width in calls}
         best: dict[str, float] = {}
@@ -296,18 +304,25 @@ def _timed_passes(
                 if time.perf_counter() > deadline:
                     break
         for shape, ms in best.items():
-            total[shape] = total.get(shape, 0.0) + ms
-    return total
+            per_count.setdefault(shape, []).append(ms)
+    return {shape: tuple(ms) for shape, ms in per_count.items()}
 
 
-def _choose(
-    timings: dict[Candidate, float], default: Candidate, margin: float = MARGIN
-) -> Candidate:
-    """The fastest candidate if it beats ``default`` by ``margin``; else ``default``."""
+def relative_costs(timings: Timings) -> dict[Candidate, float]:
+    """Per candidate: at each row count its time over the fastest candidate's, summed."""
+    counts = range(min(len(ms) for ms in timings.values()))
+    floors = [max(min(ms[i] for ms in timings.values()), 1e-9) for i in counts]
+    return {c: sum(ms[i] / floors[i] for i in counts) for c, ms in timings.items()}
+
+
+def _choose(timings: Timings, default: Candidate, margin: float = MARGIN) -> Candidate:
+    """The candidate of lowest relative cost if it beats ``default``'s by ``margin``;
+    else ``default``."""
     if default not in timings:
         return default
-    fastest = min(timings, key=timings.__getitem__)
-    return fastest if timings[fastest] < margin * timings[default] else default
+    cost = relative_costs(timings)
+    best = min(cost, key=cost.__getitem__)
+    return best if cost[best] < margin * cost[default] else default
 
 
 def tied_layers(model: nn.Module) -> set[int]:
@@ -355,7 +370,7 @@ def _cap_threads(
     plans: dict[str, Layout],
     threads: dict[str, int],
     full: int,
-    timings: dict[str, dict[Candidate, float]],
+    timings: dict[str, Timings],
 ) -> list[LayerChoice]:
     """Wrap the layers of shapes chosen to run on fewer threads; one choice per shape."""
     kinds: dict[str, set[Layout]] = {}
@@ -369,7 +384,10 @@ def _cap_threads(
             sum(s.shape == shape for s in slots),
             layout if kinds[shape] == {layout} else "dense",
             threads[shape],
-            {f"{lay}/{n}t": round(ms, 3) for (lay, n), ms in timings[shape].items()},
+            {
+                f"{lay}/{n}t": tuple(round(t, 3) for t in ms)
+                for (lay, n), ms in timings[shape].items()
+            },
         )
         for shape, layout in plans.items()
     ]

@@ -24,6 +24,7 @@ from inference.layer_tuning import (
     _choose,
     _timed_passes,
     linear_slots,
+    relative_costs,
     thread_options,
     tied_layers,
     tune_linear_layers,
@@ -64,7 +65,7 @@ def test_measured_choice_covers_every_shape_and_keeps_the_outputs() -> None:
         assert choice.layout in ("dense", "weight-first")  # 32 wide: below the packing floor
         assert not any(key.startswith("packed/") for key in choice.timings_ms)
         assert choice.threads in thread_options(torch.get_num_threads())
-        assert choice.timings_ms and all(ms > 0 for ms in choice.timings_ms.values())
+        assert choice.timings_ms and all(min(ms) > 0 for ms in choice.timings_ms.values())
     torch.testing.assert_close(_logits(model), expected)
 
 
@@ -160,7 +161,7 @@ def test_each_pass_calls_every_layer_once_per_row_count_and_skips_the_warm_up() 
                             rows=[1, 3], threads=1)  # fmt: skip
     one_pass = [("a1", 1), ("b1", 1), ("a2", 1)]
     assert calls == one_pass * (PASSES + 1) + [(n, 3) for n, _ in one_pass] * (PASSES + 1)
-    assert set(timings) == {"a", "b"} and all(ms >= 0 for ms in timings.values())
+    assert set(timings) == {"a", "b"} and all(len(ms) == 2 for ms in timings.values())
     calls.clear()  # past the deadline: a warm-up and one timed pass per row count
     _timed_passes([("a", layer("a1"), 4)], rows=[1, 3], threads=1, deadline=0.0)
     assert calls == [("a1", 1)] * 2 + [("a1", 3)] * 2
@@ -171,15 +172,15 @@ def test_one_slow_pass_set_does_not_move_a_shape_off_the_default(
 ) -> None:
     # The default's first timing was slowed (a preempted core): "dense" looks 2x faster.
     # Timed again before leaving it, the default is as fast as dense, and it stays.
-    scripted = iter([{"8x8": 20.0}, {"8x8": 10.0}, {"8x8": 9.8}])
+    scripted = iter([{"8x8": (20.0,)}, {"8x8": (10.0,)}, {"8x8": (9.8,)}])
     monkeypatch.setattr(
         layer_tuning, "_timed_passes", lambda calls, rows, threads, deadline: next(scripted)
     )
     monkeypatch.setattr(layer_tuning, "LAYOUTS", ("weight-first", "dense"))
     model = torch.nn.Sequential(torch.nn.Linear(8, 8))
-    timings: dict[str, dict[Any, float]] = {"8x8": {}}
+    timings: dict[str, dict[Any, tuple[float, ...]]] = {"8x8": {}}
     layer_tuning.measure_layouts(linear_slots(model, False), [1], 1, float("inf"), timings)
-    assert timings["8x8"] == {("weight-first", 1): 9.8, ("dense", 1): 10.0}
+    assert timings["8x8"] == {("weight-first", 1): (9.8,), ("dense", 1): (10.0,)}
     assert _choose(timings["8x8"], ("weight-first", 1)) == ("weight-first", 1)
 
 
@@ -192,10 +193,22 @@ def test_dense_policy_packs_nothing() -> None:
 
 def test_the_default_wins_unless_another_candidate_beats_it_by_the_margin() -> None:
     default = ("packed", 2)
-    near = {("packed", 2): 10.0, ("dense", 2): 10.0 * MARGIN * 1.01, ("packed", 1): 12.0}
+    near = {("packed", 2): (10.0,), ("dense", 2): (10.0 * MARGIN * 1.01,), ("packed", 1): (12.0,)}
     assert _choose(near, default) == default  # faster, but not by enough
-    far = {("packed", 2): 10.0, ("dense", 2): 5.0, ("dense", 1): 7.0}
+    far = {("packed", 2): (10.0,), ("dense", 2): (5.0,), ("dense", 1): (7.0,)}
     assert _choose(far, default) == ("dense", 2)
+
+
+def test_every_row_count_counts_alike_in_the_choice() -> None:
+    """A layout 70% slower at one row must not win by being 10% faster at 64 rows,
+    though its summed milliseconds are lower (ms at 1 and 64 rows)."""
+    default = ("weight-first", 2)
+    timings = {default: (10.0, 100.0), ("packed", 2): (17.0, 90.0), ("dense", 2): (11.0, 150.0)}
+    assert sum(timings[("packed", 2)]) < sum(timings[default])
+    assert _choose(timings, default, 1.0) == default
+    assert relative_costs(timings)[default] == pytest.approx(1 + 100 / 90)
+    faster_at_both = {default: (10.0, 100.0), ("packed", 2): (9.0, 90.0)}
+    assert _choose(faster_at_both, default, 1.0) == ("packed", 2)
 
 
 def test_thread_capped_layer_runs_on_its_threads_and_restores_the_count() -> None:
