@@ -119,11 +119,11 @@ class ThreadCapped(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
+        use_threads(self.threads)
         try:
             result: torch.Tensor = self.inner(x)
         finally:
-            torch.set_num_threads(previous)
+            use_threads(previous)
         return result
 
 

@@ -40,18 +40,18 @@ def probe_layer_layouts(model: str) -> dict[str, Any]:
     slots = linear_slots(loaded.model, packing_tied=False)
     threads = torch.get_num_threads()
     results: dict[str, Any] = {"threads": threads, "layers": len(slots)}
-    for rows in LAYOUT_ROWS:
-        timings: dict[str, dict[Any, tuple[float, ...]]] = {slot.shape: {} for slot in slots}
-        measure_layouts(slots, [rows], threads, float("inf"), timings)
-        layouts = {layout for measured in timings.values() for layout, _ in measured}
-        # Sum only the shapes every layout was timed on, so the sums compare.
-        common = [s for s, measured in timings.items() if len(measured) == len(layouts)]
+    timings: dict[str, dict[Any, tuple[float, ...]]] = {slot.shape: {} for slot in slots}
+    measure_layouts(slots, LAYOUT_ROWS, threads, float("inf"), timings)
+    layouts = {layout for measured in timings.values() for layout, _ in measured}
+    # Sum only the shapes every layout was timed on, so the sums compare.
+    common = [s for s, measured in timings.items() if len(measured) == len(layouts)]
+    for index, rows in enumerate(LAYOUT_ROWS):
         for layout in sorted(layouts):
-            ms = sum(timings[shape][(layout, threads)][0] for shape in common)
+            ms = sum(timings[shape][(layout, threads)][index] for shape in common)
             results[f"{layout}_{rows}_rows_ms"] = round(ms, 2)
         for shape in sorted(set(timings) - set(common)):  # e.g. a tied layer: never packed
-            for (layout, _), (ms,) in sorted(timings[shape].items()):
-                results[f"{shape}_{layout}_{rows}_rows_ms"] = round(ms, 2)
+            for (layout, _), per_rows in sorted(timings[shape].items()):
+                results[f"{shape}_{layout}_{rows}_rows_ms"] = round(per_rows[index], 2)
     return results
 
 
