@@ -273,7 +273,12 @@ def test_configuration_errors_exit_2(
     model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    code, _, err = run_cli(capsys, "registry", "show", "--registered-model", "x")
+    # An empty state dir: the checkout's own may hold a local pipeline's state (after
+    # `bash scripts/main.sh`), which the CLI rightly falls back to.
+    no_state = str(model_dir.parent / "no-state")
+    code, _, err = run_cli(
+        capsys, "registry", "show", "--registered-model", "x", "--state-dir", no_state
+    )
     assert code == 2 and "MLFLOW_TRACKING_URI" in err
     dead = "http://127.0.0.1:1"
     code, _, err = run_cli(capsys, "registry", "register", "--tracking-uri", dead, "--model",
