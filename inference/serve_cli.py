@@ -6,16 +6,19 @@ image's command, which carries ``inference/`` alone) and ``mlcicd serve``
 definition's serving limits in as defaults.
 
 Start-up order: settings (flags over ``MLCICD_*`` env over the caller's
-defaults; a bad one exits 2 naming it) -> load the model (a failure exits 2
-with the loader's message, no traceback) -> the allocator: the process
-``exec``s itself again, same PID, to run on jemalloc where installed
-(inference/allocator.py). After the load, so that a bad setting or model fails
-once and an in-process caller that fails there is never replaced; the load
-itself maps the weights lazily, so doing it twice costs little, and the heavy
-allocation (packing, warm-up) comes after -> bind the socket -> warm the engine
-in the background, so ``/health`` answers at once and ``/ready`` is 503 until
-the model is warm. One line is logged when ready:
-``ready: model=NAME url=http://HOST:PORT``.
+defaults; a bad one exits 2 naming it) -> the allocator: the process ``exec``s
+itself again, same PID, to run on jemalloc where installed
+(inference/allocator.py), before torch is imported, so the imports and the load
+(several seconds) happen once -> load the model (a failure exits 2 with the
+loader's message, no traceback) -> bind the socket -> warm the engine in the
+background, so ``/health`` answers at once and ``/ready`` is 503 until the model
+is warm. One line is logged when ready: ``ready: model=NAME url=http://HOST:PORT``.
+
+The early ``exec`` is for a process started to serve (``main()`` reading the
+process's own command line, ``own_process``). A caller that runs the command in
+its own process with an argument list (a test, a notebook) gets the switch after
+the load instead, so that a bad model returns exit 2 to it rather than replacing
+it.
 
 Shutdown (SIGTERM or Ctrl-C): uvicorn's own handling would close the listening
 socket at once, so ``/ready`` could never say 503 and a load balancer would
@@ -125,8 +128,17 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--access-log", dest="access_log", action="store_true", default=None)
 
 
-def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> int:
-    """Serve with flags from ``args`` over env over ``defaults``; returns the exit code."""
+def serve(
+    args: argparse.Namespace,
+    defaults: Mapping[str, Any] | None = None,
+    *,
+    own_process: bool = False,
+) -> int:
+    """Serve with flags from ``args`` over env over ``defaults``; returns the exit code.
+
+    ``own_process``: this process was started to run this command, so it may be
+    replaced (``exec``) before anything is loaded.
+    """
     overrides = {field: getattr(args, field) for field in (*_FLAGS, "access_log")}
     try:
         settings = load_settings(overrides, defaults=defaults)
@@ -136,6 +148,9 @@ def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if own_process and not _switched_allocator(settings.allocator):
+        return EXIT_USAGE
+    log.info("loading model=%s device=%s", settings.model, settings.device.value)
     try:
         from inference.loader import load_model
         from inference.torch_engine import TorchEngine
@@ -153,10 +168,7 @@ def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -
     except Exception as exc:  # the CLI boundary: any load failure is a clear message, exit 2
         print(f"mlcicd serve: cannot load model {settings.model!r}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        run_on_chosen_allocator(settings.allocator)  # returns only if no re-exec is due
-    except AllocatorError as exc:
-        print(f"mlcicd serve: invalid setting {setting_label('allocator')}: {exc}", file=sys.stderr)
+    if not own_process and not _switched_allocator(settings.allocator):
         return EXIT_USAGE
     log.info(
         "loaded model=%s revision=%s device=%s dtype=%s context=%d allocator=%s (asked %s)",
@@ -169,6 +181,16 @@ def serve(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -
         settings.allocator.value,
     )
     return run_server(create_app(engine, settings), settings)
+
+
+def _switched_allocator(choice: Allocator) -> bool:
+    """Re-``exec`` on the chosen allocator if due (no return then); False if it cannot be had."""
+    try:
+        run_on_chosen_allocator(choice)
+    except AllocatorError as exc:
+        print(f"mlcicd serve: invalid setting {setting_label('allocator')}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 class DrainingServer(uvicorn.Server):
@@ -276,7 +298,7 @@ def run_server(app: FastAPI, settings: ServerSettings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.serve_cli", description=DESCRIPTION)
     add_flags(parser)
-    return serve(parser.parse_args(argv))
+    return serve(parser.parse_args(argv), own_process=argv is None)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,9 @@ def _describe_from_help(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Whether this process was started to run this command (its own command line),
+    # not called with an argument list by a caller that must keep its process.
+    args.own_process = argv is None
     handler = cast(Callable[[argparse.Namespace], int], args.handler)
     try:
         code = handler(args)

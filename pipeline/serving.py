@@ -159,7 +159,9 @@ def _serve(args: argparse.Namespace) -> int:
     except DefinitionError as exc:
         print(f"mlcicd serve: invalid setting `profile` (--profile): {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return serve_cli.serve(args, defaults=definition.serving.model_dump())
+    return serve_cli.serve(
+        args, defaults=definition.serving.model_dump(), own_process=args.own_process
+    )
 
 
 def served_model(endpoint: str, timeout_s: float = 10.0) -> dict[str, Any]:

@@ -8,7 +8,8 @@ its summary, with the step in progress recorded as ``interrupted``.
 
 To bound the cost, the first test runs a one-stage copy of the definition whose
 command starts a grandchild in a session of its own (which only the reaper can
-find); the others run the real stages with the code-quality stage skipped.
+find); the others run the real stages with the code-quality stage skipped, and the
+canary test with the model tests skipped too.
 """
 
 from __future__ import annotations
@@ -75,23 +76,6 @@ def _report(state: Path) -> dict[str, Any]:
     return data
 
 
-def _relaxed_definition(tmp_path: Path) -> Path:
-    """pipeline.toml with a short latency gate no busy machine fails: these tests are
-    about stopping, not about latency."""
-    text = (REPO_ROOT / "pipeline.toml").read_text()
-    start = text.index("[profiles.builtin.latency]")
-    end = text.index("[profiles.builtin.canary]")
-    section = (
-        text[start:end]
-        .replace("requests = 200", "requests = 20")
-        .replace("max_ttft_p99_ms = 250.0", "max_ttft_p99_ms = 60000.0")
-        .replace("max_e2e_mean_ms = 500.0", "max_e2e_mean_ms = 60000.0")
-    )
-    path = tmp_path / "relaxed.toml"
-    path.write_text(text[:start] + section + text[end:])
-    return path
-
-
 SLEEPY = '{ name = "Sleepy %d", run = "setsid sleep 300 & sleep 300" }'
 
 
@@ -134,8 +118,9 @@ def test_sigkill_while_services_run_leaves_nothing(tmp_path: Path) -> None:
 
 def test_sigint_during_the_canary_is_interrupted_not_passed(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    relaxed = _relaxed_definition(tmp_path)
-    proc = _start(state, "--skip", "code-quality", "--skip-commands", "--definition", str(relaxed))
+    # The gates are not what this test is about (their own tests run them), so the run
+    # goes straight to the release stages.
+    proc = _start(state, "--skip", "code-quality", "--skip", "model-tests", "--skip-commands")
     _wait_for_log(state, "*deploy-production-step-1*.log", proc, timeout_s=600)
     os.kill(proc.pid, signal.SIGINT)
     output, _ = proc.communicate(timeout=90)

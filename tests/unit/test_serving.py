@@ -40,11 +40,13 @@ def test_mlcicd_serve_passes_the_profile_limits_as_defaults(
 
     seen: dict[str, object] = {}
 
-    def fake_serve(args: argparse.Namespace, defaults: dict[str, object]) -> int:
-        seen.update(defaults)
+    def fake_serve(args: argparse.Namespace, defaults: dict[str, object], own_process: bool) -> int:
+        seen.update(defaults, own_process=own_process)
         return 0
 
     monkeypatch.setattr(serve_cli, "serve", fake_serve)
     assert main(["serve", "--model", "builtin"]) == 0
+    # Called with an argument list, the caller keeps its process (no early exec).
+    assert seen.pop("own_process") is False
     assert seen == load_definition("builtin").serving.model_dump()
     assert main(["serve", "--profile", "no-such-profile"]) == 2
