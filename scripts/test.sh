@@ -25,6 +25,7 @@ echo "== pytest (serial tier)"
 pytest tests/unit tests/infra -m serial
 pytest tests/inference tests/integration -m "not e2e"
 # End-to-end tier: whole `mlcicd run`s (releases through every stage, minutes each),
-# last, so that every faster signal comes first.
+# last, so that every faster signal comes first. Two workers: the runs mostly wait
+# in canary pauses, and the longest test has a file, so a worker, of its own.
 echo "== pytest (end-to-end tier)"
-pytest tests/integration -m e2e
+pytest tests/integration -m e2e -n "${MLCICD_TEST_WORKERS:-2}" --dist loadfile
