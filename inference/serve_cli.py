@@ -9,7 +9,7 @@ Start-up order: settings (flags over ``MLCICD_*`` env over the caller's
 defaults; a bad one exits 2 naming it) -> the allocator: the process ``exec``s
 itself again, same PID, to run on jemalloc where installed
 (inference/allocator.py), before torch is imported, so the imports and the load
-(several seconds) happen once -> load the model (a failure exits 2 with the
+happen once -> load the model (a failure exits 2 with the
 loader's message, no traceback) -> bind the socket -> warm the engine in the
 background, so ``/health`` answers at once and ``/ready`` is 503 until the model
 is warm. One line is logged when ready: ``ready: model=NAME url=http://HOST:PORT``.
