@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.local_run import run_pipeline
+from tests.fixtures.local_run import newest_run, run_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -59,7 +59,7 @@ def test_beside_a_champion_a_good_canary_is_promoted_and_an_erroring_one_refused
     assert f"stable serves model {facts['model served by stable']}" in output
     assert f"canary serves model {facts['model served by canary']}" in output
     assert facts["model served by stable"] != facts["model served by canary"]
-    served = _served(sorted((state / "runs").iterdir())[-1])
+    served = _served(newest_run(state))
     assert sorted(served) == [10, 30, 50], served
     for weight, counts in served.items():
         total = sum(counts.values())
