@@ -226,6 +226,8 @@ class ModelCard(BaseModel):
     threads: int | None = None
     # The process's C allocator, as its memory map shows it (inference/allocator.py).
     allocator: str | None = None
+    # Which code runs a decode step ("gpt2": inference/gpt2_decode.py; "model").
+    decode_step: str | None = None
 
 
 class ModelList(BaseModel):

@@ -238,6 +238,7 @@ class GenerationEndpoints:
             context_length=self.context,
             threads=getattr(self.engine, "threads", None),
             allocator=self.allocator,
+            decode_step=getattr(self.engine, "decode_step", None),
         )
         return ModelList(data=[card])
 

@@ -60,6 +60,7 @@ from inference.server import create_app
 from inference.settings import (
     GRACE_AFTER_DRAIN_S,
     Allocator,
+    DecodeStepPolicy,
     Device,
     DType,
     Environment,
@@ -89,6 +90,10 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "layer_policy": {
         "choices": [p.value for p in LayerPolicy],
         "help": "linear layers: measure layouts and threads at start (default), or pin one",
+    },
+    "decode_step": {
+        "choices": [d.value for d in DecodeStepPolicy],
+        "help": "decode steps: plain torch for GPT-2 models (auto, default) or the model's forward",
     },
     "allocator": {
         "choices": [a.value for a in Allocator],
@@ -164,6 +169,7 @@ def serve(
             batch_window_s=settings.batch_window_s,
             queue_cap=settings.queue_cap,
             layer_policy=settings.layer_policy.value,
+            decode_step=settings.decode_step.value,
         )
     except Exception as exc:  # the CLI boundary: any load failure is a clear message, exit 2
         print(f"mlcicd serve: cannot load model {settings.model!r}: {exc}", file=sys.stderr)

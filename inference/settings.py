@@ -73,6 +73,13 @@ class LayerPolicy(StrEnum):
     weight_first = "weight-first"
 
 
+class DecodeStepPolicy(StrEnum):
+    """Which code runs a decode step (inference/gpt2_decode.py says why a plain one)."""
+
+    auto = "auto"
+    model = "model"
+
+
 class Environment(StrEnum):
     dev = "dev"
     staging = "staging"
@@ -96,6 +103,8 @@ class ServerSettings(BaseModel):
     # "measure": time the layouts and thread counts per shape at start; the others pin
     # a layout on all threads (to compare, or to rule one out on a given CPU).
     layer_policy: LayerPolicy = LayerPolicy.measure
+    # "auto": GPT-2 models decode with the plain torch step; "model": transformers' forward.
+    decode_step: DecodeStepPolicy = DecodeStepPolicy.auto
     # The C allocator: jemalloc where installed (inference/allocator.py says why).
     allocator: Allocator = Allocator.auto
     # Issue 16: for more than 16 clients the decode batch may grow past 16 (the

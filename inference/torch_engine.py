@@ -19,12 +19,13 @@ Speed (CPU, fp32; figures in docs/performance.md, from ``python -m
 pipeline.bench.probes``): a step is mostly matrix multiplies, so :meth:`start`
 gives each linear-layer shape the layout (dense, oneDNN-packed or weight-first)
 and thread count that measures fastest on this machine, in the model's own call
-order (inference/layer_tuning.py, inference/packed_linear.py; on the AMD EPYC,
-GPT-2-small decode step 37-41 instead of 85-88 ms at batch 16 with packed layers),
-and a few padded prefills (cut by cost) replace a forward per distinct
-prompt length. All torch work, warm-up included, runs on the one worker thread: a
-second thread that has computed keeps a second CPU thread pool alive, which made
-every decode step 21-26% slower (inference/compute_thread.py).
+order (inference/layer_tuning.py, inference/packed_linear.py); a few padded
+prefills (cut by cost) replace a forward per distinct prompt length; and GPT-2
+models decode with a plain torch step over the same layers and cache instead of
+transformers' forward (inference/gpt2_decode.py). All torch work, warm-up
+included, runs on the one worker thread: a second thread that has computed keeps
+a second CPU thread pool alive, which slows every decode step
+(inference/compute_thread.py).
 
 Failure isolation: anything that goes wrong while handling one request (prefill,
 sampling, detokenising) finishes that request with ``reason="error"``; a failed
@@ -58,6 +59,7 @@ from inference.engine import (
     GenerationParams,
     QueueFullError,
 )
+from inference.gpt2_decode import DecodeStep, gpt2_decode_step
 from inference.kv_cache import cache_layers, keep_rows, pad_left
 from inference.layer_tuning import LayerChoice, LayerPolicy, tune_linear_layers
 from inference.loader import LoadedModel
@@ -98,6 +100,7 @@ class TorchEngine:
         batch_window_s: float,
         queue_cap: int,
         layer_policy: LayerPolicy = "measure",
+        decode_step: DecodeStep = "auto",
     ) -> None:
         if max_batch_size < 1 or queue_cap < 1 or batch_window_s < 0:
             raise ValueError("max_batch_size and queue_cap must be >= 1, batch_window_s >= 0")
@@ -123,6 +126,8 @@ class TorchEngine:
         self._batch_callbacks: list[Callable[[int], None]] = []
         self._layer_policy: LayerPolicy = layer_policy
         self._layer_choices: tuple[LayerChoice, ...] = ()
+        self._decode_policy: DecodeStep = decode_step
+        self._plain_step: Callable[..., torch.Tensor] | None = None
         self._threads = torch.get_num_threads()
 
     # -- Engine protocol: metadata -------------------------------------------------
@@ -164,6 +169,11 @@ class TorchEngine:
     def layer_choices(self) -> tuple[LayerChoice, ...]:
         """Per linear-layer shape: layout and threads chosen at start (metrics show them)."""
         return self._layer_choices
+
+    @property
+    def decode_step(self) -> str:
+        """Which code runs a decode step: ``gpt2`` (inference/gpt2_decode.py) or ``model``."""
+        return "model" if self._plain_step is None else "gpt2"
 
     def count_tokens(self, text: str) -> tuple[int, ...]:
         return tuple(int(i) for i in self._tokenizer(text)["input_ids"])
@@ -210,6 +220,9 @@ class TorchEngine:
         self._threads = torch.get_num_threads()
         rows = sorted({1, min(self._max_batch, PACK_ROWS), self._max_batch})
         self._layer_choices = tuple(tune_linear_layers(self._model, rows, self._layer_policy))
+        if self._decode_policy == "auto":
+            self._plain_step = gpt2_decode_step(self._model)
+        log.info("decode step: %s (asked %s)", self.decode_step, self._decode_policy)
         warm_ids = self.count_tokens(_WARMUP_PROMPT)
         events: list[Event] = []
         params = GenerationParams(prompt=_WARMUP_PROMPT, prompt_ids=warm_ids, max_new_tokens=4)
@@ -401,6 +414,10 @@ class TorchEngine:
         )
         ones = torch.ones((len(seqs), 1), dtype=torch.long, device=self._device)
         mask = torch.cat([batch.mask, ones], dim=1)
+        if self._plain_step is not None:
+            stepped = self._plain_step(last, positions, mask, batch.cache)  # cache grows in place
+            batch.mask = mask
+            return stepped
         out = self._model(
             input_ids=last,
             attention_mask=mask,

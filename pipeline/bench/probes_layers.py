@@ -9,14 +9,12 @@
   rows: ms per pass summed over the layers every layout applies to, and each other
   layer (GPT-2's tied output layer, never packed) on its own. Unlike the tuning,
   each row count is reported on its own, so the trade between layouts shows.
-* ``lean-step``: the floor under a one-client decode step in eager torch fp32: a
-  GPT-2 decode step written as the bare sequence of torch calls (no transformers
-  modules, a preallocated cache, dense weights), median of 50 steps, beside the
-  same model's own step through transformers with the engine's cache. Where the
-  lean step alone is over the one-client target's bound, no scheduling or layout
-  change inside the transformers model can meet it.
+* ``lean-step``: the engine's two decode steps at one row, on layers tuned as the
+  server tunes them: the plain GPT-2 step (:mod:`inference.gpt2_decode`) and the
+  model's own forward through transformers, median and fastest of 50 steps each,
+  interleaved. The difference is what transformers' module code costs a step.
 
-GPT-2-family models only (``lean-step`` reads GPT-2's modules). Left out: HTTP,
+GPT-2-family models only (the plain step is GPT-2's). Left out: HTTP,
 sampling and repeats (run it again to see the spread).
 """
 
@@ -28,6 +26,7 @@ from typing import Any
 
 LAYOUT_ROWS = (1, 16, 64)
 LEAN_STEPS = 60
+LEAN_WARMUP = 10
 
 
 def probe_layer_layouts(model: str) -> dict[str, Any]:
@@ -56,66 +55,49 @@ def probe_layer_layouts(model: str) -> dict[str, Any]:
 
 
 def probe_lean_step(model: str) -> dict[str, Any]:
+    """Both decode steps the engine can run, one row, layers tuned as the server tunes them.
+
+    Interleaved step by step, each on its own copy of one prefilled cache, so both
+    see the same machine at the same moment.
+    """
+    import copy
+
     import torch
 
+    from inference.gpt2_decode import gpt2_decode_step
+    from inference.kv_cache import cache_layers
+    from inference.layer_tuning import tune_linear_layers
     from inference.loader import load_model
-    from pipeline.bench.probes_breakdown import profiled_steps
+    from inference.padded_prefill import padded_prefill
 
     loaded = load_model(model, "cpu", "fp32")
+    tune_linear_layers(loaded.model, [1, 16, 64], "measure")
+    plain = gpt2_decode_step(loaded.model)
+    if plain is None:
+        raise ValueError(f"{model}: not a GPT-2 model the plain decode step reproduces")
+    prompt = [list(loaded.tokenizer("The capital of France is")["input_ids"])]
+    times: dict[str, list[float]] = {"plain": [], "transformers": []}
     with torch.inference_mode():
-        lean = _lean_step_times(loaded.model)
-    engine_cache, _ = profiled_steps(loaded, 1)
+        logits, cache, mask = padded_prefill(loaded.model, prompt, torch.device("cpu"))
+        cache_layers(cache)
+        caches = {"plain": cache, "transformers": copy.deepcopy(cache)}
+        token = logits.argmax(-1, keepdim=True)
+        for index in range(LEAN_STEPS):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            position = mask.sum(dim=1, keepdim=True) - 1
+            for name in times:
+                started = time.perf_counter()
+                if name == "plain":
+                    plain(token, position, mask, caches[name]).argmax(-1)
+                else:
+                    loaded.model(
+                        input_ids=token, attention_mask=mask, position_ids=position,
+                        past_key_values=caches[name], use_cache=True,
+                    ).logits[:, -1, :].argmax(-1)  # fmt: skip
+                if index >= LEAN_WARMUP:
+                    times[name].append(time.perf_counter() - started)
     return {
-        "lean_b1_ms_p50": round(statistics.median(lean[10:]) * 1000, 2),
-        "lean_b1_ms_min": round(min(lean[10:]) * 1000, 2),
-        "transformers_b1_ms_p50": round(statistics.median(engine_cache[5:40]) * 1000, 2),
+        f"{name}_b1_ms_{stat}": round(func(steps) * 1000, 2)
+        for name, steps in times.items()
+        for stat, func in (("p50", statistics.median), ("min", min))
     }
-
-
-def lean_decoder(model: Any) -> Any:
-    """``step(token, position) -> logits``: GPT-2's decode step as bare torch calls, one row.
-
-    The cache is preallocated for the model's context; positions must come in order.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    body, config = model.transformer, model.config
-    heads, width, eps = config.n_head, config.n_embd, config.layer_norm_epsilon
-    size = width // heads
-    keys = [torch.zeros(1, heads, config.n_positions, size) for _ in body.h]
-    values = [torch.zeros(1, heads, config.n_positions, size) for _ in body.h]
-
-    def block_step(block: Any, x: Any, k_cache: Any, v_cache: Any, position: int) -> Any:
-        h = F.layer_norm(x, (width,), block.ln_1.weight, block.ln_1.bias, eps)
-        qkv = torch.addmm(block.attn.c_attn.bias, h, block.attn.c_attn.weight)
-        q, k, v = qkv.view(1, 3, heads, size).unbind(1)
-        k_cache[0, :, position] = k[0]
-        v_cache[0, :, position] = v[0]
-        seen = slice(0, position + 1)
-        a = F.scaled_dot_product_attention(
-            q.view(1, heads, 1, size), k_cache[:, :, seen], v_cache[:, :, seen]
-        )
-        x = x + torch.addmm(block.attn.c_proj.bias, a.reshape(1, width), block.attn.c_proj.weight)
-        h = F.layer_norm(x, (width,), block.ln_2.weight, block.ln_2.bias, eps)
-        h = F.gelu(torch.addmm(block.mlp.c_fc.bias, h, block.mlp.c_fc.weight), approximate="tanh")
-        return x + torch.addmm(block.mlp.c_proj.bias, h, block.mlp.c_proj.weight)
-
-    def step(token: int, position: int) -> Any:
-        x = body.wte.weight[token : token + 1] + body.wpe.weight[position : position + 1]
-        for block, k_cache, v_cache in zip(body.h, keys, values, strict=True):
-            x = block_step(block, x, k_cache, v_cache, position)
-        x = F.layer_norm(x, (width,), body.ln_f.weight, body.ln_f.bias, eps)
-        return F.linear(x, model.lm_head.weight)
-
-    return step
-
-
-def _lean_step_times(model: Any) -> list[float]:
-    """Seconds per lean decode step (greedy), one row, from position 0."""
-    step, token, times = lean_decoder(model), 5, []
-    for position in range(min(LEAN_STEPS, model.config.n_positions)):
-        started = time.perf_counter()
-        token = int(step(token, position).argmax(-1))
-        times.append(time.perf_counter() - started)
-    return times

@@ -80,22 +80,5 @@ def test_layout_and_lean_step_probes_report_each_layout_and_both_steps() -> None
     for rows in (1, 16, 64):  # the built-in model's layers are too small to pack
         assert layouts[f"dense_{rows}_rows_ms"] > 0 and layouts[f"weight-first_{rows}_rows_ms"] > 0
     lean = results["lean-step"]
-    assert 0 < lean["lean_b1_ms_min"] <= lean["lean_b1_ms_p50"]
-    assert lean["transformers_b1_ms_p50"] > 0
-
-
-@pytest.mark.usefixtures("builtin_model_dir")
-def test_the_lean_step_computes_the_models_own_logits() -> None:
-    import torch
-
-    from inference.loader import load_model
-    from pipeline.bench.probes_layers import lean_decoder
-
-    model = load_model("builtin", "cpu", "fp32").model
-    tokens = [5, 17, 3, 9]
-    step = lean_decoder(model)
-    with torch.inference_mode():
-        for position, token in enumerate(tokens):
-            logits = step(token, position)
-        expected = model(input_ids=torch.tensor([tokens])).logits[:, -1]
-    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    for step in ("plain", "transformers"):
+        assert 0 < lean[f"{step}_b1_ms_min"] <= lean[f"{step}_b1_ms_p50"]

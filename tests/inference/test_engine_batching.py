@@ -106,6 +106,28 @@ def test_gpt2_small_batched_equals_sequential_with_packed_layers() -> None:
     _compare(loaded, 16, packed=True, min_new_tokens=16)
 
 
+def test_the_plain_decode_step_serves_the_tokens_the_models_forward_serves(
+    builtin_loaded: LoadedModel,
+) -> None:
+    """The GPT-2 step (inference/gpt2_decode.py) against transformers' forward, batched."""
+    outputs = {}
+    for policy in ("auto", "model"):
+        engine = TorchEngine(
+            builtin_loaded, max_batch_size=16, batch_window_s=0.02, queue_cap=64, decode_step=policy
+        )
+        engine.start()
+        try:
+            outputs[engine.decode_step] = run_all(
+                engine, [params(engine, p, 32) for p in PROMPTS], concurrent=True
+            )
+        finally:
+            engine.stop()
+    assert set(outputs) == {"gpt2", "model"}
+    for plain, model in zip(outputs["gpt2"], outputs["model"], strict=True):
+        assert [t.token_id for t in plain.tokens] == [t.token_id for t in model.tokens]
+        assert (plain.finish.text, plain.finish.reason) == (model.finish.text, model.finish.reason)
+
+
 def test_smaller_batch_than_requests_joins_between_steps(builtin_loaded: LoadedModel) -> None:
     engine = TorchEngine(builtin_loaded, max_batch_size=3, batch_window_s=0.0, queue_cap=64)
     engine.start()

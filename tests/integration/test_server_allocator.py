@@ -27,13 +27,17 @@ def test_auto_runs_the_same_pid_on_jemalloc_and_says_so(inference_server: StartS
     assert jemalloc_library() is not None, "scripts/setup.sh installs libjemalloc2"
     server = inference_server("--max-batch-size", "2")
     try:
-        assert _card(server.url)["allocator"] == "jemalloc"
+        card = _card(server.url)
+        assert card["allocator"] == "jemalloc"
+        # The engine's other start-up choice shows beside it (inference/gpt2_decode.py).
+        assert card["decode_step"] == "gpt2"
         # The PID the caller started is the one serving, now with jemalloc mapped.
         assert "libjemalloc" in Path(f"/proc/{server.process.pid}/maps").read_text()
         log = server.log_tail(200)
         assert "allocator=jemalloc (asked auto)" in log
         # The switch comes before the model is loaded: the imports and the load run once.
         assert log.count("loading model=") == 1, log
+        assert "decode step: gpt2 (asked auto)" in log
     finally:
         assert server.stop() == 0
 

@@ -1,0 +1,103 @@
+"""The plain GPT-2 decode step computes what the model's own forward computes.
+
+Same state in, same logits and the same cache out, step after step, on a
+left-padded batch (the mask must hide the padding) and on one unpadded row (the
+fused attention path), with dense and with packed layers (the step calls
+whatever layers the engine tuned). Models it does not reproduce keep the model's
+forward. A tiny random GPT-2 is enough: the shapes, not the weights, matter.
+"""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from inference.gpt2_decode import Gpt2DecodeStep, gpt2_decode_step
+from inference.kv_cache import cache_layers
+from inference.packed_linear import pack_linear_layers, packable
+from inference.padded_prefill import padded_prefill
+
+PADDED = [[5, 17, 3], [9], [1, 2, 3, 4, 5, 6, 7], [42, 42, 8, 8, 8]]
+STEPS = 6
+
+
+def _tiny_gpt2(**overrides: Any) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=97, n_layer=2, n_head=2, n_embd=32, n_positions=64, **overrides)
+    return GPT2LMHeadModel(config).eval()
+
+
+@torch.inference_mode()
+def _run_both(model: Any, prompts: list[list[int]]) -> None:
+    """Decode ``STEPS`` tokens both ways from one prefill; compare every step."""
+    step = gpt2_decode_step(model)
+    assert isinstance(step, Gpt2DecodeStep)
+    logits, cache, mask = padded_prefill(model, prompts, torch.device("cpu"))
+    cache_layers(cache)  # the engine's growing layers, as after its merge
+    plain_cache = copy.deepcopy(cache)
+    tokens = logits.argmax(-1, keepdim=True)
+    positions = mask.sum(dim=1, keepdim=True)
+    for _ in range(STEPS):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        expected = model(
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -1, :]
+        got = step(tokens, positions, mask, plain_cache)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        for theirs, ours in zip(cache_layers(cache), cache_layers(plain_cache), strict=True):
+            torch.testing.assert_close(ours.current(), theirs.current(), rtol=1e-5, atol=1e-6)
+        tokens, positions = expected.argmax(-1, keepdim=True), positions + 1
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_plain_step_equals_the_models_forward_on_a_padded_batch(packed: bool) -> None:
+    model = _tiny_gpt2()
+    if packed:
+        if not packable(model):
+            pytest.skip("oneDNN is not available in this torch build")
+        assert pack_linear_layers(model, min_weights=0) > 0
+    _run_both(model, PADDED)
+
+
+def test_plain_step_equals_the_models_forward_for_one_unpadded_row() -> None:
+    _run_both(_tiny_gpt2(), [[3, 1, 4, 1, 5, 9, 2, 6]])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"scale_attn_by_inverse_layer_idx": True},
+        {"reorder_and_upcast_attn": True},
+        {"scale_attn_weights": False},
+    ],
+    ids=["scaled-by-layer", "upcast", "unscaled"],
+)
+def test_gpt2_variants_it_does_not_reproduce_keep_the_models_forward(
+    overrides: dict[str, bool],
+) -> None:
+    assert gpt2_decode_step(_tiny_gpt2(**overrides)) is None
+
+
+def test_other_model_families_keep_the_models_forward() -> None:
+    assert gpt2_decode_step(SimpleNamespace(config=SimpleNamespace(model_type="llama"))) is None
+    assert gpt2_decode_step(object()) is None
+
+
+def test_the_decode_step_is_a_server_setting() -> None:
+    from inference.settings import DecodeStepPolicy, SettingsError, load_settings
+
+    assert load_settings(env={}).decode_step is DecodeStepPolicy.auto
+    chosen = load_settings(env={"MLCICD_DECODE_STEP": "model"}).decode_step
+    assert chosen is DecodeStepPolicy.model
+    with pytest.raises(SettingsError, match="decode_step"):
+        load_settings(env={"MLCICD_DECODE_STEP": "fastest"})
