@@ -56,6 +56,7 @@ from typing import Any
 
 from inference.builtin_model import cache_root
 from inference.loader import directory_content_hash, model_directory
+from pipeline.bench.host_load import ChildSpan
 from pipeline.load.generator import DEFAULT_PROMPTS
 
 QUANTIZATIONS = ("float32", "int8")
@@ -78,6 +79,8 @@ class PeerCell:
     skipped: str | None = None
     # tokens/s of this batch in each peer process that measured it (the cell is the fastest's)
     process_tokens_per_s: tuple[float, ...] = ()
+    # cores busy outside the benchmark while the process that timed this cell ran
+    foreign_cpu_cores: float = 0.0
 
     @property
     def measured(self) -> bool:
@@ -277,6 +280,7 @@ def run_peer(
 def _peer_process(
     argv: list[str], timeout: float, skipped: Callable[[str], list[PeerCell]]
 ) -> list[PeerCell]:
+    span = ChildSpan()
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -285,9 +289,11 @@ def _peer_process(
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
         return skipped(f"failed (exit {done.returncode}): {tail[0]}")
     try:
-        return [PeerCell(**item) for item in json.loads(done.stdout.strip().splitlines()[-1])]
+        cells = [PeerCell(**item) for item in json.loads(done.stdout.strip().splitlines()[-1])]
     except (IndexError, ValueError, TypeError) as error:
         return skipped(f"failed: unreadable result ({type(error).__name__}: {error})")
+    foreign = round(span.cores(), 3)
+    return [replace(cell, foreign_cpu_cores=foreign) for cell in cells]
 
 
 def fastest_per_batch(runs: Sequence[Sequence[PeerCell]]) -> list[PeerCell]:

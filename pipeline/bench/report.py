@@ -40,7 +40,12 @@ def build_document(
     started_at: str,
     duration_s: float,
 ) -> dict[str, Any]:
-    foreign = max((c.foreign_cpu_cores for c in cells if c.skipped is None), default=0.0)
+    # A peer slowed by the host flatters every ratio against it, so its processes count too.
+    foreign = max(
+        [c.foreign_cpu_cores for c in cells if c.skipped is None]
+        + [p.foreign_cpu_cores for p in peers if p.measured],
+        default=0.0,
+    )
     return {
         "command": command,
         "started_at": started_at,
@@ -175,18 +180,19 @@ def _peer_lines(document: dict[str, Any]) -> list[str]:
         "the processes that timed it (note).",
         "",
         "| model | peer | batch | tokens/s | decode step ms | first token ms | calls "
-        "| threads | note |",
-        "|---|---|--:|--:|--:|--:|--:|--:|---|",
+        "| threads | foreign cores | note |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for p in peers:
         head = f"| {p['model']} | {p['quantization']} | {p['batch']} |"
         if p["skipped"]:
-            lines.append(f"{head} - | - | - | 0 | {p['threads']} | {p['skipped']} |")
+            lines.append(f"{head} - | - | - | 0 | {p['threads']} | - | {p['skipped']} |")
             continue
         notes = [p["note"], process_note(p.get("process_tokens_per_s", ()))]
         lines.append(
             f"{head} {p['tokens_per_s']:.1f} | {p['step_ms']:.1f} | {p['first_token_ms']:.0f} "
-            f"| {p['runs']} | {p['threads']} | {'; '.join(n for n in notes if n)} |"
+            f"| {p['runs']} | {p['threads']} | {p.get('foreign_cpu_cores', 0.0):.2f} "
+            f"| {'; '.join(n for n in notes if n)} |"
         )
     peer_at = {(p["model"], p["quantization"], p["batch"]): p for p in peers if not p["skipped"]}
     base_at = {

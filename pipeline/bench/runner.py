@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from pipeline import serving
+from pipeline.bench.host_load import busy_cpu_s, foreign_cores
 from pipeline.bench.peer import PeerCell, process_note, run_peer
 from pipeline.bench.targets import GIB, SERVERS, Cell, ServerKind, cell_from_load, plan_requests
 from pipeline.definition import Bench, load_definition
@@ -76,13 +77,6 @@ class TreeSampler:
                 total += times.user + times.system
         return total
 
-    @staticmethod
-    def _busy_cpu_s() -> float:
-        times = psutil.cpu_times()
-        # guest time is already inside user time, so it is not added again.
-        fields = ("user", "nice", "system", "irq", "softirq", "steal")
-        return float(sum(getattr(times, name, 0.0) for name in fields))
-
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
             rss = self._tree_rss()
@@ -96,16 +90,16 @@ class TreeSampler:
         """Reset the peak and the CPU mark at the start of a measurement."""
         with self._lock:
             self._peak = self._tree_rss()
-        self._cpu_mark = (time.monotonic(), self._busy_cpu_s(), self._own_cpu_s())
+        self._cpu_mark = (time.monotonic(), busy_cpu_s(), self._own_cpu_s())
 
     def end_cell(self) -> tuple[int, float]:
         """(peak RSS in bytes, foreign CPU in cores) since :meth:`begin_cell`."""
         started, busy0, own0 = self._cpu_mark
         elapsed = max(time.monotonic() - started, 1e-6)
-        foreign = (self._busy_cpu_s() - busy0) - (self._own_cpu_s() - own0)
+        foreign = foreign_cores(elapsed, busy_cpu_s() - busy0, self._own_cpu_s() - own0)
         with self._lock:
             peak = max(self._peak, self._tree_rss())
-        return peak, max(0.0, foreign / elapsed)
+        return peak, foreign
 
     def stop(self) -> None:
         self._stop.set()
@@ -327,6 +321,8 @@ def measure_peer(
             )
             if note := process_note(cell.process_tokens_per_s):
                 shown += f"; {note}"
+            if cell.measured:
+                shown += f"; foreign load {cell.foreign_cpu_cores:.2f} cores"
             progress(f"[{model}/peer-{quantization}] batch {cell.batch}: {shown}")
         progress(f"[{model}/peer-{quantization}] done in {time.monotonic() - started:.0f} s")
     return cells

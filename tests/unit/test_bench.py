@@ -298,7 +298,7 @@ def test_a_target_must_have_exactly_one_bound() -> None:
 # --- reports and CLI -------------------------------------------------------------
 
 
-def _document(bench: Bench, foreign: float) -> dict[str, object]:
+def _document(bench: Bench, foreign: float, peer_foreign: float = 0.0) -> dict[str, object]:
     records = [_ok(i, 0.1 * (i + 1)) for i in range(5)]
     ours = cell_from_load("builtin", "ours", _load(records, 4, 1.0), GIB // 2, foreign)
     base = cell_from_load("builtin", "baseline", _load(records[:2], 4, 2.0), GIB // 2, 0.0)
@@ -315,7 +315,12 @@ def _document(bench: Bench, foreign: float) -> dict[str, object]:
         cells=[ours, base, skipped],
         peers=[
             _peer(
-                "builtin", 4, tokens_per_s=1000.0, step_ms=1.5, process_tokens_per_s=(1000.0, 310.5)
+                "builtin",
+                4,
+                tokens_per_s=1000.0,
+                step_ms=1.5,
+                process_tokens_per_s=(1000.0, 310.5),
+                foreign_cpu_cores=peer_foreign,
             ),
             _peer("builtin", 4, "int8", tokens_per_s=2000.0, step_ms=1.0),
             PeerCell("builtin", "float32", 64, skipped="not run: peer budget"),
@@ -344,6 +349,15 @@ def test_reports_label_a_noisy_run_and_show_skips(bench: Bench, tmp_path: Path) 
     assert json.loads((tmp_path / "bench.json").read_text())["cells"][2]["skipped"]
     render_plot(noisy, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_peer_process_slowed_by_the_host_makes_the_run_noisy(bench: Bench) -> None:
+    """A slowed peer flatters every ratio against it, so it counts like a server cell."""
+    document = _document(bench, foreign=0.0, peer_foreign=0.6)
+    assert document["noisy"] is True and document["max_foreign_cpu_cores"] == 0.6
+    text = render_markdown(document)
+    assert "NOISY RUN" in text
+    assert "| builtin | float32 | 4 | 1000.0 | 1.5 | 0 | 3 | 2 | 0.60 |" in text
 
 
 @pytest.mark.parametrize(
