@@ -75,6 +75,21 @@ class Gpt2DecodeStep:
         return out
 
 
+def model_decode_step(
+    model: Any, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any
+) -> torch.Tensor:
+    """The same step through the model's own forward: the fallback, and the reference."""
+    out = model(
+        input_ids=tokens,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,  # a transformers Cache: updated in place
+        use_cache=True,
+    )
+    logits: torch.Tensor = out.logits[:, -1, :]
+    return logits
+
+
 def gpt2_decode_step(model: Any) -> Gpt2DecodeStep | None:
     """The plain step for a GPT-2 model it reproduces; ``None`` for anything else."""
     config = getattr(model, "config", None)

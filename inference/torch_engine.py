@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -59,7 +60,7 @@ from inference.engine import (
     GenerationParams,
     QueueFullError,
 )
-from inference.gpt2_decode import DecodeStep, gpt2_decode_step
+from inference.gpt2_decode import DecodeStep, Gpt2DecodeStep, gpt2_decode_step, model_decode_step
 from inference.kv_cache import cache_layers, keep_rows, pad_left
 from inference.layer_tuning import LayerChoice, LayerPolicy, tune_linear_layers
 from inference.loader import LoadedModel
@@ -127,7 +128,7 @@ class TorchEngine:
         self._layer_policy: LayerPolicy = layer_policy
         self._layer_choices: tuple[LayerChoice, ...] = ()
         self._decode_policy: DecodeStep = decode_step
-        self._plain_step: Callable[..., torch.Tensor] | None = None
+        self._step: Callable[..., torch.Tensor] = functools.partial(model_decode_step, self._model)
         self._threads = torch.get_num_threads()
 
     # -- Engine protocol: metadata -------------------------------------------------
@@ -173,7 +174,7 @@ class TorchEngine:
     @property
     def decode_step(self) -> str:
         """Which code runs a decode step: ``gpt2`` (inference/gpt2_decode.py) or ``model``."""
-        return "model" if self._plain_step is None else "gpt2"
+        return "gpt2" if isinstance(self._step, Gpt2DecodeStep) else "model"
 
     def count_tokens(self, text: str) -> tuple[int, ...]:
         return tuple(int(i) for i in self._tokenizer(text)["input_ids"])
@@ -220,8 +221,9 @@ class TorchEngine:
         self._threads = torch.get_num_threads()
         rows = sorted({1, min(self._max_batch, PACK_ROWS), self._max_batch})
         self._layer_choices = tuple(tune_linear_layers(self._model, rows, self._layer_policy))
-        if self._decode_policy == "auto":
-            self._plain_step = gpt2_decode_step(self._model)
+        plain = gpt2_decode_step(self._model) if self._decode_policy == "auto" else None
+        if plain is not None:
+            self._step = plain
         log.info("decode step: %s (asked %s)", self.decode_step, self._decode_policy)
         warm_ids = self.count_tokens(_WARMUP_PROMPT)
         events: list[Event] = []
@@ -414,20 +416,8 @@ class TorchEngine:
         )
         ones = torch.ones((len(seqs), 1), dtype=torch.long, device=self._device)
         mask = torch.cat([batch.mask, ones], dim=1)
-        if self._plain_step is not None:
-            stepped = self._plain_step(last, positions, mask, batch.cache)  # cache grows in place
-            batch.mask = mask
-            return stepped
-        out = self._model(
-            input_ids=last,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=batch.cache,
-            use_cache=True,
-        )
+        logits = self._step(last, positions, mask, batch.cache)  # the cache grows in place
         batch.mask = mask
-        batch.cache = out.past_key_values
-        logits: torch.Tensor = out.logits[:, -1, :]
         return logits
 
     def _drop_finished(self) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import dataclass, field
 
 import psutil
 
@@ -42,7 +41,6 @@ def _self_and_children_cpu_s() -> float:
     return total
 
 
-@dataclass
 class ChildSpan:
     """Foreign load while this process waits on children it runs to completion.
 
@@ -50,12 +48,14 @@ class ChildSpan:
     it counts only children that have exited by :meth:`cores`.
     """
 
-    _mark: tuple[float, float, float] = field(
-        default_factory=lambda: (time.monotonic(), busy_cpu_s(), _self_and_children_cpu_s())
-    )
+    def __init__(self) -> None:
+        self._started, self._busy, self._own = (
+            time.monotonic(), busy_cpu_s(), _self_and_children_cpu_s()
+        )  # fmt: skip
 
     def cores(self) -> float:
-        started, busy0, own0 = self._mark
         return foreign_cores(
-            time.monotonic() - started, busy_cpu_s() - busy0, _self_and_children_cpu_s() - own0
+            time.monotonic() - self._started,
+            busy_cpu_s() - self._busy,
+            _self_and_children_cpu_s() - self._own,
         )

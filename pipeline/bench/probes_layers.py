@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 LAYOUT_ROWS = (1, 16, 64)
@@ -61,22 +62,27 @@ def probe_lean_step(model: str) -> dict[str, Any]:
     see the same machine at the same moment.
     """
     import copy
+    import functools
 
     import torch
 
-    from inference.gpt2_decode import gpt2_decode_step
+    from inference.gpt2_decode import gpt2_decode_step, model_decode_step
     from inference.kv_cache import cache_layers
     from inference.layer_tuning import tune_linear_layers
     from inference.loader import load_model
     from inference.padded_prefill import padded_prefill
 
     loaded = load_model(model, "cpu", "fp32")
-    tune_linear_layers(loaded.model, [1, 16, 64], "measure")
+    tune_linear_layers(loaded.model, list(LAYOUT_ROWS), "measure")
     plain = gpt2_decode_step(loaded.model)
     if plain is None:
         raise ValueError(f"{model}: not a GPT-2 model the plain decode step reproduces")
     prompt = [list(loaded.tokenizer("The capital of France is")["input_ids"])]
-    times: dict[str, list[float]] = {"plain": [], "transformers": []}
+    steps: dict[str, Callable[..., Any]] = {
+        "plain": plain,
+        "transformers": functools.partial(model_decode_step, loaded.model),
+    }
+    times: dict[str, list[float]] = {name: [] for name in steps}
     with torch.inference_mode():
         logits, cache, mask = padded_prefill(loaded.model, prompt, torch.device("cpu"))
         cache_layers(cache)
@@ -85,19 +91,13 @@ def probe_lean_step(model: str) -> dict[str, Any]:
         for index in range(LEAN_STEPS):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             position = mask.sum(dim=1, keepdim=True) - 1
-            for name in times:
+            for name, step in steps.items():
                 started = time.perf_counter()
-                if name == "plain":
-                    plain(token, position, mask, caches[name]).argmax(-1)
-                else:
-                    loaded.model(
-                        input_ids=token, attention_mask=mask, position_ids=position,
-                        past_key_values=caches[name], use_cache=True,
-                    ).logits[:, -1, :].argmax(-1)  # fmt: skip
+                step(token, position, mask, caches[name]).argmax(-1)
                 if index >= LEAN_WARMUP:
                     times[name].append(time.perf_counter() - started)
     return {
-        f"{name}_b1_ms_{stat}": round(func(steps) * 1000, 2)
-        for name, steps in times.items()
+        f"{name}_b1_ms_{stat}": round(func(taken) * 1000, 2)
+        for name, taken in times.items()
         for stat, func in (("p50", statistics.median), ("min", min))
     }

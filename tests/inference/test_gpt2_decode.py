@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from inference.gpt2_decode import Gpt2DecodeStep, gpt2_decode_step
+from inference.gpt2_decode import Gpt2DecodeStep, gpt2_decode_step, model_decode_step
 from inference.kv_cache import cache_layers
 from inference.packed_linear import pack_linear_layers, packable
 from inference.padded_prefill import padded_prefill
@@ -45,13 +45,7 @@ def _run_both(model: Any, prompts: list[list[int]]) -> None:
     positions = mask.sum(dim=1, keepdim=True)
     for _ in range(STEPS):
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        expected = model(
-            input_ids=tokens,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        ).logits[:, -1, :]
+        expected = model_decode_step(model, tokens, positions, mask, cache)
         got = step(tokens, positions, mask, plain_cache)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         for theirs, ours in zip(cache_layers(cache), cache_layers(plain_cache), strict=True):

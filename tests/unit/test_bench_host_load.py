@@ -22,6 +22,8 @@ def test_foreign_cores_is_busy_less_own_per_second() -> None:
     assert foreign_cores(0.0, busy_s=0.0, own_s=0.0) == 0.0
 
 
+# Serial: a test running beside it on another worker is foreign load to it.
+@pytest.mark.serial
 @pytest.mark.slow
 def test_a_waited_child_is_own_work_and_another_busy_process_is_foreign() -> None:
     span = ChildSpan()
