@@ -68,7 +68,11 @@ class Gpt2DecodeStep:
         h = F.layer_norm(x, (width,), block.ln_1.weight, block.ln_1.bias, eps)
         q, k, v = block.attn.c_attn(h).view(rows, 1, 3, heads, width // heads).unbind(2)
         keys, values = layer.update(k.transpose(1, 2), v.transpose(1, 2))
-        attended = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attend)
+        # A weight-first layer returns a transposed view (stride ``rows`` along the
+        # features); the fused CPU attention kernel wants unit stride there and
+        # otherwise falls back to the unfused math path, so q gets one small copy.
+        query = q.transpose(1, 2).contiguous()
+        attended = F.scaled_dot_product_attention(query, keys, values, attend)
         x = x + block.attn.c_proj(attended.transpose(1, 2).reshape(rows, 1, width))
         h = F.layer_norm(x, (width,), block.ln_2.weight, block.ln_2.bias, eps)
         out: torch.Tensor = x + block.mlp.c_proj(block.mlp.act(block.mlp.c_fc(h)))

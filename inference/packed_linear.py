@@ -122,7 +122,12 @@ class WeightFirstLinear(nn.Module):
     (in, out)) holds one transposed copy in place of the original.
 
     The result is the transpose of a contiguous (out, rows) product: a view, so
-    the next layer's ``x.T`` is contiguous again.
+    the next layer's ``x.T`` is contiguous again. For more than one row its
+    features are strided, which torch's fused CPU attention refuses: the plain
+    GPT-2 step copies the query (inference/gpt2_decode.py). Left out: the same
+    copy inside transformers' attention, so the model's own forward on these
+    layers attends through the unfused math kernel; copying every layer's output
+    instead cost the plain step 10% at 64 rows (docs/performance.md).
     """
 
     weight: torch.Tensor

@@ -57,7 +57,11 @@ from pipeline.bench.probes_breakdown import (
     probe_step_profile,
     prompts_for,
 )
-from pipeline.bench.probes_layers import probe_layer_layouts, probe_lean_step
+from pipeline.bench.probes_layers import (
+    probe_attention_query,
+    probe_layer_layouts,
+    probe_lean_step,
+)
 
 PROBES = (
     "steps",
@@ -66,6 +70,7 @@ PROBES = (
     "output-layer",
     "layer-layouts",
     "lean-step",
+    "attention-query",
     "engine",
     "engine-second-pool",
     "engine-omp-active",
@@ -306,6 +311,7 @@ def run_probe(name: str, model: str) -> dict[str, Any]:
         "output-layer": lambda: probe_output_layer(model),
         "layer-layouts": lambda: probe_layer_layouts(model),
         "lean-step": lambda: probe_lean_step(model),
+        "attention-query": lambda: probe_attention_query(model),
         "torch-compile": lambda: _probe_torch_compile(model),
         "engine": lambda: _probe_engine(model, second_pool=False),
         "engine-second-pool": lambda: _probe_engine(model, second_pool=True),

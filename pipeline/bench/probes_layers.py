@@ -13,6 +13,11 @@
   server tunes them: the plain GPT-2 step (:mod:`inference.gpt2_decode`) and the
   model's own forward through transformers, median and fastest of 50 steps each,
   interleaved. The difference is what transformers' module code costs a step.
+* ``attention-query``: one decode step's attention calls (one per block) at 1, 16
+  and 64 rows, half the rows left-padded, with the query as a weight-first layer
+  returns it (a transposed view) and as the plain step passes it (copied
+  contiguous), interleaved, and the kernel torch chose for each. It shows what the
+  fused kernel's unit-stride condition is worth to a batched step.
 
 GPT-2-family models only (the plain step is GPT-2's). Left out: HTTP,
 sampling and repeats (run it again to see the spread).
@@ -28,6 +33,8 @@ from typing import Any
 LAYOUT_ROWS = (1, 16, 64)
 LEAN_STEPS = 60
 LEAN_WARMUP = 10
+ATTENTION_CONTEXT = 48  # cache columns: a 16-token prompt and 32 new tokens
+ATTENTION_STEPS = 40
 
 
 def probe_layer_layouts(model: str) -> dict[str, Any]:
@@ -101,3 +108,67 @@ def probe_lean_step(model: str) -> dict[str, Any]:
         for name, taken in times.items()
         for stat, func in (("p50", statistics.median), ("min", min))
     }
+
+
+def probe_attention_query(model: str) -> dict[str, Any]:
+    import torch
+
+    from inference.loader import load_model
+
+    config = load_model(model, "cpu", "fp32").model.config
+    width, heads, blocks = int(config.n_embd), int(config.n_head), int(config.n_layer)
+    results: dict[str, Any] = {"blocks": blocks, "context": ATTENTION_CONTEXT}
+    with torch.inference_mode():
+        for rows in LAYOUT_ROWS:
+            queries = _weight_first_queries(rows, width, heads)
+            keys, values = (
+                torch.randn(rows, heads, ATTENTION_CONTEXT, width // heads) for _ in range(2)
+            )
+            mask = torch.ones(rows, ATTENTION_CONTEXT, dtype=torch.bool)
+            mask[::2, : ATTENTION_CONTEXT // 4] = False  # every other row left-padded
+            attend = None if rows == 1 else mask[:, None, None, :]
+            times = _time_attention(queries, keys, values, attend, blocks)
+            for name, taken in times.items():
+                results[f"{name}_{rows}_rows_ms"] = round(statistics.median(taken) * 1000, 3)
+            results[f"kernels_{rows}_rows"] = _attention_kernels(queries, keys, values, attend)
+    return results
+
+
+def _weight_first_queries(rows: int, width: int, heads: int) -> dict[str, Callable[[], Any]]:
+    """The query as a fused q/k/v weight-first layer leaves it, and the plain step's copy."""
+    import torch
+
+    product = torch.randn(3 * width, rows)  # weight-first: (out, rows), returned transposed
+    strided = product.t().view(rows, 1, 3, heads, width // heads).unbind(2)[0].transpose(1, 2)
+    return {"strided": lambda: strided, "contiguous": lambda: strided.contiguous()}
+
+
+def _time_attention(
+    queries: dict[str, Callable[[], Any]], keys: Any, values: Any, attend: Any, blocks: int
+) -> dict[str, list[float]]:
+    import torch.nn.functional as F
+
+    times: dict[str, list[float]] = {name: [] for name in queries}
+    for index in range(ATTENTION_STEPS):
+        for name, query in queries.items():
+            started = time.perf_counter()
+            for _ in range(blocks):
+                F.scaled_dot_product_attention(query(), keys, values, attend)
+            if index >= LEAN_WARMUP:
+                times[name].append(time.perf_counter() - started)
+    return times
+
+
+def _attention_kernels(
+    queries: dict[str, Callable[[], Any]], keys: Any, values: Any, attend: Any
+) -> dict[str, str]:
+    import torch.nn.functional as F
+    from torch.profiler import profile
+
+    kernels: dict[str, str] = {}
+    for name, query in queries.items():
+        with profile() as profiler:
+            F.scaled_dot_product_attention(query(), keys, values, attend)
+        chosen = [e.key for e in profiler.key_averages() if e.key.startswith("aten::_scaled")]
+        kernels[name] = ",".join(sorted(chosen)).removeprefix("aten::_scaled_dot_product_")
+    return kernels

@@ -75,10 +75,16 @@ def test_an_unknown_probe_is_a_usage_error_naming_it() -> None:
 
 @pytest.mark.usefixtures("builtin_model_dir")
 def test_layout_and_lean_step_probes_report_each_layout_and_both_steps() -> None:
-    results = _probe_results("layer-layouts,lean-step")
+    results = _probe_results("layer-layouts,lean-step,attention-query")
     layouts = results["layer-layouts"]
     for rows in (1, 16, 64):  # the built-in model's layers are too small to pack
         assert layouts[f"dense_{rows}_rows_ms"] > 0 and layouts[f"weight-first_{rows}_rows_ms"] > 0
     lean = results["lean-step"]
     for step in ("plain", "transformers"):
         assert 0 < lean[f"{step}_b1_ms_min"] <= lean[f"{step}_b1_ms_p50"]
+    attention = results["attention-query"]
+    for rows in (1, 16, 64):
+        assert attention[f"strided_{rows}_rows_ms"] > 0
+        assert attention[f"contiguous_{rows}_rows_ms"] > 0
+        # the plain step's query always reaches the fused kernel
+        assert attention[f"kernels_{rows}_rows"]["contiguous"] == "flash_attention_for_cpu"

@@ -18,6 +18,7 @@ import torch
 
 from inference.gpt2_decode import Gpt2DecodeStep, gpt2_decode_step, model_decode_step
 from inference.kv_cache import cache_layers
+from inference.layer_tuning import tune_linear_layers
 from inference.packed_linear import pack_linear_layers, packable
 from inference.padded_prefill import padded_prefill
 
@@ -53,14 +54,45 @@ def _run_both(model: Any, prompts: list[list[int]]) -> None:
         tokens, positions = expected.argmax(-1, keepdim=True), positions + 1
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-def test_plain_step_equals_the_models_forward_on_a_padded_batch(packed: bool) -> None:
+def _with_layout(layout: str) -> Any:
+    """The tiny model with every linear layer in ``layout``, as the engine's tuning leaves it."""
     model = _tiny_gpt2()
-    if packed:
-        if not packable(model):
-            pytest.skip("oneDNN is not available in this torch build")
+    if layout == "dense":
+        return model
+    if not packable(model):
+        pytest.skip("oneDNN is not available in this torch build")
+    if layout == "packed":
         assert pack_linear_layers(model, min_weights=0) > 0
-    _run_both(model, PADDED)
+    else:
+        choices = tune_linear_layers(model, [1, len(PADDED)], "weight-first")
+        assert {choice.layout for choice in choices} == {"weight-first"}
+    return model
+
+
+@pytest.mark.parametrize("layout", ["dense", "packed", "weight-first"])
+def test_plain_step_equals_the_models_forward_on_a_padded_batch(layout: str) -> None:
+    _run_both(_with_layout(layout), PADDED)
+
+
+@pytest.mark.parametrize("layout", ["dense", "weight-first"])
+@torch.inference_mode()
+def test_a_batch_attends_with_the_fused_kernel_whatever_the_layout(layout: str) -> None:
+    """The unfused math attention costs a batch-16 GPT-2-small step about a tenth
+    of its time (docs/performance.md); weight-first layers' transposed outputs
+    had sent every batched step there."""
+    from torch.profiler import profile
+
+    model = _with_layout(layout)
+    step = gpt2_decode_step(model)
+    assert step is not None
+    logits, cache, mask = padded_prefill(model, PADDED, torch.device("cpu"))
+    cache_layers(cache)
+    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    with profile() as profiler:
+        step(logits.argmax(-1, keepdim=True), mask.sum(dim=1, keepdim=True) - 1, mask, cache)
+    kernels = {event.key for event in profiler.key_averages() if "attention" in event.key}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels
+    assert "aten::_scaled_dot_product_attention_math" not in kernels
 
 
 def test_plain_step_equals_the_models_forward_for_one_unpadded_row() -> None:
