@@ -115,3 +115,38 @@ def keep_rows(
             spare,
         )
     return mask[:, start:]
+
+
+def append_rows(
+    batch_cache: Any,
+    batch_mask: torch.Tensor | None,
+    cache: Any,
+    mask: torch.Tensor,
+    rows: list[int],
+    spare: int = SPARE_COLUMNS,
+) -> tuple[Any, torch.Tensor]:
+    """Rows ``rows`` of a prefilled ``cache`` appended below the batch's; its cache and mask.
+
+    Both sides are left-padded to a common width, so every row's real tokens end
+    at the last column. With no running batch (``batch_cache`` None), the
+    prefilled rows become the batch. A prefill row left out of ``rows`` (it
+    finished at its first token) is dropped.
+    """
+    index = torch.tensor(rows, dtype=torch.long, device=mask.device)
+    new_mask = mask.index_select(0, index)
+    new_layers = cache_layers(cache, spare)
+    if len(rows) < mask.shape[0]:
+        for layer in new_layers:
+            keys, values = layer.current()
+            layer.reset_to(keys.index_select(0, index), values.index_select(0, index), spare)
+    if batch_cache is None or batch_mask is None:
+        return cache, new_mask
+    width = max(batch_mask.shape[1], new_mask.shape[1])
+    for old, new in zip(cache_layers(batch_cache), new_layers, strict=True):
+        (old_k, old_v), (new_k, new_v) = old.current(), new.current()
+        old.reset_to(
+            torch.cat([pad_left(old_k, width, 2), pad_left(new_k, width, 2)]),
+            torch.cat([pad_left(old_v, width, 2), pad_left(new_v, width, 2)]),
+            spare,
+        )
+    return batch_cache, torch.cat([pad_left(batch_mask, width, 1), pad_left(new_mask, width, 1)])

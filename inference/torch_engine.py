@@ -32,9 +32,8 @@ sampling, detokenising) finishes that request with ``reason="error"``; a failed
 batched forward fails only the requests in that batch. The worker keeps serving.
 
 Left out: paged attention, speculative decoding, prefix caching, beam search;
-``torch.compile`` (measured cold: 19-22 s to compile the first decode step, 15 s
-more when the cache length first changes, 13 s per new batch size, and then a
-batch-16 step of 81-83 ms against 86 ms eager and 37-41 ms with packed layers).
+``torch.compile`` (seconds of compiling per new batch size and cache length, for
+a step no faster than packed layers: docs/performance.md, "Directions measured").
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ from inference.engine import (
     QueueFullError,
 )
 from inference.gpt2_decode import DecodeStep, Gpt2DecodeStep, gpt2_decode_step, model_decode_step
-from inference.kv_cache import cache_layers, keep_rows, pad_left
+from inference.kv_cache import append_rows, keep_rows
 from inference.layer_tuning import LayerChoice, LayerPolicy, tune_linear_layers
 from inference.loader import LoadedModel
 from inference.packed_linear import PACK_ROWS
@@ -364,27 +363,8 @@ class TorchEngine:
     ) -> None:
         """Append prefilled rows ``rows`` of ``cache`` to the running batch (left-padded)."""
         batch = self._batch
-        index = torch.tensor(rows, dtype=torch.long, device=self._device)
-        new_mask = mask.index_select(0, index)
-        length = new_mask.shape[1]
         spare = self._columns_to_come(list(batch.seqs) + seqs)
-        new_layers = cache_layers(cache, spare)
-        if len(rows) < mask.shape[0]:
-            for layer in new_layers:
-                keys, values = layer.current()
-                layer.reset_to(keys.index_select(0, index), values.index_select(0, index), spare)
-        if batch.cache is None or batch.mask is None:
-            batch.cache, batch.mask, batch.seqs = cache, new_mask, list(seqs)
-            return
-        width = max(batch.mask.shape[1], length)
-        for old, new in zip(cache_layers(batch.cache), new_layers, strict=True):
-            (old_k, old_v), (new_k, new_v) = old.current(), new.current()
-            old.reset_to(
-                torch.cat([pad_left(old_k, width, 2), pad_left(new_k, width, 2)]),
-                torch.cat([pad_left(old_v, width, 2), pad_left(new_v, width, 2)]),
-                spare,
-            )
-        batch.mask = torch.cat([pad_left(batch.mask, width, 1), pad_left(new_mask, width, 1)])
+        batch.cache, batch.mask = append_rows(batch.cache, batch.mask, cache, mask, rows, spare)
         batch.seqs.extend(seqs)
 
     def _decode_step(self) -> None:

@@ -97,3 +97,27 @@ def test_growing_layer_equals_concatenation_across_regrowths(spare: int | None) 
         got_keys, got_values = layer.update(new_keys, new_values)
     assert torch.equal(got_keys, torch.cat(all_keys, dim=2))
     assert torch.equal(got_values, torch.cat(all_values, dim=2))
+
+
+@torch.inference_mode()
+def test_appended_rows_join_the_batch_left_padded_and_a_finished_row_is_dropped() -> None:
+    from inference.kv_cache import append_rows
+
+    model = _tiny_gpt2()
+    _, batch_cache, batch_mask = padded_prefill(model, PROMPTS[:2], torch.device("cpu"))
+    before = [(k.clone(), v.clone()) for k, v in (x.current() for x in cache_layers(batch_cache))]
+    _, cache, mask = padded_prefill(model, PROMPTS[2:], torch.device("cpu"))
+    joining = [(k.clone(), v.clone()) for k, v in (x.current() for x in cache_layers(cache))]
+    cache, mask = append_rows(batch_cache, batch_mask, cache, mask, rows=[1])  # row 0 finished
+    width = len(PROMPTS[2])  # the longest prompt, now the common width
+    assert mask.tolist() == [
+        [0] * (width - 3) + [1] * 3,
+        [0] * (width - 1) + [1],
+        [0] * (width - 5) + [1] * 5,
+    ]
+    for layer, (old_k, _), (new_k, _) in zip(cache_layers(cache), before, joining, strict=True):
+        keys, _ = layer.current()
+        assert keys.shape[0] == 3 and keys.shape[2] == width
+        assert torch.equal(keys[:2, :, width - old_k.shape[2] :], old_k)
+        assert torch.equal(keys[2:, :, width - new_k.shape[2] :], new_k[1:2])
+        assert not keys[:2, :, : width - old_k.shape[2]].any()  # padding is zeros
