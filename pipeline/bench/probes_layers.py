@@ -112,10 +112,12 @@ def probe_lean_step(model: str) -> dict[str, Any]:
 
 def probe_attention_query(model: str) -> dict[str, Any]:
     import torch
+    from transformers import AutoConfig
 
-    from inference.loader import load_model
+    from inference.loader import model_directory
 
-    config = load_model(model, "cpu", "fp32").model.config
+    name, directory = model_directory(model)
+    config = AutoConfig.from_pretrained(str(directory or name))  # the shapes; no weights
     width, heads, blocks = int(config.n_embd), int(config.n_head), int(config.n_layer)
     results: dict[str, Any] = {"blocks": blocks, "context": ATTENTION_CONTEXT}
     with torch.inference_mode():
@@ -135,11 +137,14 @@ def probe_attention_query(model: str) -> dict[str, Any]:
 
 
 def _weight_first_queries(rows: int, width: int, heads: int) -> dict[str, Callable[[], Any]]:
-    """The query as a fused q/k/v weight-first layer leaves it, and the plain step's copy."""
+    """The query as a fused q/k/v weight-first layer returns it, and the plain step's copy."""
     import torch
 
-    product = torch.randn(3 * width, rows)  # weight-first: (out, rows), returned transposed
-    strided = product.t().view(rows, 1, 3, heads, width // heads).unbind(2)[0].transpose(1, 2)
+    from inference.packed_linear import WeightFirstLinear
+
+    layer = WeightFirstLinear(torch.randn(3 * width, width), torch.randn(3 * width))
+    fused = layer(torch.randn(rows, 1, width))
+    strided = fused.view(rows, 1, 3, heads, width // heads).unbind(2)[0].transpose(1, 2)
     return {"strided": lambda: strided, "contiguous": lambda: strided.contiguous()}
 
 
