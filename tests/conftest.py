@@ -4,6 +4,7 @@ the ``gpu`` marker's skip: a test marked ``gpu`` is skipped where torch sees no 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -38,3 +39,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs a CUDA device; torch.cuda.is_available() is False")
     for item in marked:
         item.add_marker(skip)
+
+
+# A test whose call takes longer than this without the ``slow`` mark is named at the
+# end of the run, so `-m "not slow"` stays the fast tier. Only the call counts: a
+# session fixture's start-up is paid by whichever test comes first.
+UNMARKED_SLOW_CALL_S = 5.0
+_unmarked_slow: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    slow_call = report.when == "call" and report.duration > UNMARKED_SLOW_CALL_S
+    if slow_call and "slow" not in report.keywords:
+        _unmarked_slow.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _unmarked_slow:
+        return
+    terminalreporter.section(f"calls over {UNMARKED_SLOW_CALL_S:.0f} s without the slow mark")
+    for nodeid, duration in sorted(_unmarked_slow, key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{duration:6.1f} s  {nodeid}")

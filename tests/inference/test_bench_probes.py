@@ -29,6 +29,7 @@ def _probe_results(probes: str) -> dict[str, Any]:
     return {line.split()[0]: json.loads(line.split(maxsplit=1)[1]) for line in lines}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("builtin_model_dir")
 def test_step_and_engine_probes_report_what_they_measured(tmp_path: Path) -> None:
     out = tmp_path / "probes.txt"
@@ -52,6 +53,7 @@ def test_step_and_engine_probes_report_what_they_measured(tmp_path: Path) -> Non
         assert result["decode_forward_ms_p50"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("builtin_model_dir")
 def test_breakdown_probes_say_where_a_step_and_memory_go() -> None:
     results = _probe_results("step-profile,memory-c64,output-layer")
@@ -73,6 +75,7 @@ def test_an_unknown_probe_is_a_usage_error_naming_it() -> None:
     assert "warp-drive is not a probe" in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("builtin_model_dir")
 def test_layout_and_lean_step_probes_report_each_layout_and_both_steps() -> None:
     results = _probe_results("layer-layouts,lean-step,attention-query")

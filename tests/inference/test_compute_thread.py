@@ -70,6 +70,7 @@ def test_run_in_fresh_thread_reraises_on_the_caller() -> None:
         run_in_fresh_thread(fail)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("builtin_model_dir")
 def test_engine_and_fresh_threads_leave_no_thread_pool_behind() -> None:
     done = run_python("-c", _PROBE, "builtin")

@@ -48,6 +48,7 @@ def test_flatten_addresses_named_list_items_by_name() -> None:
     }
 
 
+@pytest.mark.slow
 def test_two_renders_of_the_same_code_are_identical(
     renders: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -145,6 +146,7 @@ def test_added_removed_and_changed_keys(renders: dict[str, Path], tmp_path: Path
     assert "```diff\n~ StackOutputs/outputs" in markdown or "```diff\n+ ConfigMap" in markdown
 
 
+@pytest.mark.slow
 def test_cli_exit_codes_and_a_closed_pipe(renders: dict[str, Path], tmp_path: Path) -> None:
     missing = _mlcicd("infra", "diff", str(tmp_path / "nope"), str(renders["prod"]))
     assert missing.returncode == 2 and "not a directory" in missing.stderr

@@ -109,6 +109,7 @@ def test_latency_gate_starts_its_own_server(builtin_model_dir: Path, tmp_path: P
     assert (tmp_path / "server.log").exists()
 
 
+@pytest.mark.slow
 def test_servers_that_share_the_cores_get_a_share_of_the_threads_each(tmp_path: Path) -> None:
     """Champion and candidate on all cores each spin at barriers when a core is busy
     elsewhere: the paired gate and the calibration start them with their share."""
@@ -121,6 +122,7 @@ def test_servers_that_share_the_cores_get_a_share_of_the_threads_each(tmp_path: 
     assert pod_threads(2) < max(2, os.cpu_count() or 1)  # a share, not every core
 
 
+@pytest.mark.slow
 def test_a_pair_on_unequal_threads_is_refused_naming_both(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

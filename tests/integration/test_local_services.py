@@ -51,6 +51,7 @@ def _hits(url: str, n: int) -> Counter[str]:
         return Counter(client.get(f"{url}/health").text for _ in range(n))
 
 
+@pytest.mark.slow
 def test_nginx_splits_by_weight_and_reloads(tmp_path: Path, backends: tuple[str, str]) -> None:
     stable, canary = backends
     splitter = TrafficSplitter(tmp_path / "nginx", tmp_path / "logs", stable)
