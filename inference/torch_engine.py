@@ -9,7 +9,8 @@ batch to finish. A request arriving while nothing runs waits at most
 How the batch is kept: new requests are prefilled together in left-padded
 forwards (padding masked, its cache entries zeroed), so a prompt is processed as
 a single request would be; the resulting key/value cache is then left-padded
-and concatenated onto the running batch's cache (inference/kv_cache.py). Decode
+and concatenated onto the running batch's cache (inference/running_batch.py,
+inference/kv_cache.py). Decode
 steps feed one token per sequence with an attention mask that hides the padding
 and per-sequence position ids, so batched greedy output equals one-at-a-time
 output. When sequences leave, their rows are dropped and cache columns that are
@@ -54,39 +55,20 @@ from inference.engine import (
     EngineStoppedError,
     Event,
     FinishEvent,
-    FinishReason,
     GenerationHandle,
     GenerationParams,
     QueueFullError,
 )
 from inference.gpt2_decode import DecodeStep, Gpt2DecodeStep, gpt2_decode_step, model_decode_step
-from inference.kv_cache import append_rows, keep_rows
 from inference.layer_tuning import LayerChoice, LayerPolicy, tune_linear_layers
 from inference.loader import LoadedModel
 from inference.packed_linear import PACK_ROWS
 from inference.padded_prefill import padded_prefill, prefill_chunks
+from inference.running_batch import RunningBatch, columns_to_come
 from inference.sequence_state import SequenceState, accept_next_tokens
 
 _WARMUP_PROMPT = "Hello"
 log = logging.getLogger(__name__)
-
-
-class _Batch:
-    """The running batch: sequences, their shared left-padded KV cache and mask."""
-
-    def __init__(self) -> None:
-        self.seqs: list[SequenceState] = []
-        self.cache: Any = None
-        self.mask: torch.Tensor | None = None  # (B, T) 1 = real token, 0 = padding
-
-    def clear(self) -> None:
-        self.seqs, self.cache, self.mask = [], None, None
-
-    def fail(self, message: str) -> None:
-        """Finish every sequence in the batch with ``message`` and empty it."""
-        for seq in self.seqs:
-            seq.finish("error", message)
-        self.clear()
 
 
 class TorchEngine:
@@ -122,7 +104,7 @@ class TorchEngine:
         self._running = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._batch = _Batch()
+        self._batch = RunningBatch()
         self._batch_callbacks: list[Callable[[int], None]] = []
         self._layer_policy: LayerPolicy = layer_policy
         self._layer_choices: tuple[LayerChoice, ...] = ()
@@ -209,7 +191,7 @@ class TorchEngine:
                 waiting, self._pending = list(self._pending), collections.deque()
                 self._running += len(waiting)  # finishing counts each one out again
             for seq in waiting:  # nobody is left waiting forever
-                self._finish(seq, "error", message)
+                seq.finish("error", message)
             self._batch.fail(message)
             raise RuntimeError(message) from failure[0]
 
@@ -316,21 +298,18 @@ class TorchEngine:
             self._running += len(admitted)
         if admitted:
             self._admit_all(admitted)
-        self._drop_finished()
+        self._batch.drop_finished()
         if self._batch.seqs:
             self._decode_step()
-            self._drop_finished()
+            self._batch.drop_finished()
         return True
-
-    def _finish(self, seq: SequenceState, reason: FinishReason, error: str | None = None) -> None:
-        seq.finish(reason, error)
 
     def _admit_all(self, seqs: list[SequenceState]) -> None:
         """Prefill newly admitted requests together, left-padded (inference/padded_prefill.py)."""
         live: list[SequenceState] = []
         for seq in seqs:
             if seq.cancelled:
-                self._finish(seq, "cancelled")
+                seq.finish("cancelled")
             else:
                 live.append(seq)
         for chunk in prefill_chunks([len(seq.input_ids) for seq in live]):
@@ -344,35 +323,26 @@ class TorchEngine:
                 for seq in group:  # retry alone, so only the culprit fails
                     self._admit_group([seq])
                 return
-            self._finish(group[0], "error", f"{type(error).__name__}: {error}")
+            group[0].finish("error", f"{type(error).__name__}: {error}")
             return
         accept_next_tokens(group, logits, self._eos_ids)
         keep = [row for row, seq in enumerate(group) if not seq.done]
         if keep:
-            self._merge([group[row] for row in keep], cache, mask, keep)
+            self._batch.append([group[row] for row in keep], cache, mask, keep)
 
     def _prefill(self, group: list[SequenceState]) -> tuple[torch.Tensor, Any, torch.Tensor]:
         """Logits of each prompt's last position, the cache, and its (B, T) padding mask."""
         for seq in group:
             seq.check_fits()
-        spare = self._columns_to_come(list(self._batch.seqs) + group)
+        spare = columns_to_come(self._batch.seqs + group)
         return padded_prefill(self._model, [seq.input_ids for seq in group], self._device, spare)
-
-    def _merge(
-        self, seqs: list[SequenceState], cache: Any, mask: torch.Tensor, rows: list[int]
-    ) -> None:
-        """Append prefilled rows ``rows`` of ``cache`` to the running batch (left-padded)."""
-        batch = self._batch
-        spare = self._columns_to_come(list(batch.seqs) + seqs)
-        batch.cache, batch.mask = append_rows(batch.cache, batch.mask, cache, mask, rows, spare)
-        batch.seqs.extend(seqs)
 
     def _decode_step(self) -> None:
         batch = self._batch
         for seq in batch.seqs:
             if seq.cancelled and not seq.done:
-                self._finish(seq, "cancelled")
-        self._drop_finished()
+                seq.finish("cancelled")
+        batch.drop_finished()
         if not batch.seqs or batch.mask is None:
             return
         seqs = list(batch.seqs)
@@ -389,30 +359,11 @@ class TorchEngine:
     @torch.inference_mode()
     def _forward_step(self, seqs: list[SequenceState]) -> torch.Tensor:
         batch = self._batch
-        assert batch.mask is not None
         last = torch.tensor([[s.last_token] for s in seqs], dtype=torch.long, device=self._device)
         positions = torch.tensor(
             [[s.position] for s in seqs], dtype=torch.long, device=self._device
         )
-        ones = torch.ones((len(seqs), 1), dtype=torch.long, device=self._device)
-        mask = torch.cat([batch.mask, ones], dim=1)
+        mask = batch.next_mask()
         logits = self._step(last, positions, mask, batch.cache)  # the cache grows in place
         batch.mask = mask
         return logits
-
-    def _drop_finished(self) -> None:
-        batch = self._batch
-        keep = [row for row, seq in enumerate(batch.seqs) if not seq.done]
-        if len(keep) == len(batch.seqs):
-            return
-        if not keep or batch.mask is None:
-            batch.clear()
-            return
-        index = torch.tensor(keep, dtype=torch.long, device=self._device)
-        batch.seqs = [batch.seqs[row] for row in keep]
-        batch.mask = keep_rows(batch.cache, batch.mask, index, self._columns_to_come(batch.seqs))
-
-    @staticmethod
-    def _columns_to_come(seqs: list[SequenceState]) -> int:
-        """Cache columns the batch can still write: its longest remaining generation."""
-        return max((seq.tokens_to_come for seq in seqs), default=1)

@@ -16,16 +16,9 @@ import torch
 from inference.kv_cache import cache_layers
 from inference.packed_linear import PackedLinear, pack_linear_layers, packable
 from inference.padded_prefill import padded_prefill, prefill_chunks
+from tests.support import tiny_gpt2
 
 PROMPTS = [[5, 17, 3], [9], [1, 2, 3, 4, 5, 6, 7], [42, 42, 8, 8, 8]]
-
-
-def _tiny_gpt2() -> Any:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=97, n_layer=2, n_head=2, n_embd=32, n_positions=64)
-    return GPT2LMHeadModel(config).eval()
 
 
 @torch.inference_mode()
@@ -42,7 +35,7 @@ def test_prefill_chunks_sort_by_length_and_respect_the_budget() -> None:
 
 
 def test_padded_prefill_equals_lone_prefills_and_keeps_padding_out_of_the_cache() -> None:
-    model = _tiny_gpt2()
+    model = tiny_gpt2()
     logits, cache, mask = padded_prefill(model, PROMPTS, torch.device("cpu"))
     assert mask.tolist()[1] == [0] * 6 + [1]
     for row, prompt in enumerate(PROMPTS):
@@ -54,7 +47,7 @@ def test_padded_prefill_equals_lone_prefills_and_keeps_padding_out_of_the_cache(
 
 
 def test_packed_layers_give_the_model_its_own_outputs() -> None:
-    model = _tiny_gpt2()
+    model = tiny_gpt2()
     if not packable(model):
         pytest.skip("oneDNN is not available in this torch build")
     before = [_logits(model, prompt) for prompt in PROMPTS]
@@ -67,13 +60,13 @@ def test_packed_layers_give_the_model_its_own_outputs() -> None:
 
 
 def test_packing_leaves_other_dtypes_alone() -> None:
-    model = _tiny_gpt2().to(torch.bfloat16)
+    model = tiny_gpt2().to(torch.bfloat16)
     assert not packable(model)
     assert pack_linear_layers(model, min_weights=0) == 0
 
 
 def test_small_layers_stay_dense() -> None:
-    model = _tiny_gpt2()  # 32-wide layers: far below the default threshold
+    model = tiny_gpt2()  # 32-wide layers: far below the default threshold
     assert pack_linear_layers(model) == 0
     assert not isinstance(model.lm_head, PackedLinear)
 
@@ -103,7 +96,7 @@ def test_growing_layer_equals_concatenation_across_regrowths(spare: int | None) 
 def test_appended_rows_join_the_batch_left_padded_and_a_finished_row_is_dropped() -> None:
     from inference.kv_cache import append_rows
 
-    model = _tiny_gpt2()
+    model = tiny_gpt2()
     _, batch_cache, batch_mask = padded_prefill(model, PROMPTS[:2], torch.device("cpu"))
     before = [(k.clone(), v.clone()) for k, v in (x.current() for x in cache_layers(batch_cache))]
     _, cache, mask = padded_prefill(model, PROMPTS[2:], torch.device("cpu"))

@@ -21,17 +21,10 @@ from inference.kv_cache import cache_layers
 from inference.layer_tuning import tune_linear_layers
 from inference.packed_linear import pack_linear_layers, packable
 from inference.padded_prefill import padded_prefill
+from tests.support import tiny_gpt2
 
 PADDED = [[5, 17, 3], [9], [1, 2, 3, 4, 5, 6, 7], [42, 42, 8, 8, 8]]
 STEPS = 6
-
-
-def _tiny_gpt2(**overrides: Any) -> Any:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=97, n_layer=2, n_head=2, n_embd=32, n_positions=64, **overrides)
-    return GPT2LMHeadModel(config).eval()
 
 
 @torch.inference_mode()
@@ -56,7 +49,7 @@ def _run_both(model: Any, prompts: list[list[int]]) -> None:
 
 def _with_layout(layout: str) -> Any:
     """The tiny model with every linear layer in ``layout``, as the engine's tuning leaves it."""
-    model = _tiny_gpt2()
+    model = tiny_gpt2()
     if layout == "dense":
         return model
     if not packable(model):
@@ -96,7 +89,7 @@ def test_a_batch_attends_with_the_fused_kernel_whatever_the_layout(layout: str) 
 
 
 def test_plain_step_equals_the_models_forward_for_one_unpadded_row() -> None:
-    _run_both(_tiny_gpt2(), [[3, 1, 4, 1, 5, 9, 2, 6]])
+    _run_both(tiny_gpt2(), [[3, 1, 4, 1, 5, 9, 2, 6]])
 
 
 @pytest.mark.parametrize(
@@ -111,7 +104,7 @@ def test_plain_step_equals_the_models_forward_for_one_unpadded_row() -> None:
 def test_gpt2_variants_it_does_not_reproduce_keep_the_models_forward(
     overrides: dict[str, bool],
 ) -> None:
-    assert gpt2_decode_step(_tiny_gpt2(**overrides)) is None
+    assert gpt2_decode_step(tiny_gpt2(**overrides)) is None
 
 
 def test_other_model_families_keep_the_models_forward() -> None:
