@@ -3,10 +3,11 @@
 Why not transformers' DynamicLayer as is: it concatenates on every decode step,
 copying the whole cache each time; :class:`GrowingLayer` keeps spare columns and
 copies only when they run out. Rows join (left-padded to a common width) and leave
-(dropped, with all-padding columns trimmed) through the engine's merge and trim.
+(dropped, with all-padding columns trimmed) through :func:`append_rows` and
+:func:`keep_rows`, which the running batch calls (inference/running_batch.py).
 
-How many spare columns: at most what the batch can still use (the engine passes
-the longest remaining generation), capped at ``SPARE_COLUMNS``. Spare columns are
+How many spare columns: at most what the batch can still use (the running batch
+passes its longest remaining generation), capped at ``SPARE_COLUMNS``. Spare columns are
 memory held for every row of every layer: with a fixed 64 spare, 64 GPT-2-small
 sequences of 48 tokens held 0.53 GB of cache instead of 0.23 GB, and the
 benchmark's peak RSS at 64 clients was 1.84 GiB instead of the 1.46 the memory
@@ -56,6 +57,11 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
 
     def _expose(self) -> None:
         self.keys, self.values = self.current()
+
+    @property
+    def capacity(self) -> int:
+        """Columns the buffers hold: filled and spare."""
+        return int(self._k.shape[2])
 
     def current(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The filled part of the buffers (views, no copy)."""

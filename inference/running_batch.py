@@ -71,3 +71,7 @@ class RunningBatch:
         assert self.mask is not None, "an empty batch has no next step"
         ones = torch.ones((len(self.seqs), 1), dtype=self.mask.dtype, device=self.mask.device)
         return torch.cat([self.mask, ones], dim=1)
+
+    def advance(self, mask: torch.Tensor) -> None:
+        """A step wrote its column into the cache, so ``mask`` (from :meth:`next_mask`) holds."""
+        self.mask = mask

@@ -365,5 +365,5 @@ class TorchEngine:
         )
         mask = batch.next_mask()
         logits = self._step(last, positions, mask, batch.cache)  # the cache grows in place
-        batch.mask = mask
+        batch.advance(mask)
         return logits

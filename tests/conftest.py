@@ -43,14 +43,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # A test whose call takes longer than this without the ``slow`` mark is named at the
 # end of the run, so `-m "not slow"` stays the fast tier. Only the call counts: a
-# session fixture's start-up is paid by whichever test comes first.
+# session fixture's start-up is paid by whichever test comes first. The mark is read
+# from the item (as `-m` reads it) and carried in the report, which pytest-xdist
+# forwards from its workers.
 UNMARKED_SLOW_CALL_S = 5.0
 _unmarked_slow: list[tuple[str, float]] = []
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    report.user_properties.append(("marked_slow", item.get_closest_marker("slow") is not None))
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    slow_call = report.when == "call" and report.duration > UNMARKED_SLOW_CALL_S
-    if slow_call and "slow" not in report.keywords:
+    marked = dict(report.user_properties).get("marked_slow", False)
+    if report.when == "call" and report.duration > UNMARKED_SLOW_CALL_S and not marked:
         _unmarked_slow.append((report.nodeid, report.duration))
 
 

@@ -35,11 +35,14 @@ def _sequence(prompt: list[int], events: list[Event], max_new_tokens: int = 8) -
     )
 
 
-def _joined(model: Any, prompts: list[list[int]], events: list[Event]) -> RunningBatch:
+def _joined(
+    model: Any, prompts: list[list[int]], events: list[Event], new_tokens: tuple[int, ...] = ()
+) -> RunningBatch:
     batch = RunningBatch()
-    for prompt in prompts:  # one prefill each: the batch pads them to a common width
+    for row, prompt in enumerate(prompts):  # one prefill each: padded to a common width
         _, cache, mask = padded_prefill(model, [prompt], torch.device("cpu"))
-        batch.append([_sequence(prompt, events)], cache, mask, [0])
+        limit = new_tokens[row] if new_tokens else 8
+        batch.append([_sequence(prompt, events, limit)], cache, mask, [0])
     return batch
 
 
@@ -57,15 +60,18 @@ def test_rows_join_in_order_and_the_mask_marks_each_rows_real_tokens() -> None:
 
 
 def test_a_finished_row_leaves_with_the_columns_only_it_needed() -> None:
-    batch = _joined(tiny_gpt2(), PROMPTS, [])
+    # The longest prompt also has the longest generation ahead: 20 spare columns, not 8.
+    batch = _joined(tiny_gpt2(), PROMPTS, [], new_tokens=(8, 8, 20))
+    assert {layer.capacity for layer in cache_layers(batch.cache)} == {7 + 20}
     survivors = [batch.seqs[0], batch.seqs[1]]
-    batch.seqs[2].finish("length")  # the longest prompt: its columns go with it
+    batch.seqs[2].finish("length")  # its columns, filled and spare, go with it
     batch.drop_finished()
     assert batch.seqs == survivors
     assert batch.mask is not None and batch.mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     for layer in cache_layers(batch.cache):
         keys, _ = layer.current()
         assert keys.shape[0] == 2 and keys.shape[2] == 3
+        assert layer.capacity == 3 + 8  # spare columns for the survivors' 8 tokens
 
 
 def test_when_every_row_finishes_the_batch_is_empty() -> None:
