@@ -140,6 +140,17 @@ def model_directory(model_ref: str) -> tuple[str, Path | None]:
     return _resolve_ref(model_ref)
 
 
+def model_config(model_ref: str) -> Any:
+    """The transformers config of ``model_ref`` alone (no weights), found as
+    :func:`load_model` finds the model: for tools that need only its shapes."""
+    from transformers import AutoConfig
+
+    _, directory = _resolve_ref(model_ref)
+    if directory is not None:
+        return AutoConfig.from_pretrained(str(directory))
+    return AutoConfig.from_pretrained(model_ref, **_hub_kwargs())
+
+
 def _hub_kwargs() -> dict[str, Any]:
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
     if offline:

@@ -112,12 +112,10 @@ def probe_lean_step(model: str) -> dict[str, Any]:
 
 def probe_attention_query(model: str) -> dict[str, Any]:
     import torch
-    from transformers import AutoConfig
 
-    from inference.loader import model_directory
+    from inference.loader import model_config
 
-    name, directory = model_directory(model)
-    config = AutoConfig.from_pretrained(str(directory or name))  # the shapes; no weights
+    config = model_config(model)  # the shapes; no weights
     width, heads, blocks = int(config.n_embd), int(config.n_head), int(config.n_layer)
     results: dict[str, Any] = {"blocks": blocks, "context": ATTENTION_CONTEXT}
     with torch.inference_mode():
