@@ -17,6 +17,7 @@ that needs logic gets a gate with code behind it, not an expression language.
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 import tomllib
 from pathlib import Path
@@ -274,6 +275,10 @@ class Bench(_Strict):
 class Command(_Strict):
     name: str
     run: str
+    # Runs by itself, after the stage's other commands, even where those run side by
+    # side: for tests that time the machine or count its load (pytest's `serial`
+    # mark), which a neighbouring command would skew.
+    alone: bool = False
 
 
 GateName = Literal["quality", "latency", "canary"]
@@ -295,6 +300,20 @@ class Stage(_Strict):
     # side, up to the cores (pipeline/local/side_by_side.py); the workflow, as steps
     # of one job, in order.
     independent_commands: bool = False
+
+    @field_validator("commands")
+    @classmethod
+    def _alone_commands_come_last(cls, commands: tuple[Command, ...]) -> tuple[Command, ...]:
+        """The workflow runs commands in the listed order and the local runner runs an
+        ``alone`` command after the others, so only the listed order keeps them the same."""
+        for index, (command, following) in enumerate(itertools.pairwise(commands)):
+            if command.alone and not following.alone:
+                raise ValueError(
+                    f"commands[{index}] ({command.name!r}) has alone = true but "
+                    f"commands[{index + 1}] ({following.name!r}) does not: "
+                    "list the alone commands last"
+                )
+        return commands
 
 
 class PipelineDefinition(_Strict):

@@ -266,12 +266,13 @@ class LocalRunner:
             self.ensure_services()
         if stage.action != "deploy":  # a deploy stage's commands test the deployed endpoint
             commands = self.commands(stage)
-            if stage.independent_commands:
+            together = [c for c in commands if not c.alone] if stage.independent_commands else []
+            if together:
                 self.fingerprint()  # computed once, before the threads need it
-                tasks = [functools.partial(self.run_command, stage, c) for c in commands]
+                tasks = [functools.partial(self.run_command, stage, c) for c in together]
                 run_side_by_side(tasks, self._live)
-            else:
-                for command in commands:
+            for command in commands:
+                if command not in together:
                     self.run_command(stage, command)
         for gate in stage.gates:
             if gate == "quality":

@@ -184,6 +184,16 @@ def test_stage_needing_a_later_stage_is_named(raw: dict[str, Any]) -> None:
     assert "deploy-production" in message
 
 
+def test_an_alone_command_before_another_is_named(raw: dict[str, Any]) -> None:
+    """The workflow runs commands in the listed order, the local runner an alone one last."""
+    commands = raw["stages"][0]["commands"]
+    commands.insert(0, commands.pop())  # the alone "Serial unit tests" moved first
+    message = _error(raw)
+    assert "stages.0.commands" in message
+    assert "commands[0] ('Serial unit tests') has alone = true" in message
+    assert "commands[1] ('Lint')" in message
+
+
 def test_unknown_gate_name_is_named(raw: dict[str, Any]) -> None:
     raw["stages"][1]["gates"] = ["quality", "vibes"]
     assert "stages.1.gates.1" in _error(raw)

@@ -85,6 +85,37 @@ def test_the_canary_analysis_step_interrupted_in_its_pause(tmp_path: Path) -> No
     assert record.status == "interrupted" and record.name.startswith("Step 1")
 
 
+def test_an_alone_command_runs_after_the_side_by_side_ones_have_ended(tmp_path: Path) -> None:
+    """A load-counting test beside mypy once counted it as a foreign core: `alone` runs last."""
+    runner = _runner(tmp_path)
+    stamps = tmp_path / "stamps"
+
+    def marks(name: str, seconds: float = 0.5) -> str:
+        stamp = f"$(date +%s.%N) >> {stamps}"
+        return f"echo {name}-start {stamp}; sleep {seconds}; echo {name}-end {stamp}"
+
+    stage = Stage.model_validate(
+        {
+            "id": "code-quality",
+            "title": "Code quality",
+            "runner": "cpu",
+            "independent_commands": True,
+            "commands": [
+                {"name": "A", "run": marks("a")},
+                {"name": "B", "run": marks("b", 1.5)},  # a worker is free before B ends
+                {"name": "Serial", "run": marks("serial"), "alone": True},
+            ],
+        }
+    )
+    runner.run_stage(stage)
+    times = {k: float(v) for k, v in (line.split() for line in stamps.read_text().splitlines())}
+    if (os.cpu_count() or 1) > 1:  # side by side needs a second core
+        assert max(times["a-start"], times["b-start"]) < min(times["a-end"], times["b-end"])
+    assert times["serial-start"] >= max(times["a-end"], times["b-end"])
+    assert runner.report.steps[-1].name == "Serial"
+    assert {s.status for s in runner.report.steps} == {"passed"}
+
+
 def test_a_second_run_on_the_same_state_fails_at_once_naming_the_first(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c",
