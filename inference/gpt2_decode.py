@@ -6,8 +6,9 @@ attention dispatch, output objects), and on a 2-core CPU that Python is a
 measurable share of the step, which the one-client latency target has no room
 for (docs/performance.md, "One decode step without transformers' modules"
 has the figures). This step calls the same layer objects the engine tuned
-(inference/layer_tuning.py: packed, weight-first or dense), the model's own
-activation and layer norms' parameters, and writes the engine's
+(inference/layer_tuning.py: packed, weight-first or dense), the model's
+activation (torch's one-kernel GELU where the model's is its tanh approximation)
+and layer norms' parameters, and writes the engine's
 :class:`inference.kv_cache.GrowingLayer` caches in place, so it computes what
 the model's forward computes (tested against it, padded batches included). Serving
 systems do the same per model family (text-generation-inference's custom
@@ -21,6 +22,7 @@ scaled by layer index, upcast-and-reorder attention, cross-attention); for those
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import torch
@@ -43,6 +45,7 @@ class Gpt2DecodeStep:
         self._width = int(config.n_embd)
         self._heads = int(config.n_head)
         self._eps = float(config.layer_norm_epsilon)
+        self._act = _fused_activation(config)
 
     def __call__(
         self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any
@@ -75,8 +78,24 @@ class Gpt2DecodeStep:
         attended = F.scaled_dot_product_attention(query, keys, values, attend)
         x = x + block.attn.c_proj(attended.transpose(1, 2).reshape(rows, 1, width))
         h = F.layer_norm(x, (width,), block.ln_2.weight, block.ln_2.bias, eps)
-        out: torch.Tensor = x + block.mlp.c_proj(block.mlp.act(block.mlp.c_fc(h)))
+        hidden = block.mlp.c_fc(h)
+        hidden = block.mlp.act(hidden) if self._act is None else self._act(hidden)
+        out: torch.Tensor = x + block.mlp.c_proj(hidden)
         return out
+
+
+# transformers' names for GELU's tanh approximation: its NewGELUActivation spells the
+# formula out in eight tensor ops (and four scalar conversions) per call, where
+# torch's fused kernel is one.
+TANH_GELU = frozenset({"gelu_new", "gelu_pytorch_tanh"})
+
+
+def _fused_activation(config: Any) -> Any:
+    """torch's one-kernel tanh GELU where the model's activation is that function, else
+    ``None`` (the model's own activation module is called)."""
+    if getattr(config, "activation_function", None) in TANH_GELU:
+        return functools.partial(F.gelu, approximate="tanh")
+    return None
 
 
 def model_decode_step(

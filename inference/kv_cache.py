@@ -80,11 +80,13 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
                 )
                 return self.current()
             self.reset_to(*self.current())
-        self._k[:, :, self._length : end] = key_states
-        self._v[:, :, self._length : end] = value_states
+        columns = end - self._length
+        self._k.narrow(2, self._length, columns).copy_(key_states)
+        self._v.narrow(2, self._length, columns).copy_(value_states)
         self._length = end
-        self._expose()
-        return self.current()
+        keys, values = self.current()
+        self.keys, self.values = keys, values  # as _expose, without slicing twice
+        return keys, values
 
 
 def cache_layers(cache: Any, spare: int = SPARE_COLUMNS) -> list[GrowingLayer]:

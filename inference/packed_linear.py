@@ -145,12 +145,22 @@ class WeightFirstLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] == 1:  # a one-row decode step: a matrix-vector product, fewer ops
+            return self._one_row(rows[0]).view(*x.shape[:-1], self.out_features)
         if self.bias is None:
             product = torch.mm(self.weight, rows.t())
         else:
             product = torch.addmm(self.bias, self.weight, rows.t())
         result: torch.Tensor = product.t().view(*x.shape[:-1], self.out_features)
         return result
+
+    def _one_row(self, row: torch.Tensor) -> torch.Tensor:
+        """The same product for one row, without the transposes and views around ``mm``:
+        at one row a GPT-2-small step makes 49 of these calls, and each op saved is
+        dispatcher time the one-client latency target has no room for."""
+        if self.bias is None:
+            return torch.mv(self.weight, row)
+        return torch.addmv(self.bias.view(-1), self.weight, row)
 
 
 @torch.inference_mode()

@@ -16,7 +16,12 @@ from typing import Any
 import pytest
 import torch
 
-from inference.gpt2_decode import Gpt2DecodeStep, gpt2_decode_step, model_decode_step
+from inference.gpt2_decode import (
+    TANH_GELU,
+    Gpt2DecodeStep,
+    gpt2_decode_step,
+    model_decode_step,
+)
 from inference.kv_cache import cache_layers
 from inference.layer_tuning import tune_linear_layers
 from inference.packed_linear import pack_linear_layers, packable
@@ -88,8 +93,20 @@ def test_a_batch_attends_with_the_fused_kernel_whatever_the_layout(layout: str) 
     assert "aten::_scaled_dot_product_attention_math" not in kernels
 
 
-def test_plain_step_equals_the_models_forward_for_one_unpadded_row() -> None:
-    _run_both(tiny_gpt2(), [[3, 1, 4, 1, 5, 9, 2, 6]])
+@pytest.mark.parametrize("layout", ["dense", "weight-first"])
+def test_plain_step_equals_the_models_forward_for_one_unpadded_row(layout: str) -> None:
+    """One row is the one-client case: weight-first layers take their one-row path."""
+    _run_both(_with_layout(layout), [[3, 1, 4, 1, 5, 9, 2, 6]])
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu_pytorch_tanh", "relu", "gelu"])
+def test_the_step_uses_the_fused_gelu_only_for_the_models_own_function(activation: str) -> None:
+    """torch's tanh GELU stands in for transformers' only where it is the same function."""
+    model = tiny_gpt2(activation_function=activation)
+    step = gpt2_decode_step(model)
+    assert step is not None
+    assert (step._act is not None) == (activation in TANH_GELU)
+    _run_both(model, PADDED)
 
 
 @pytest.mark.parametrize(

@@ -121,6 +121,21 @@ def test_weight_first_layers_compute_the_same_and_share_a_tied_weight() -> None:
     torch.testing.assert_close(layer(x), linear(x))
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("shape", [(1, 8), (1, 1, 8), (3, 8)], ids=["row", "row-3d", "rows"])
+def test_a_weight_first_layer_computes_one_row_as_the_layer_does(
+    bias: bool, shape: tuple[int, ...]
+) -> None:
+    """One row takes a matrix-vector path of its own (a one-client decode step)."""
+    linear = torch.nn.Linear(8, 5, bias=bias)
+    layer = weight_first_if_equal(linear)
+    assert layer is not None
+    x = torch.randn(*shape)
+    got = layer(x)
+    assert got.shape == (*shape[:-1], 5)
+    torch.testing.assert_close(got, linear(x))
+
+
 def test_a_transposed_weight_is_copied_exactly_in_blocks() -> None:
     weight = torch.randn(100, 70)  # 70 columns: the last block is partial
     copy = contiguous_copy(weight.t())
