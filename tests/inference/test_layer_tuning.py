@@ -199,6 +199,23 @@ def test_one_slow_pass_set_does_not_move_a_shape_off_the_default(
     assert _choose(timings["8x8"], ("weight-first", 1)) == ("weight-first", 1)
 
 
+@pytest.mark.parametrize(("dense_ms", "chosen"), [(9.5, "weight-first"), (8.0, "dense")])
+def test_another_layout_replaces_the_default_only_by_the_margin(
+    monkeypatch: pytest.MonkeyPatch, dense_ms: float, chosen: str
+) -> None:
+    """A layout a little cheaper per shape can be dearer in the model (what it hands
+    the next layer), so it needs the same margin as fewer threads."""
+    timed = iter([{"8x8": (10.0,)}, {"8x8": (dense_ms,)}])
+    monkeypatch.setattr(
+        layer_tuning,
+        "_timed_passes",
+        lambda calls, rows, threads, deadline: next(timed, {"8x8": (10.0,)}),
+    )
+    monkeypatch.setattr(layer_tuning, "LAYOUTS", ("weight-first", "dense"))
+    (choice,) = tune_linear_layers(torch.nn.Sequential(torch.nn.Linear(8, 8)), [1])
+    assert choice.layout == chosen
+
+
 def test_dense_policy_packs_nothing() -> None:
     model = _gpt2(512)
     choices = tune_linear_layers(model, rows=[1], policy="dense")
