@@ -45,7 +45,7 @@ class Gpt2DecodeStep:
         self._width = int(config.n_embd)
         self._heads = int(config.n_head)
         self._eps = float(config.layer_norm_epsilon)
-        self._act = _fused_activation(config)
+        self._activation = _fused_activation(config)
 
     def __call__(
         self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any
@@ -79,7 +79,7 @@ class Gpt2DecodeStep:
         x = x + block.attn.c_proj(attended.transpose(1, 2).reshape(rows, 1, width))
         h = F.layer_norm(x, (width,), block.ln_2.weight, block.ln_2.bias, eps)
         hidden = block.mlp.c_fc(h)
-        hidden = block.mlp.act(hidden) if self._act is None else self._act(hidden)
+        hidden = block.mlp.act(hidden) if self._activation is None else self._activation(hidden)
         out: torch.Tensor = x + block.mlp.c_proj(hidden)
         return out
 
@@ -87,7 +87,7 @@ class Gpt2DecodeStep:
 # transformers' names for GELU's tanh approximation: its NewGELUActivation spells the
 # formula out in eight tensor ops (and four scalar conversions) per call, where
 # torch's fused kernel is one.
-TANH_GELU = frozenset({"gelu_new", "gelu_pytorch_tanh"})
+TANH_GELU = frozenset({"gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh"})
 
 
 def _fused_activation(config: Any) -> Any:

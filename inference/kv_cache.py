@@ -55,8 +55,11 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         self.is_initialized = True
         self._expose()
 
-    def _expose(self) -> None:
-        self.keys, self.values = self.current()
+    def _expose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Publish the filled part where transformers reads it; returns it too."""
+        keys, values = self.current()
+        self.keys, self.values = keys, values
+        return keys, values
 
     @property
     def capacity(self) -> int:
@@ -84,9 +87,7 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         self._k.narrow(2, self._length, columns).copy_(key_states)
         self._v.narrow(2, self._length, columns).copy_(value_states)
         self._length = end
-        keys, values = self.current()
-        self.keys, self.values = keys, values  # as _expose, without slicing twice
-        return keys, values
+        return self._expose()
 
 
 def cache_layers(cache: Any, spare: int = SPARE_COLUMNS) -> list[GrowingLayer]:

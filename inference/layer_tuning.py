@@ -24,21 +24,16 @@ Only layers of at least ``MIN_PACKED_WEIGHTS`` weights may be packed (below it
 oneDNN's per-call cost outweighs its gain), and, under "measure", never a tied
 layer (GPT-2's output layer shares the token embedding's weight: a packed copy
 cannot replace it, so it would be held twice, 0.14 GiB more; weight-first shares
-it). The layout with the lowest relative cost wins, by ``MARGIN`` (below): at each
-row count, its time over the fastest candidate's at that count, summed over the
-row counts. So every batch size counts alike, where summed milliseconds let the
-largest batch decide alone: on a 2-core Xeon a start chose oneDNN-packed layers,
-which the ``layer-layouts`` probe measured there 1.7x slower than weight-first at
-one row and 2% faster at 64. Before another layout replaces the default (weight-first: no
-copy held twice), the default is timed again, since a slow pass can only make a
-layout look slower, never faster. Another layout, and fewer threads, must cost at
-least ``MARGIN`` less, relatively, than what they would replace, for costs a
-per-shape timing cannot see. A layer run on fewer threads leaves the pool's other
-threads idle, and waking them for the next layer costs time. A layout changes what
-the next layer is given (a packed layer's output is contiguous, a weight-first
-one's a transposed view): on a 2-core Xeon a start chose oneDNN-packed 3072x768
-layers for a relative cost 0.8% below weight-first's, and in the plain decode step
-they made it 6.7% slower at one row and 3.5% at 16.
+it). The layout of lowest relative cost wins: at each row count, its time over the
+fastest candidate's there, summed over the row counts, so every batch size counts
+alike (summed milliseconds let the largest batch decide alone, and chose layouts
+the ``layer-layouts`` probe measured 1.7x slower at one row). To replace the
+default (weight-first: no copy held twice) a layout must cost ``MARGIN`` less, and
+the default is timed again first, since a slow pass only makes a layout look
+slower. Fewer threads need the same margin. Both are for costs a per-shape timing
+cannot see: idle pool threads must be woken for the next layer, and a layout
+changes what the next layer is given (a packed layer's output is contiguous, a
+weight-first one's a transposed view; docs/performance.md, "The layout margin").
 
 Cost: at each row count a candidate gets one warm-up pass and ``PASSES`` timed
 passes, the best of which counts (robust to a preempted pass). Once ``BUDGET_S`` is

@@ -6,7 +6,7 @@
 * ``step-profile``: the engine's decode step at batch 1 and 16 (layers chosen by
   measuring, as :meth:`TorchEngine.start` does; the engine's growing cache),
   median of 40 steps each, and torch's profiler over 10 of them: the share of the step spent in
-  matrix multiplies (oneDNN's packed linear, ``addmm``, ``mm``). If the matrix
+  matrix products (oneDNN's packed linear, ``addmm``, ``mm``, ``addmv``, ``mv``). If the matrix
   multiplies alone take longer than the target allows for the whole step, no
   scheduling or Python work on our side can meet it.
 * ``memory-c64``: our engine in process at 64 clients (3 rounds of 32 tokens,
@@ -35,7 +35,8 @@ from typing import Any
 from pipeline.load.generator import DEFAULT_PROMPTS
 
 GIB = 1 << 30
-MATMUL_OPS = ("mkldnn::_linear_pointwise", "aten::addmm", "aten::mm")
+# A weight-first layer computes a single row as a matrix-vector product (addmv, mv).
+MATMUL_OPS = ("mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "aten::addmv", "aten::mv")
 
 
 def prompts_for(loaded: Any, count: int) -> list[tuple[str, tuple[int, ...]]]:

@@ -271,9 +271,9 @@ class LocalRunner:
                 self.fingerprint()  # computed once, before the threads need it
                 tasks = [functools.partial(self.run_command, stage, c) for c in together]
                 run_side_by_side(tasks, self._live)
-            for command in commands:
-                if command not in together:
-                    self.run_command(stage, command)
+            in_order = [c for c in commands if c.alone] if together else commands
+            for command in in_order:
+                self.run_command(stage, command)
         for gate in stage.gates:
             if gate == "quality":
                 gate_steps.quality(self, stage)

@@ -95,17 +95,20 @@ def test_a_batch_attends_with_the_fused_kernel_whatever_the_layout(layout: str) 
 
 @pytest.mark.parametrize("layout", ["dense", "weight-first"])
 def test_plain_step_equals_the_models_forward_for_one_unpadded_row(layout: str) -> None:
-    """One row is the one-client case: weight-first layers take their one-row path."""
+    """One row is the one-client case. Both sides call the same weight-first layers in
+    their one-row path; test_layer_tuning checks that path against the layer."""
     _run_both(_with_layout(layout), [[3, 1, 4, 1, 5, 9, 2, 6]])
 
 
-@pytest.mark.parametrize("activation", ["gelu_new", "gelu_pytorch_tanh", "relu", "gelu"])
+@pytest.mark.parametrize(
+    "activation", ["gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "relu", "gelu"]
+)
 def test_the_step_uses_the_fused_gelu_only_for_the_models_own_function(activation: str) -> None:
     """torch's tanh GELU stands in for transformers' only where it is the same function."""
     model = tiny_gpt2(activation_function=activation)
     step = gpt2_decode_step(model)
     assert step is not None
-    assert (step._act is not None) == (activation in TANH_GELU)
+    assert (step._activation is not None) == (activation in TANH_GELU)
     _run_both(model, PADDED)
 
 

@@ -122,7 +122,11 @@ def test_weight_first_layers_compute_the_same_and_share_a_tied_weight() -> None:
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-@pytest.mark.parametrize("shape", [(1, 8), (1, 1, 8), (3, 8)], ids=["row", "row-3d", "rows"])
+@pytest.mark.parametrize(
+    "shape",
+    [(8,), (1, 8), (1, 1, 8), (3, 8), (1, 16)],
+    ids=["1d", "row", "row-3d", "rows", "strided"],
+)
 def test_a_weight_first_layer_computes_one_row_as_the_layer_does(
     bias: bool, shape: tuple[int, ...]
 ) -> None:
@@ -131,8 +135,10 @@ def test_a_weight_first_layer_computes_one_row_as_the_layer_does(
     layer = weight_first_if_equal(linear)
     assert layer is not None
     x = torch.randn(*shape)
+    if shape[-1] == 16:
+        x = x[:, ::2]  # every other feature: a non-contiguous row
     got = layer(x)
-    assert got.shape == (*shape[:-1], 5)
+    assert got.shape == (*x.shape[:-1], 5)
     torch.testing.assert_close(got, linear(x))
 
 
@@ -199,6 +205,7 @@ def test_one_slow_pass_set_does_not_move_a_shape_off_the_default(
     assert _choose(timings["8x8"], ("weight-first", 1)) == ("weight-first", 1)
 
 
+@pytest.mark.skipif(not packable(torch.nn.Linear(2, 2)), reason="oneDNN packing unavailable")
 @pytest.mark.parametrize(("dense_ms", "chosen"), [(9.5, "weight-first"), (8.0, "dense")])
 def test_another_layout_replaces_the_default_only_by_the_margin(
     monkeypatch: pytest.MonkeyPatch, dense_ms: float, chosen: str

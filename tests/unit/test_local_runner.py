@@ -86,11 +86,12 @@ def test_the_canary_analysis_step_interrupted_in_its_pause(tmp_path: Path) -> No
 
 
 def test_an_alone_command_runs_after_the_side_by_side_ones_have_ended(tmp_path: Path) -> None:
-    """A load-counting test beside mypy once counted it as a foreign core: `alone` runs last."""
+    """A test that counts the machine's load must not share it with mypy: `alone` runs
+    after the stage's side-by-side commands have ended."""
     runner = _runner(tmp_path)
     stamps = tmp_path / "stamps"
 
-    def marks(name: str, seconds: float = 0.5) -> str:
+    def marks(name: str, seconds: float = 1.0) -> str:
         stamp = f"$(date +%s.%N) >> {stamps}"
         return f"echo {name}-start {stamp}; sleep {seconds}; echo {name}-end {stamp}"
 
@@ -102,7 +103,7 @@ def test_an_alone_command_runs_after_the_side_by_side_ones_have_ended(tmp_path: 
             "independent_commands": True,
             "commands": [
                 {"name": "A", "run": marks("a")},
-                {"name": "B", "run": marks("b", 1.5)},  # a worker is free before B ends
+                {"name": "B", "run": marks("b", 2.0)},  # a worker is free before B ends
                 {"name": "Serial", "run": marks("serial"), "alone": True},
             ],
         }
