@@ -23,6 +23,7 @@ scaled by layer index, upcast-and-reorder attention, cross-attention); for those
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -90,7 +91,7 @@ class Gpt2DecodeStep:
 TANH_GELU = frozenset({"gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh"})
 
 
-def _fused_activation(config: Any) -> Any:
+def _fused_activation(config: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """torch's one-kernel tanh GELU where the model's activation is that function, else
     ``None`` (the model's own activation module is called)."""
     if getattr(config, "activation_function", None) in TANH_GELU:

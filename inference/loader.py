@@ -145,10 +145,16 @@ def model_config(model_ref: str) -> Any:
     :func:`load_model` finds the model: for tools that need only its shapes."""
     from transformers import AutoConfig
 
-    _, directory = _resolve_ref(model_ref)
+    source, kwargs = _pretrained_source(model_ref, _resolve_ref(model_ref)[1])
+    return AutoConfig.from_pretrained(source, **kwargs)
+
+
+def _pretrained_source(model_ref: str, directory: Path | None) -> tuple[str, dict[str, Any]]:
+    """What ``from_pretrained`` is given: a local directory as it is, a hub id with the
+    hub settings (offline, token)."""
     if directory is not None:
-        return AutoConfig.from_pretrained(str(directory))
-    return AutoConfig.from_pretrained(model_ref, **_hub_kwargs())
+        return str(directory), {}
+    return model_ref, _hub_kwargs()
 
 
 def _hub_kwargs() -> dict[str, Any]:
@@ -215,8 +221,7 @@ def _load(model_ref: str, device: str, dtype: str, revision: str | None = None) 
         raise
     except Exception as error:  # training/building the builtin model failed
         raise ModelLoadError(f"model {model_ref!r}: could not build it: {error}") from error
-    source = str(directory) if directory is not None else model_ref
-    kwargs = {} if directory is not None else _hub_kwargs()
+    source, kwargs = _pretrained_source(model_ref, directory)
     if directory is None and revision:
         kwargs["revision"] = revision
     try:
