@@ -37,10 +37,13 @@ weight-first one's a transposed view; docs/performance.md, "The layout margin").
 
 Cost: at each row count a candidate gets one warm-up pass and ``PASSES`` timed
 passes, the best of which counts (robust to a preempted pass). Once ``BUDGET_S`` is
-spent, no further layout or thread count starts and a started one takes one timed
-pass per row count, so a large model's start-up stays bounded. Candidates are
-built for one layout at a time and dropped after timing, so at most one layout's
-copies are held beside the model.
+spent, each layout still to be timed takes one timed pass per row count, and no
+further thread count starts, so a large model's start-up stays bounded. Every
+layout is timed even then: a layout left untimed cannot be chosen, and which one
+that was would depend on how slow the machine was that day (under an AVX2 cap on
+a 2-core EPYC, the budget ran out before oneDNN's packed layout was reached).
+Candidates are built for one layout at a time and dropped after timing, so at
+most one layout's copies are held beside the model.
 
 Left out: per-layer (rather than per-shape) choices, attention and layer-norm
 kernels, and GPU (nothing to choose: cuBLAS).
@@ -77,8 +80,9 @@ POLICIES: tuple[LayerPolicy, ...] = ("measure", *LAYOUTS)
 DEFAULT_LAYOUT: Layout = "weight-first"
 PASSES = 2
 MARGIN = 0.9
-# No candidate starts after this much measuring: on an oversubscribed machine every
-# timing is slow, and start-up must stay short. A started one still gets PASSES.
+# After this much measuring, each remaining layout gets one timed pass per row count
+# and no thread count starts: on an oversubscribed machine every timing is slow, and
+# start-up must stay short.
 BUDGET_S = 3.0
 log = logging.getLogger(__name__)
 Candidate = tuple[Layout, int]
@@ -210,13 +214,11 @@ def measure_layouts(
 ) -> None:
     """Time every layout on ``threads`` threads into ``timings`` (per shape, ms per row count).
 
-    The default layout goes first, so every shape has at least it. Each layout's
-    copies are dropped once timed, so start-up holds at most one layout's copies
-    beside the model.
+    Every layout is timed; past ``deadline`` with one timed pass per row count. Each
+    layout's copies are dropped once timed, so start-up holds at most one layout's
+    copies beside the model.
     """
     for layout in LAYOUTS:
-        if layout != DEFAULT_LAYOUT and time.perf_counter() > deadline:
-            break
         _time_layout(slots, layout, rows, threads, timings, deadline, keep_best=False)
     default = (DEFAULT_LAYOUT, threads)
     if any(_choose(measured, default) != default for measured in timings.values()):

@@ -206,6 +206,34 @@ def test_one_slow_pass_set_does_not_move_a_shape_off_the_default(
 
 
 @pytest.mark.skipif(not packable(torch.nn.Linear(2, 2)), reason="oneDNN packing unavailable")
+def test_every_layout_is_timed_even_once_the_budget_is_spent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A layout left untimed cannot be chosen; on a slow machine the budget ran out
+    before oneDNN's packed layout, the last in order, was reached."""
+    monkeypatch.setattr(layer_tuning, "BUDGET_S", 0.0)  # spent before the first timing
+    calls: list[int] = []
+    timed_passes = layer_tuning._timed_passes
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, tuple[float, ...]]:
+        calls.append(1)
+        return timed_passes(*args, **kwargs)
+
+    monkeypatch.setattr(layer_tuning, "_timed_passes", counted)
+    model = _gpt2(512)
+    expected = _logits(model)
+    choices = tune_linear_layers(model, rows=[1, 4])
+    for choice in choices:
+        timed = {key.split("/")[0] for key in choice.timings_ms}
+        packable_shape = choice.shape != "97x512"  # the output layer: below the packing floor
+        assert timed == ({"weight-first", "dense", "packed"} if packable_shape
+                         else {"weight-first", "dense"})  # fmt: skip
+        assert choice.threads == torch.get_num_threads()  # no thread count started
+    assert len(calls) <= len(layer_tuning.LAYOUTS) + 1  # the default may be timed again
+    torch.testing.assert_close(_logits(model), expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(not packable(torch.nn.Linear(2, 2)), reason="oneDNN packing unavailable")
 @pytest.mark.parametrize(("dense_ms", "chosen"), [(9.5, "weight-first"), (8.0, "dense")])
 def test_another_layout_replaces_the_default_only_by_the_margin(
     monkeypatch: pytest.MonkeyPatch, dense_ms: float, chosen: str
