@@ -2,11 +2,12 @@
 
 Why measure at start: which matrix-multiply layout is fastest depends on the CPU,
 its core count and the torch/oneDNN build, and a choice measured on one machine is
-a guess on the next. Three layouts (inference/packed_linear.py): ``dense`` (the
-model's own call, MKL), ``packed`` (oneDNN's blocked weight) and ``weight-first``
-(the weight as the left operand). On a 2-core Xeon (AVX-512) a GPT-2-small decode
-step at 1 row was fastest dense and slowest packed, and at 16 rows the reverse,
-with weight-first close to the best at both; an AMD EPYC ranked them otherwise.
+a guess on the next. Four layouts (inference/packed_linear.py): ``dense`` (the
+model's own call, MKL), ``packed`` (oneDNN's blocked weight), ``weight-first``
+(the weight as the left operand) and ``onednn`` (oneDNN over the plain weight).
+On a 2-core Xeon (AVX-512) a GPT-2-small decode step at 1 row was fastest dense
+and slowest packed, and at 16 rows the reverse, with weight-first close to the
+best at both; an AMD EPYC ranked them otherwise.
 
 How, and why so: the model's linear layers are called in the model's order, with
 every layer of a shape set to one candidate, once at each of ``rows`` input rows,
@@ -23,8 +24,8 @@ shape got, 1 and half of the threads.
 Only layers of at least ``MIN_PACKED_WEIGHTS`` weights may be packed (below it
 oneDNN's per-call cost outweighs its gain), and, under "measure", never a tied
 layer (GPT-2's output layer shares the token embedding's weight: a packed copy
-cannot replace it, so it would be held twice, 0.14 GiB more; weight-first shares
-it). The layout of lowest relative cost wins: at each row count, its time over the
+cannot replace it, so it would be held twice, 0.14 GiB more; weight-first and
+onednn share it). The layout of lowest relative cost wins: at each row count, its time over the
 fastest candidate's there, summed over the row counts, so every batch size counts
 alike (summed milliseconds let the largest batch decide alone, and chose layouts
 the ``layer-layouts`` probe measured 1.7x slower at one row). To replace the
@@ -62,20 +63,22 @@ from torch import nn
 
 from inference.packed_linear import (
     MIN_PACKED_WEIGHTS,
+    OneDnnLinear,
     PackedLinear,
     WeightFirstLinear,
     dense_weight,
+    onednn_if_equal,
     own_weights_outside,
     packable,
     packed_if_equal,
     weight_first_if_equal,
 )
 
-Layout = Literal["packed", "dense", "weight-first"]
-LAYOUTS: tuple[Layout, ...] = ("weight-first", "dense", "packed")
+Layout = Literal["packed", "dense", "weight-first", "onednn"]
+LAYOUTS: tuple[Layout, ...] = ("weight-first", "dense", "packed", "onednn")
 # "measure": choose by timing here; a layout's name: force it on all threads (tests pin
 # the fast path they check; an operator can rule a layout out).
-LayerPolicy = Literal["measure", "packed", "dense", "weight-first"]
+LayerPolicy = Literal["measure", "packed", "dense", "weight-first", "onednn"]
 POLICIES: tuple[LayerPolicy, ...] = ("measure", *LAYOUTS)
 DEFAULT_LAYOUT: Layout = "weight-first"
 PASSES = 2
@@ -274,6 +277,8 @@ def _built(slot: _Slot, layout: Layout) -> nn.Module | None:
         return slot.layer
     if layout == "packed":
         return packed_if_equal(slot.layer) if slot.may_pack else None
+    if layout == "onednn":
+        return onednn_if_equal(slot.layer)
     return weight_first_if_equal(slot.layer)
 
 
@@ -398,8 +403,10 @@ def _cap_threads(
 def _layout_of(layer: nn.Module) -> Layout:
     if isinstance(layer, PackedLinear):
         return "packed"
+    if isinstance(layer, OneDnnLinear):
+        return "onednn"
     return "weight-first" if isinstance(layer, WeightFirstLinear) else "dense"
 
 
 def _replaces(layout: Layout, slot: _Slot) -> bool:
-    return layout == "weight-first" or (layout == "packed" and slot.may_pack)
+    return layout in ("weight-first", "onednn") or (layout == "packed" and slot.may_pack)

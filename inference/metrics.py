@@ -31,8 +31,8 @@ its route is not known yet):
 - ``inference_batch_size`` (histogram): requests per forward pass, reported
   by the engine's worker (``Engine.observe_batches``).
 - ``inference_engine_layers{shape, layout, threads}`` (gauge): linear layers
-  per weight shape ("out x in"), the layout (``weight-first``/``packed``/``dense``) and thread
-  count the engine chose for them by measuring at start
+  per weight shape ("out x in"), the layout (``weight-first``/``packed``/``onednn``/
+  ``dense``) and thread count the engine chose for them by measuring at start
   (inference/layer_tuning.py); read from the engine at scrape time, absent for
   an engine that chooses nothing (GPU, fakes).
 - ``inference_model_info{model, revision}`` (gauge, always 1): what is served.

@@ -71,6 +71,7 @@ class LayerPolicy(StrEnum):
     packed = "packed"
     dense = "dense"
     weight_first = "weight-first"
+    onednn = "onednn"
 
 
 class DecodeStepPolicy(StrEnum):

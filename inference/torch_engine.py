@@ -18,9 +18,10 @@ padding for every remaining row are trimmed.
 
 Speed (CPU, fp32; figures in docs/performance.md, from ``python -m
 pipeline.bench.probes``): a step is mostly matrix multiplies, so :meth:`start`
-gives each linear-layer shape the layout (dense, oneDNN-packed or weight-first)
-and thread count that measures fastest on this machine, in the model's own call
-order (inference/layer_tuning.py, inference/packed_linear.py); a few padded
+gives each linear-layer shape the layout (dense, oneDNN-packed, weight-first or
+oneDNN over the plain weight) and thread count that measures fastest on this
+machine, in the model's own call order (inference/layer_tuning.py,
+inference/packed_linear.py); a few padded
 prefills (cut by cost) replace a forward per distinct prompt length; and GPT-2
 models decode with a plain torch step over the same layers and cache instead of
 transformers' forward (inference/gpt2_decode.py). All torch work, warm-up

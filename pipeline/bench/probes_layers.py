@@ -5,7 +5,7 @@
 
 * ``layer-layouts``: the model's linear layers called in the model's order, as
   the engine's start-up tuning calls them (:func:`inference.layer_tuning.measure_layouts`),
-  in each layout (dense, packed, weight-first) on torch's threads, at 1, 16 and 64
+  in each layout (dense, packed, weight-first, onednn) on torch's threads, at 1, 16 and 64
   rows: ms per pass summed over the layers every layout applies to, and each other
   layer (GPT-2's tied output layer, never packed) on its own. Unlike the tuning,
   each row count is reported on its own, so the trade between layouts shows.

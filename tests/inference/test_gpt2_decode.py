@@ -62,17 +62,17 @@ def _with_layout(layout: str) -> Any:
     if layout == "packed":
         assert pack_linear_layers(model, min_weights=0) > 0
     else:
-        choices = tune_linear_layers(model, [1, len(PADDED)], "weight-first")
-        assert {choice.layout for choice in choices} == {"weight-first"}
+        choices = tune_linear_layers(model, [1, len(PADDED)], layout)
+        assert {choice.layout for choice in choices} == {layout}
     return model
 
 
-@pytest.mark.parametrize("layout", ["dense", "packed", "weight-first"])
+@pytest.mark.parametrize("layout", ["dense", "packed", "weight-first", "onednn"])
 def test_plain_step_equals_the_models_forward_on_a_padded_batch(layout: str) -> None:
     _run_both(_with_layout(layout), PADDED)
 
 
-@pytest.mark.parametrize("layout", ["dense", "weight-first"])
+@pytest.mark.parametrize("layout", ["dense", "weight-first", "onednn"])
 @torch.inference_mode()
 def test_a_batch_attends_with_the_fused_kernel_whatever_the_layout(layout: str) -> None:
     """The unfused math attention costs a batch-16 GPT-2-small step about a tenth
@@ -93,7 +93,7 @@ def test_a_batch_attends_with_the_fused_kernel_whatever_the_layout(layout: str) 
     assert "aten::_scaled_dot_product_attention_math" not in kernels
 
 
-@pytest.mark.parametrize("layout", ["dense", "weight-first"])
+@pytest.mark.parametrize("layout", ["dense", "weight-first", "onednn"])
 def test_plain_step_equals_the_models_forward_for_one_unpadded_row(layout: str) -> None:
     """One row is the one-client case. Both sides call the same weight-first layers in
     their one-row path; test_layer_tuning checks that path against the layer."""

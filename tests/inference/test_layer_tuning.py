@@ -31,9 +31,11 @@ from inference.layer_tuning import (
 )
 from inference.metrics import ServerMetrics
 from inference.packed_linear import (
+    OneDnnLinear,
     PackedLinear,
     WeightFirstLinear,
     contiguous_copy,
+    onednn_if_equal,
     packable,
     weight_first_if_equal,
 )
@@ -62,7 +64,7 @@ def test_measured_choice_covers_every_shape_and_keeps_the_outputs() -> None:
     assert sum(c.layers for c in choices) == 2 * 4 + 1
     assert len({c.shape for c in choices}) == len(choices)
     for choice in choices:
-        assert choice.layout in ("dense", "weight-first")  # 32 wide: below the packing floor
+        assert choice.layout in ("dense", "weight-first", "onednn")  # below the packing floor
         assert not any(key.startswith("packed/") for key in choice.timings_ms)
         assert choice.threads in thread_options(torch.get_num_threads())
         assert choice.timings_ms and all(min(ms) > 0 for ms in choice.timings_ms.values())
@@ -94,11 +96,11 @@ def test_measuring_never_packs_a_tied_layer_twice_the_weight_but_packed_policy_d
     expected = _logits(model)
     choices = {c.shape: c for c in tune_linear_layers(model, rows=[1, 4])}
     output = choices["1024x512"]
-    assert output.layout in ("dense", "weight-first") and output.timings_ms
+    assert output.layout in ("dense", "weight-first", "onednn") and output.timings_ms
     assert not any(key.startswith("packed/") for key in output.timings_ms)  # never timed
     lm_head = getattr(model.lm_head, "inner", model.lm_head)  # ThreadCapped, if fewer threads won
     assert not isinstance(lm_head, PackedLinear)
-    assert lm_head.weight is model.transformer.wte.weight  # still one copy, either layout
+    assert lm_head.weight is model.transformer.wte.weight  # still one copy, any layout
     torch.testing.assert_close(_logits(model), expected, rtol=1e-3, atol=1e-3)
 
     forced = _gpt2(512, vocab=1024)
@@ -121,18 +123,34 @@ def test_weight_first_layers_compute_the_same_and_share_a_tied_weight() -> None:
     torch.testing.assert_close(layer(x), linear(x))
 
 
+@pytest.mark.skipif(not packable(torch.nn.Linear(2, 2)), reason="oneDNN unavailable")
+def test_onednn_layers_compute_the_same_and_share_a_tied_weight() -> None:
+    model = _gpt2(64)
+    expected = _logits(model)
+    choices = tune_linear_layers(model, rows=[1], policy="onednn")
+    assert {c.layout for c in choices} == {"onednn"}
+    assert sum(isinstance(m, OneDnnLinear) for m in model.modules()) == 2 * 4 + 1
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied: shared, not copied
+    torch.testing.assert_close(_logits(model), expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("kind", [weight_first_if_equal, onednn_if_equal],
+                         ids=["weight-first", "onednn"])  # fmt: skip
 @pytest.mark.parametrize(
     "shape",
     [(8,), (1, 8), (1, 1, 8), (3, 8), (1, 16)],
     ids=["1d", "row", "row-3d", "rows", "strided"],
 )
 def test_a_weight_first_layer_computes_one_row_as_the_layer_does(
-    bias: bool, shape: tuple[int, ...]
+    bias: bool, kind: Any, shape: tuple[int, ...]
 ) -> None:
-    """One row takes a matrix-vector path of its own (a one-client decode step)."""
+    """One row takes a matrix-vector path of its own (a one-client decode step); a
+    oneDNN layer takes any input shape and stride."""
+    if kind is onednn_if_equal and not packable(torch.nn.Linear(2, 2)):
+        pytest.skip("oneDNN unavailable")
     linear = torch.nn.Linear(8, 5, bias=bias)
-    layer = weight_first_if_equal(linear)
+    layer = kind(linear)
     assert layer is not None
     x = torch.randn(*shape)
     if shape[-1] == 16:
@@ -226,8 +244,8 @@ def test_every_layout_is_timed_even_once_the_budget_is_spent(
     for choice in choices:
         timed = {key.split("/")[0] for key in choice.timings_ms}
         packable_shape = choice.shape != "97x512"  # the output layer: below the packing floor
-        assert timed == ({"weight-first", "dense", "packed"} if packable_shape
-                         else {"weight-first", "dense"})  # fmt: skip
+        assert timed == ({"weight-first", "dense", "packed", "onednn"} if packable_shape
+                         else {"weight-first", "dense", "onednn"})  # fmt: skip
         assert choice.threads == torch.get_num_threads()  # no thread count started
     assert len(calls) <= len(layer_tuning.LAYOUTS) + 1  # the default may be timed again
     torch.testing.assert_close(_logits(model), expected, rtol=1e-3, atol=1e-3)
