@@ -9,40 +9,34 @@ On a 2-core Xeon (AVX-512) a GPT-2-small decode step at 1 row was fastest dense
 and slowest packed, and at 16 rows the reverse, with weight-first close to the
 best at both; an AMD EPYC ranked them otherwise.
 
-How, and why so: the model's linear layers are called in the model's order, with
-every layer of a shape set to one candidate, once at each of ``rows`` input rows,
-and each call is timed; a shape's time under a candidate, at each row count, is its
-layers' summed time.
-Run in order over all the real layers, each weight comes from memory as it does when
-serving (by the time a layer runs again, the rest of the model has passed through
-the caches): timing one layer over and over, as this module used to, measures a
-weight that sits in cache and chose oneDNN's packed layout where, in the model, it
-made the one-row step 15-20% slower.
+How: the model's linear layers are called in the model's order, with every layer
+of a shape set to one candidate, once at each of ``rows`` input rows, and each call
+is timed; a shape's time under a candidate, at each row count, is its layers' summed
+time. Run in order over all the real layers, each weight comes from memory as it
+does when serving; one layer timed over and over sits in cache and misleads.
 
-Candidates: the layouts on all of torch's threads, and then, for the layout each
-shape got, 1 and half of the threads.
-Only layers of at least ``MIN_PACKED_WEIGHTS`` weights may be packed (below it
-oneDNN's per-call cost outweighs its gain), and, under "measure", never a tied
-layer (GPT-2's output layer shares the token embedding's weight: a packed copy
-cannot replace it, so it would be held twice, 0.14 GiB more; weight-first and
-onednn share it). The layout of lowest relative cost wins: at each row count, its time over the
-fastest candidate's there, summed over the row counts, so every batch size counts
-alike (summed milliseconds let the largest batch decide alone, and chose layouts
-the ``layer-layouts`` probe measured 1.7x slower at one row). To replace the
-default (weight-first: no copy held twice) a layout must cost ``MARGIN`` less, and
-the default is timed again first, since a slow pass only makes a layout look
-slower. Fewer threads need the same margin. Both are for costs a per-shape timing
-cannot see: idle pool threads must be woken for the next layer, and a layout
-changes what the next layer is given (a packed layer's output is contiguous, a
-weight-first one's a transposed view; docs/performance.md, "The layout margin").
+Candidates: the layouts on all of torch's threads, then, for the layout each shape
+got, 1 and half of the threads. Only layers of at least ``MIN_PACKED_WEIGHTS``
+weights may be packed (below it oneDNN's per-call cost outweighs its gain), and,
+under "measure", never a tied layer (GPT-2's output layer shares the token
+embedding's weight: a packed copy cannot replace it, so it would be held twice, 0.14
+GiB more; weight-first and onednn share it). The layout of lowest relative cost
+wins: at each row count, its time over the fastest candidate's there, summed over
+the row counts, so every batch size counts alike (summed milliseconds would let the
+largest batch decide alone). To replace the default (weight-first: no copy held
+twice) a layout must cost ``MARGIN`` less, and the default is timed again first,
+since a slow pass only makes a layout look slower. Fewer threads need the same
+margin. Both are for costs a per-shape timing cannot see: idle pool threads must be
+woken for the next layer, and a layout changes what the next layer is given (a
+packed layer's output is contiguous, a weight-first one's a transposed view;
+docs/performance.md, "The layout margin").
 
 Cost: at each row count a candidate gets one warm-up pass and ``PASSES`` timed
 passes, the best of which counts (robust to a preempted pass). Once ``BUDGET_S`` is
 spent, each layout still to be timed takes one timed pass per row count, and no
 further thread count starts, so a large model's start-up stays bounded. Every
-layout is timed even then: a layout left untimed cannot be chosen, and which one
-that was would depend on how slow the machine was that day (under an AVX2 cap on
-a 2-core EPYC, the budget ran out before oneDNN's packed layout was reached).
+layout is timed even then: one left untimed cannot be chosen, so the choice would
+depend on how slow the machine was that day.
 Candidates are built for one layout at a time and dropped after timing, so at
 most one layout's copies are held beside the model.
 
