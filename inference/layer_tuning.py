@@ -81,6 +81,18 @@ MARGIN = 0.9
 # and no thread count starts: on an oversubscribed machine every timing is slow, and
 # start-up must stay short.
 BUDGET_S = 3.0
+# Each layout but dense: the module that runs it, and how one is built from a layer
+# (None where it does not reproduce the layer).
+_KINDS: dict[Layout, type[nn.Module]] = {
+    "packed": PackedLinear,
+    "weight-first": WeightFirstLinear,
+    "onednn": OneDnnLinear,
+}
+_BUILDERS: dict[Layout, Callable[[nn.Module], nn.Module | None]] = {
+    "packed": packed_if_equal,
+    "weight-first": weight_first_if_equal,
+    "onednn": onednn_if_equal,
+}
 log = logging.getLogger(__name__)
 Candidate = tuple[Layout, int]
 # A candidate's ms per row count, in the order of the rows it was timed at.
@@ -269,11 +281,7 @@ def _built(slot: _Slot, layout: Layout) -> nn.Module | None:
     """``slot``'s layer in ``layout``; None where that layout is not allowed or differs."""
     if layout == "dense":
         return slot.layer
-    if layout == "packed":
-        return packed_if_equal(slot.layer) if slot.may_pack else None
-    if layout == "onednn":
-        return onednn_if_equal(slot.layer)
-    return weight_first_if_equal(slot.layer)
+    return _BUILDERS[layout](slot.layer) if _replaces(layout, slot) else None
 
 
 def _timed_passes(
@@ -357,7 +365,7 @@ def _swap_layouts(
     layers = []
     for slot in slots:
         layout = plans[slot.shape]
-        built = _built(slot, layout) if _replaces(layout, slot) else None
+        built = _built(slot, layout)
         layer = slot.layer if built is None else built
         if layer is not slot.layer:
             setattr(slot.parent, slot.name, layer)
@@ -395,12 +403,9 @@ def _cap_threads(
 
 
 def _layout_of(layer: nn.Module) -> Layout:
-    if isinstance(layer, PackedLinear):
-        return "packed"
-    if isinstance(layer, OneDnnLinear):
-        return "onednn"
-    return "weight-first" if isinstance(layer, WeightFirstLinear) else "dense"
+    return next((layout for layout, kind in _KINDS.items() if type(layer) is kind), "dense")
 
 
 def _replaces(layout: Layout, slot: _Slot) -> bool:
-    return layout in ("weight-first", "onednn") or (layout == "packed" and slot.may_pack)
+    """Whether ``layout`` swaps a module in: every layout but dense, packed only where allowed."""
+    return layout != "dense" and (layout != "packed" or slot.may_pack)

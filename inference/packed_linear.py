@@ -84,6 +84,16 @@ def contiguous_copy(weight: torch.Tensor, block: int = 64) -> torch.Tensor:
     return out
 
 
+def hold_weight(layer: nn.Module, weight: torch.Tensor) -> None:
+    """Give ``layer`` its (out, in) ``weight`` contiguous: a contiguous parameter is
+    shared, not copied (a tied embedding keeps one copy); anything else (a ``Conv1D``'s
+    transposed view) becomes one contiguous copy in place of the original."""
+    if isinstance(weight, nn.Parameter) and weight.is_contiguous():
+        layer.weight = weight
+    else:
+        layer.register_buffer("weight", contiguous_copy(weight.detach()))
+
+
 def packable(model: Any) -> bool:
     """True where packing is worth it: fp32 on CPU with oneDNN available."""
     try:
@@ -136,10 +146,7 @@ class WeightFirstLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        if isinstance(weight, nn.Parameter) and weight.is_contiguous():
-            self.weight = weight  # shared, not copied: a tied embedding keeps one copy
-        else:
-            self.register_buffer("weight", contiguous_copy(weight.detach()))
+        hold_weight(self, weight)
         column = None if bias is None else bias.detach().reshape(-1, 1).clone()
         self.register_buffer("bias", column)
 
@@ -182,10 +189,7 @@ class OneDnnLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        if isinstance(weight, nn.Parameter) and weight.is_contiguous():
-            self.weight = weight  # shared, not copied: a tied embedding keeps one copy
-        else:
-            self.register_buffer("weight", contiguous_copy(weight.detach()))
+        hold_weight(self, weight)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
