@@ -1,7 +1,7 @@
 """The engine's start-up layer choice: measured per shape, applied in place, outputs unchanged.
 
 A tiny random GPT-2 (built here, no tokenizer) is enough: what matters is that
-every choice (dense, packed or weight-first, all threads or fewer) computes the
+every choice (dense, packed, weight-first or onednn, on all threads or fewer) computes the
 model's own function, that the layers are timed as the model calls them, that the
 choice is the measured one and survives one noisy timing, and that the metrics
 show it.
