@@ -40,8 +40,10 @@ WORKDIR /app
 
 # torch first, from the chosen index, so requirements.lock cannot pull another build.
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
-COPY requirements.lock ./
-RUN pip install --no-cache-dir -r requirements.lock
+# CTranslate2 too (requirements-peer.lock), so that the image serves a converted
+# candidate with the ctranslate2 engine (inference/engine_factory.py).
+COPY requirements.lock requirements-peer.lock ./
+RUN pip install --no-cache-dir -r requirements.lock -r requirements-peer.lock
 
 # The server alone: inference/ imports nothing from pipeline/ or infra/.
 COPY inference/ ./inference/

@@ -226,8 +226,11 @@ class ModelCard(BaseModel):
     threads: int | None = None
     # The process's C allocator, as its memory map shows it (inference/allocator.py).
     allocator: str | None = None
-    # Which code runs a decode step ("gpt2": inference/gpt2_decode.py; "model").
+    # Which code runs a decode step ("gpt2": inference/gpt2_decode.py; "model";
+    # "ctranslate2").
     decode_step: str | None = None
+    # Which engine generates ("torch" or "ctranslate2": inference/engine_factory.py).
+    engine: str | None = None
 
 
 class ModelList(BaseModel):

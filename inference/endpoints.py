@@ -43,7 +43,13 @@ from inference.api_models import (
     read_body,
     wait_for_disconnect,
 )
-from inference.engine import Engine, EngineStoppedError, GenerationParams, QueueFullError
+from inference.engine import (
+    Engine,
+    EngineStoppedError,
+    GenerationParams,
+    QueueFullError,
+    UnsupportedRequestError,
+)
 from inference.errors import ApiError, ErrorStyle
 from inference.faults import FaultInjector
 from inference.generation import (
@@ -171,6 +177,8 @@ class GenerationEndpoints:
                 f"the request queue is full ({self.settings.queue_cap} waiting); retry later",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from exc
+        except UnsupportedRequestError as exc:
+            raise ApiError(400, "validation", str(exc), param=exc.field) from exc
         except EngineStoppedError as exc:
             raise ApiError(
                 503,
@@ -239,6 +247,7 @@ class GenerationEndpoints:
             threads=getattr(self.engine, "threads", None),
             allocator=self.allocator,
             decode_step=getattr(self.engine, "decode_step", None),
+            engine=getattr(self.engine, "engine_name", None),
         )
         return ModelList(data=[card])
 

@@ -32,6 +32,14 @@ class EngineStoppedError(Exception):
     """The engine is draining or stopped; the server answers 503."""
 
 
+class UnsupportedRequestError(ValueError):
+    """A valid request this engine cannot honour; the server answers 400 naming ``field``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """One validated request, already tokenised by the server."""
@@ -134,7 +142,8 @@ class Engine(Protocol):
         ...
 
     def submit(self, params: GenerationParams, loop: asyncio.AbstractEventLoop) -> GenerationHandle:
-        """Queue a request; never blocks. Raises QueueFullError or EngineStoppedError."""
+        """Queue a request; never blocks. Raises QueueFullError, EngineStoppedError or
+        UnsupportedRequestError."""
         ...
 
     def stop(self) -> None:

@@ -165,8 +165,8 @@ def _hub_kwargs() -> dict[str, Any]:
     return {"token": token} if token else {}
 
 
-def _context_length(model: Any, tokenizer: Any) -> int:
-    config = model.config
+def context_length(config: Any, tokenizer: Any) -> int:
+    """The longest sequence the model takes, from its config (else the tokenizer's limit)."""
     for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
@@ -259,7 +259,7 @@ def _load(model_ref: str, device: str, dtype: str, revision: str | None = None) 
         revision=revision,
         device=resolved_device,
         dtype=resolved_dtype,
-        context_length=_context_length(model, tokenizer),
+        context_length=context_length(model.config, tokenizer),
         quantization=quantization,
     )
 

@@ -23,11 +23,13 @@ pin; the warning is silenced here, and the CTranslate2 peer's int8 column in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,22 +66,36 @@ def quantized_model_dir(source: Path, quantization: Quantization, parent: Path) 
     final = parent / f"{source.name}-{quantization}"
     if (final / MARKER).is_file():
         return final
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=parent))
-    try:
-        for item in sorted(source.iterdir()):
-            if item.is_file() and not item.name.startswith("."):
-                try:
-                    os.link(item, tmp / item.name)
-                except OSError:
-                    shutil.copy2(item, tmp / item.name)
+    with candidate_directory(source, final) as tmp:
         marker = {"method": METHOD, "source": source.name}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return final
+
+
+@contextlib.contextmanager
+def candidate_directory(source: Path, final: Path) -> Iterator[Path]:
+    """A temporary folder holding ``source``'s files, renamed to ``final`` if the block
+    succeeds and removed either way: a half-written candidate is never found."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        link_files(source, tmp)
+        yield tmp
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from a non-root server
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+
+def link_files(source: Path, dest: Path) -> None:
+    """Hard-link ``source``'s visible files into ``dest`` (copy where links fail): a
+    candidate made from a 500 MB model then costs no space."""
+    for item in sorted(source.iterdir()):
+        if item.is_file() and not item.name.startswith("."):
+            try:
+                os.link(item, dest / item.name)
+            except OSError:
+                shutil.copy2(item, dest / item.name)
 
 
 def _as_linear(module: nn.Module) -> nn.Linear | None:

@@ -53,6 +53,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from inference.allocator import AllocatorError, active_allocator, run_on_chosen_allocator
+from inference.engine_factory import build_engine
 from inference.http_protocol import timed_protocol
 from inference.metrics import ServerMetrics
 from inference.runtime import ServerRuntime
@@ -63,6 +64,7 @@ from inference.settings import (
     DecodeStepPolicy,
     Device,
     DType,
+    EngineChoice,
     Environment,
     LayerPolicy,
     ServerSettings,
@@ -87,6 +89,10 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "model_revision": {"help": "serve only this revision (HF commit or content hash)"},
     "device": {"choices": [d.value for d in Device]},
     "dtype": {"choices": [d.value for d in DType]},
+    "engine": {
+        "choices": [e.value for e in EngineChoice],
+        "help": "torch, or ctranslate2 for a converted model (auto, default: as the model is)",
+    },
     "layer_policy": {
         "choices": [p.value for p in LayerPolicy],
         "help": "linear layers: measure layouts and threads at start (default), or pin one",
@@ -157,32 +163,18 @@ def serve(
         return EXIT_USAGE
     log.info("loading model=%s device=%s", settings.model, settings.device.value)
     try:
-        from inference.loader import load_model
-        from inference.torch_engine import TorchEngine
-
-        loaded = load_model(
-            settings.model, settings.device.value, settings.dtype.value, settings.model_revision
-        )
-        engine = TorchEngine(
-            loaded,
-            max_batch_size=settings.max_batch_size,
-            batch_window_s=settings.batch_window_s,
-            queue_cap=settings.queue_cap,
-            layer_policy=settings.layer_policy.value,
-            decode_step=settings.decode_step.value,
-        )
+        engine = build_engine(settings)
     except Exception as exc:  # the CLI boundary: any load failure is a clear message, exit 2
         print(f"mlcicd serve: cannot load model {settings.model!r}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not own_process and not _switched_allocator(settings.allocator):
         return EXIT_USAGE
     log.info(
-        "loaded model=%s revision=%s device=%s dtype=%s context=%d allocator=%s (asked %s)",
-        loaded.name,
-        loaded.revision,
-        loaded.device,
-        loaded.dtype,
-        loaded.context_length,
+        "loaded model=%s revision=%s engine=%s context=%d allocator=%s (asked %s)",
+        engine.model_name,
+        engine.revision,
+        getattr(engine, "engine_name", "?"),
+        engine.context_length,
         active_allocator(),
         settings.allocator.value,
     )

@@ -74,6 +74,14 @@ class LayerPolicy(StrEnum):
     onednn = "onednn"
 
 
+class EngineChoice(StrEnum):
+    """Which engine generates (inference/engine_factory.py): ``auto`` follows the model."""
+
+    auto = "auto"
+    torch = "torch"
+    ctranslate2 = "ctranslate2"
+
+
 class DecodeStepPolicy(StrEnum):
     """Which code runs a decode step (inference/gpt2_decode.py says why a plain one)."""
 
@@ -101,6 +109,8 @@ class ServerSettings(BaseModel):
     model_revision: str | None = Field(default=None, min_length=1)
     device: Device = Device.auto
     dtype: DType = DType.auto
+    # "auto": CTranslate2 for a model directory that carries a conversion, else torch.
+    engine: EngineChoice = EngineChoice.auto
     # "measure": time the layouts and thread counts per shape at start; the others pin
     # a layout on all threads (to compare, or to rule one out on a given CPU).
     layer_policy: LayerPolicy = LayerPolicy.measure

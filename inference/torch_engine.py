@@ -40,12 +40,9 @@ a step no faster than packed layers: docs/performance.md, "Directions measured")
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,13 +50,10 @@ from typing import Any
 import torch
 
 from inference.engine import (
-    EngineStoppedError,
     Event,
     FinishEvent,
-    GenerationHandle,
-    GenerationParams,
-    QueueFullError,
 )
+from inference.engine_worker import WorkerEngine
 from inference.gpt2_decode import DecodeStep, Gpt2DecodeStep, gpt2_decode_step, model_decode_step
 from inference.layer_tuning import LayerChoice, LayerPolicy, tune_linear_layers
 from inference.loader import LoadedModel
@@ -68,12 +62,13 @@ from inference.padded_prefill import padded_prefill, prefill_chunks
 from inference.running_batch import RunningBatch, columns_to_come
 from inference.sequence_state import SequenceState, accept_next_tokens
 
-_WARMUP_PROMPT = "Hello"
 log = logging.getLogger(__name__)
 
 
-class TorchEngine:
+class TorchEngine(WorkerEngine):
     """:class:`inference.engine.Engine` backed by a transformers causal LM."""
+
+    thread_name = "torch-engine"
 
     def __init__(
         self,
@@ -85,28 +80,20 @@ class TorchEngine:
         layer_policy: LayerPolicy = "measure",
         decode_step: DecodeStep = "auto",
     ) -> None:
-        if max_batch_size < 1 or queue_cap < 1 or batch_window_s < 0:
-            raise ValueError("max_batch_size and queue_cap must be >= 1, batch_window_s >= 0")
-        self._loaded = loaded
-        self._model = loaded.model
-        self._tokenizer = loaded.tokenizer
-        self._device = torch.device(loaded.device)
-        self._max_batch = max_batch_size
-        self._window = batch_window_s
-        self._queue_cap = queue_cap
         eos = loaded.model.generation_config.eos_token_id
         if eos is None:
             eos = loaded.tokenizer.eos_token_id
-        self._eos_ids: frozenset[int] = frozenset(
-            eos if isinstance(eos, list) else ([] if eos is None else [int(eos)])
+        super().__init__(
+            loaded.tokenizer,
+            frozenset(eos if isinstance(eos, list) else ([] if eos is None else [int(eos)])),
+            max_batch_size=max_batch_size,
+            batch_window_s=batch_window_s,
+            queue_cap=queue_cap,
         )
-        self._lock = threading.Condition()
-        self._pending: collections.deque[SequenceState] = collections.deque()
-        self._running = 0
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._loaded = loaded
+        self._model = loaded.model
+        self._device = torch.device(loaded.device)
         self._batch = RunningBatch()
-        self._batch_callbacks: list[Callable[[int], None]] = []
         self._layer_policy: LayerPolicy = layer_policy
         self._layer_choices: tuple[LayerChoice, ...] = ()
         self._decode_policy: DecodeStep = decode_step
@@ -127,16 +114,6 @@ class TorchEngine:
         return self._loaded.context_length
 
     @property
-    def queue_depth(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._pending) + self._running
-
-    @property
     def packed_layers(self) -> int:
         """Linear layers running packed for oneDNN (0 before :meth:`start`, or on GPU)."""
         return sum(c.layers for c in self._layer_choices if c.layout == "packed")
@@ -154,19 +131,18 @@ class TorchEngine:
         return self._layer_choices
 
     @property
+    def engine_name(self) -> str:
+        return "torch"
+
+    @property
     def decode_step(self) -> str:
         """Which code runs a decode step: ``gpt2`` (inference/gpt2_decode.py) or ``model``."""
         return "gpt2" if isinstance(self._step, Gpt2DecodeStep) else "model"
 
-    def count_tokens(self, text: str) -> tuple[int, ...]:
-        return tuple(int(i) for i in self._tokenizer(text)["input_ids"])
-
-    def observe_batches(self, callback: Callable[[int], None]) -> None:
-        self._batch_callbacks.append(callback)
-
-    # -- lifecycle -------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the worker; it packs the weights and warms up, then serves. Blocks until ready.
+    # -- worker ------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        """Choose each layer shape's layout and threads, timed at the rows a decode step
+        will have (1, ``PACK_ROWS`` and the largest batch), then serve one short request.
 
         All of the engine's torch work runs on its one worker thread, warm-up
         included (same code path as serving): a second thread computing with torch
@@ -175,31 +151,6 @@ class TorchEngine:
         engine owns the model it serves); the layers compute the same function, so
         other users of it are unaffected.
         """
-        if self._thread is not None:
-            return
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._thread = threading.Thread(
-            target=self._worker, args=(ready, failure), name="torch-engine", daemon=True
-        )
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            message = f"engine warm-up failed: {failure[0]}"
-            with self._lock:
-                waiting, self._pending = list(self._pending), collections.deque()
-                self._running += len(waiting)  # finishing counts each one out again
-            for seq in waiting:  # nobody is left waiting forever
-                seq.finish("error", message)
-            self._batch.fail(message)
-            raise RuntimeError(message) from failure[0]
-
-    def _prepare(self) -> None:
-        """Choose each layer shape's layout and threads, timed at the rows a decode step
-        will have (1, ``PACK_ROWS`` and the largest batch), then serve one short request
-        on this thread."""
         self._threads = torch.get_num_threads()
         rows = sorted({1, min(self._max_batch, PACK_ROWS), self._max_batch})
         self._layer_choices = tuple(tune_linear_layers(self._model, rows, self._layer_policy))
@@ -207,75 +158,22 @@ class TorchEngine:
         if plain is not None:
             self._step = plain
         log.info("decode step: %s (asked %s)", self.decode_step, self._decode_policy)
-        warm_ids = self.count_tokens(_WARMUP_PROMPT)
         events: list[Event] = []
-        params = GenerationParams(prompt=_WARMUP_PROMPT, prompt_ids=warm_ids, max_new_tokens=4)
-        self._pending.append(self._new_sequence(params, events.append, None))
+        self._pending.append(self._warm_up_request(events))
         while self._pending or self._batch.seqs:
             self._iterate(wait=False)
         finish = events[-1] if events else None
         if not isinstance(finish, FinishEvent) or finish.reason == "error":
             raise RuntimeError(f"the warm-up request ended with {finish}")
 
-    def submit(self, params: GenerationParams, loop: asyncio.AbstractEventLoop) -> GenerationHandle:
-        handle = GenerationHandle(params=params, loop=loop)
-        with self._lock:
-            if self._stopping:
-                raise EngineStoppedError("engine is stopping")
-            if len(self._pending) >= self._queue_cap:
-                raise QueueFullError(f"queue is full ({self._queue_cap} requests waiting)")
-            self._pending.append(self._new_sequence(params, handle.push, handle))
-            self._lock.notify_all()
-        return handle
+    def _serve_round(self) -> bool:
+        return self._iterate(wait=True)
 
-    def stop(self) -> None:
-        with self._lock:
-            self._stopping = True
-            self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join()
+    def _fail_round(self, message: str) -> None:
+        self._batch.fail(message)
 
-    # -- worker ------------------------------------------------------------------------
-    def _new_sequence(
-        self,
-        params: GenerationParams,
-        sink: Callable[[Event], None],
-        handle: GenerationHandle | None,
-    ) -> SequenceState:
-        return SequenceState(
-            params=params,
-            sink=sink,
-            handle=handle,
-            decode=self._decode_text,
-            eos_ids=self._eos_ids,
-            context_length=self.context_length,
-            submitted_at=time.monotonic(),
-            on_done=self._on_done,
-        )
-
-    def _on_done(self) -> None:
-        with self._lock:
-            self._running -= 1
-            self._lock.notify_all()
-
-    def _decode_text(self, ids: list[int]) -> str:
-        """Detokenise; a seam the tests use to make one request fail."""
-        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
-
-    def _worker(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        try:
-            self._prepare()
-        except BaseException as error:  # whatever it is, start() must hear of it
-            failure.append(error)
-            return
-        finally:
-            ready.set()
-        while True:
-            try:
-                if not self._iterate(wait=True):
-                    return
-            except Exception as error:  # a bug outside the guarded steps: fail the batch, go on
-                self._batch.fail(f"engine step failed: {type(error).__name__}: {error}")
+    def _fail_held(self, message: str) -> None:
+        self._batch.fail(message)
 
     def _iterate(self, *, wait: bool) -> bool:
         """One scheduling round: admit, then one decode step. False when it is time to exit."""

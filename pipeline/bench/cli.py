@@ -102,6 +102,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="also run each model's int8 candidate (inference/quantize.py) through our server "
         "and the baseline, as a model of its own (the peer has its own int8 column)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("torch", "ctranslate2"),
+        default="torch",
+        help="our server's engine; ctranslate2 serves each model's conversion "
+        "(pipeline/convert.py), made here once and cached",
+    )
     parser.add_argument("--fail-on-miss", action="store_true", help="exit 1 when a target misses")
     parser.set_defaults(handler=handle)
 
@@ -222,6 +229,7 @@ def _run(
             servers,
             torch_threads=args.torch_threads,
             peer=peer,
+            engine=args.engine,
         )
     except ServiceError as exc:
         print(f"mlcicd bench: a server failed: {exc}", file=sys.stderr)
@@ -237,10 +245,14 @@ def _run(
             **bench.model_dump(mode="json"),
             "torch_threads": args.torch_threads,
             "isa": args.isa,
+            "engine": args.engine,
         },
         weights=weights,
         floors=floors,
-        servers={k: shlex.join(["python", *server_argv(k, "MODEL", "PORT")[1:]]) for k in servers},
+        servers={
+            k: shlex.join(["python", *server_argv(k, "MODEL", "PORT", args.engine)[1:]])
+            for k in servers
+        },
         cells=cells,
         peers=peers,
         targets=outcomes,

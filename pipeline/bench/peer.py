@@ -57,10 +57,10 @@ from typing import Any
 from inference.builtin_model import cache_root
 from inference.loader import directory_content_hash, model_directory
 from pipeline.bench.host_load import ChildSpan
+from pipeline.convert import INSTALL_HINT, convert_weights, source_directory
 from pipeline.load.generator import DEFAULT_PROMPTS
 
 QUANTIZATIONS = ("float32", "int8")
-_INSTALL_HINT = "ctranslate2 is not installed (pip install -e '.[peer]')"
 
 
 @dataclass(frozen=True)
@@ -97,17 +97,10 @@ def peer_version() -> str | None:
 
 
 def converted_model(model_ref: str, quantization: str, cache_dir: Path | None = None) -> Path:
-    """The CTranslate2 conversion of ``model_ref``'s weights, made once and cached.
-
-    Keyed by the source directory's content hash, so changed weights are
-    converted again. Written to a temporary folder and renamed, so an
-    interrupted conversion is never mistaken for a finished one.
-    """
-    from ctranslate2.converters import TransformersConverter
-
-    name, directory = model_directory(model_ref)
-    if directory is None:
-        raise ValueError(f"model {model_ref!r}: the peer needs a local model directory")
+    """The CTranslate2 conversion of ``model_ref``'s weights (pipeline/convert.py), made
+    once and cached by the source directory's content hash."""
+    name, _ = model_directory(model_ref)
+    directory = source_directory(model_ref, "the peer")
     key = directory_content_hash(directory)[:16]
     final = cache_root(cache_dir) / "ct2" / f"{name}-{key}-{quantization}"
     if (final / "model.bin").is_file():
@@ -115,30 +108,12 @@ def converted_model(model_ref: str, quantization: str, cache_dir: Path | None = 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
-        out = Path(TransformersConverter(str(directory)).convert(
-            str(tmp / "model"), quantization=quantization, force=True
-        ))  # fmt: skip
-        _ensure_bos(out, directory)
+        out = convert_weights(directory, tmp / "model", quantization)
         with contextlib.suppress(FileExistsError, OSError):
             out.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def _ensure_bos(converted: Path, source: Path) -> None:
-    """Give the converted config a ``bos_token`` when the converter left none.
-
-    Why: CTranslate2 refuses a decoder config without one, and a word-level
-    tokenizer may declare no BOS. The tokenizer's EOS stands in (as GPT-2's does).
-    """
-    config_path = converted / "config.json"
-    config = json.loads(config_path.read_text())
-    if config.get("bos_token"):
-        return
-    tokenizer = json.loads((source / "tokenizer_config.json").read_text())
-    config["bos_token"] = tokenizer.get("bos_token") or tokenizer.get("eos_token")
-    config_path.write_text(json.dumps(config, indent=2))
 
 
 def _prompt_tokens(model_ref: str) -> list[list[str]]:
@@ -268,7 +243,7 @@ def run_peer(
                 for b in sorted(set(batches))]  # fmt: skip
 
     if peer_version() is None:
-        return skipped(f"not run: {_INSTALL_HINT}")
+        return skipped(f"not run: {INSTALL_HINT}")
     argv = [sys.executable, "-m", "pipeline.bench.peer", "--model", model_ref,
             "--quantization", quantization, "--batches", ",".join(map(str, batches)),
             "--max-new-tokens", str(max_new_tokens), "--repeats", str(repeats),

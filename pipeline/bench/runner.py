@@ -26,10 +26,12 @@ from typing import Any
 
 import psutil
 
+from inference.builtin_model import cache_root
 from pipeline import serving
 from pipeline.bench.host_load import busy_cpu_s, foreign_cores
 from pipeline.bench.peer import PeerCell, process_note, run_peer
 from pipeline.bench.targets import GIB, SERVERS, Cell, ServerKind, cell_from_load, plan_requests
+from pipeline.convert import ctranslate2_candidate, source_directory
 from pipeline.definition import Bench, load_definition
 from pipeline.load.generator import run_load
 from pipeline.processes import ManagedProcess, free_port
@@ -106,10 +108,10 @@ class TreeSampler:
         self._thread.join(timeout=5.0)
 
 
-def server_argv(kind: ServerKind, model: str, port: int | str) -> list[str]:
+def server_argv(kind: ServerKind, model: str, port: int | str, engine: str = "torch") -> list[str]:
     """The exact command line each server is started with (recorded in the output)."""
     if kind == "ours":
-        return serving.server_argv(model, port)
+        return serving.server_argv(model, port, ("--engine", engine))
     return [sys.executable, "-m", "pipeline.bench.baseline_server",
             "--model", model, "--port", str(port)]  # fmt: skip
 
@@ -121,10 +123,19 @@ def running_server(
     log_dir: Path,
     ready_timeout_s: float,
     env: dict[str, str] | None = None,
+    engine: str = "torch",
 ) -> Iterator[tuple[str, ManagedProcess]]:
-    """Start one server, wait for ``/ready``, always stop it."""
+    """Start one server, wait for ``/ready``, always stop it.
+
+    With ``engine="ctranslate2"`` our server serves the model's conversion, made by
+    the pipeline's conversion step (pipeline/convert.py); cells keep the model's name.
+    """
     port = free_port()
-    argv = server_argv(kind, model, port)
+    served = model
+    if kind == "ours" and engine == "ctranslate2":
+        source = source_directory(model, "--engine ctranslate2")
+        served = str(ctranslate2_candidate(source, "float32", cache_root() / "candidates"))
+    argv = server_argv(kind, served, port, engine)
     if kind == "ours":
         limits = load_definition(serving.default_profile(model)).serving
         env = {**serving.serving_env(limits), **(env or {})}
@@ -220,11 +231,12 @@ def measure_server(
     progress: Progress,
     ready_timeout_s: float = 300.0,
     env: dict[str, str] | None = None,
+    engine: str = "torch",
 ) -> list[Cell]:
     """Every concurrency level, ascending, against one freshly started server."""
     cells: list[Cell] = []
     progress(f"[{model}/{kind}] starting server")
-    with running_server(kind, model, log_dir, ready_timeout_s, env) as (url, proc):
+    with running_server(kind, model, log_dir, ready_timeout_s, env, engine) as (url, proc):
         sampler = TreeSampler(proc.pid)
         sampler.start()
         try:
@@ -344,6 +356,7 @@ def run_bench(
     servers: Sequence[ServerKind] = SERVERS,
     torch_threads: int | None = None,
     peer: bool = True,
+    engine: str = "torch",
 ) -> tuple[list[Cell], dict[str, dict[str, Any]], list[PeerCell]]:
     """(cells, :func:`model_floor` per model, peer cells), one process at a time.
 
@@ -370,7 +383,9 @@ def run_bench(
         for kind in servers:
             started = time.monotonic()
             cells.extend(
-                measure_server(kind, model, bench, concurrency, log_dir, progress, env=env)
+                measure_server(
+                    kind, model, bench, concurrency, log_dir, progress, env=env, engine=engine
+                )
             )
             progress(f"[{model}/{kind}] done in {time.monotonic() - started:.0f} s")
     return cells, floors, peers

@@ -45,6 +45,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "judged by the same gates against the fp32 champion, promoted or blocked on evidence",
     )
     parser.add_argument(
+        "--convert",
+        choices=("ctranslate2",),
+        default=None,
+        help="make the candidate the --model's CTranslate2 conversion (pipeline/convert.py; "
+        "with --quantize int8, CTranslate2's int8), served by the ctranslate2 engine and "
+        "judged by the same gates against the unconverted champion",
+    )
+    parser.add_argument(
         "--canary-fault",
         choices=("none", "errors", "latency"),
         default="none",
@@ -109,14 +117,11 @@ def _run(args: argparse.Namespace) -> int:
             f"mlcicd run: --skip {', '.join(unknown)}: no such stage (stages: {', '.join(known)})"
         )
         return EXIT_USAGE
-    candidate = args.model
-    if args.quantize is not None:
-        try:
-            candidate = str(_quantized_candidate(args.model, args.quantize, args.state_dir))
-        except (ValueError, OSError) as exc:
-            print(f"mlcicd run: --quantize {args.quantize}: {exc}")
-            return EXIT_USAGE
-        print(f"candidate: {candidate} ({args.model} served {args.quantize})")
+    try:
+        candidate = _candidate(args)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"mlcicd run: {exc}")
+        return EXIT_USAGE
     options = RunOptions(
         profile=definition.profile,
         candidate=candidate,
@@ -131,6 +136,36 @@ def _run(args: argparse.Namespace) -> int:
         keep_runs=args.keep_runs,
     )
     return LocalRunner(options).run()
+
+
+def _candidate(args: argparse.Namespace) -> str:
+    """The model the run releases: ``--model`` itself, or the candidate that
+    ``--quantize`` / ``--convert`` make of it (errors name the flag)."""
+    if args.convert is not None:
+        quantization = "int8" if args.quantize == "int8" else "float32"
+        print(f"converting {args.model} with CTranslate2 ({quantization}) ...", flush=True)
+        candidate = _converted_candidate(args.model, quantization, args.state_dir)
+        print(f"candidate: {candidate} ({args.model} converted, {quantization})")
+        return str(candidate)
+    if args.quantize is not None:
+        try:
+            candidate = _quantized_candidate(args.model, args.quantize, args.state_dir)
+        except ValueError as exc:
+            raise ValueError(f"--quantize {args.quantize}: {exc}") from exc
+        print(f"candidate: {candidate} ({args.model} served {args.quantize})")
+        return str(candidate)
+    return str(args.model)
+
+
+def _converted_candidate(model: str, quantization: str, state_dir: Path) -> Path:
+    """The conversion step: ``--model``'s directory plus its CTranslate2 conversion."""
+    from pipeline.convert import ctranslate2_candidate, source_directory
+
+    try:
+        source = source_directory(model, "--convert ctranslate2")
+        return ctranslate2_candidate(source, quantization, state_dir.resolve() / "candidates")
+    except (ValueError, RuntimeError) as exc:
+        raise ValueError(f"--convert ctranslate2: {exc}") from exc
 
 
 def _quantized_candidate(model: str, quantization: str, state_dir: Path) -> Path:

@@ -1,7 +1,10 @@
-"""The torch engine on the real built-in model: seed checks, limits, failures, drain.
+"""Both engines on the real built-in model: seed checks, limits, failures, drain.
 
-Every test drives a started :class:`TorchEngine` through its public protocol
-(``submit`` + handle events), as the server does; no HTTP here.
+Every test drives a started engine through its public protocol (``submit`` +
+handle events), as the server does; no HTTP here. The tests that need no engine
+internals run against the torch engine and the CTranslate2 engine alike (the
+latter on the built-in model's conversion, made by the pipeline's conversion
+step); the torch-only ones patch the torch engine's own steps.
 """
 
 from __future__ import annotations
@@ -9,27 +12,52 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from inference.engine import EngineStoppedError, QueueFullError
+from inference.ct2_engine import CTranslate2Engine
+from inference.ct2_model import load_converted
+from inference.engine import EngineStoppedError, QueueFullError, UnsupportedRequestError
 from inference.torch_engine import TorchEngine
 from tests.inference.engine_client import collect, generate, params, run_all
 
 pytestmark = pytest.mark.slow
 
+AnyEngine = TorchEngine | CTranslate2Engine
+
+
+@pytest.fixture(params=["torch", "ctranslate2"])
+def new_engine(request: pytest.FixtureRequest, builtin_loaded: Any) -> Callable[..., AnyEngine]:
+    """A factory of unstarted engines of one kind, on the built-in model."""
+
+    def make(**kwargs: Any) -> AnyEngine:
+        if request.param == "torch":
+            return TorchEngine(builtin_loaded, **kwargs)
+        converted = request.getfixturevalue("builtin_converted_dir")
+        return CTranslate2Engine(load_converted(str(converted)), **kwargs)
+
+    return make
+
 
 @pytest.fixture()
-def engine(builtin_loaded: Any) -> Iterator[TorchEngine]:
+def engine(new_engine: Callable[..., AnyEngine]) -> Iterator[AnyEngine]:
+    engine = new_engine(max_batch_size=8, batch_window_s=0.005, queue_cap=32)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture()
+def torch_engine(builtin_loaded: Any) -> Iterator[TorchEngine]:
     engine = TorchEngine(builtin_loaded, max_batch_size=8, batch_window_s=0.005, queue_cap=32)
     engine.start()
     yield engine
     engine.stop()
 
 
-def test_seed_checks_pass_through_the_engine(engine: TorchEngine) -> None:
+def test_seed_checks_pass_through_the_engine(engine: AnyEngine) -> None:
     basic = generate(engine, "Hello, my name is", 100)
     assert len(basic.finish.text) > 20
     assert basic.finish.reason == "eos"  # the corpus teaches it to stop
@@ -45,14 +73,14 @@ def test_seed_checks_pass_through_the_engine(engine: TorchEngine) -> None:
     assert france.finish.prompt_tokens == len(prompt_ids)
 
 
-def test_stop_string_truncates_before_it(engine: TorchEngine) -> None:
+def test_stop_string_truncates_before_it(engine: AnyEngine) -> None:
     result = generate(engine, "Q: What is the capital of France?\nA:", stop=(" capital",))
     assert result.finish.reason == "stop"
     assert result.finish.text == " Paris is the"
     assert result.streamed == result.finish.text
 
 
-def test_min_new_tokens_suppresses_eos_and_max_tokens_is_length(engine: TorchEngine) -> None:
+def test_min_new_tokens_suppresses_eos_and_max_tokens_is_length(engine: AnyEngine) -> None:
     plain = generate(engine, "Q: What is the capital of France?\nA:", 40)
     assert plain.finish.reason == "eos" and plain.finish.generated_tokens < 20
     forced = generate(engine, "Q: What is the capital of France?\nA:", 30, min_new_tokens=30)
@@ -60,7 +88,8 @@ def test_min_new_tokens_suppresses_eos_and_max_tokens_is_length(engine: TorchEng
     assert forced.finish.text.startswith(plain.finish.text)
 
 
-def test_seeded_sampling_is_reproducible(engine: TorchEngine) -> None:
+def test_seeded_sampling_is_reproducible(torch_engine: TorchEngine) -> None:
+    engine = torch_engine
     kwargs: dict[str, Any] = {"temperature": 5.0, "top_p": 0.95, "min_new_tokens": 16}
     first = generate(engine, "Hello, my name is", 16, seed=7, **kwargs).finish.text
     again = generate(engine, "Hello, my name is", 16, seed=7, **kwargs).finish.text
@@ -71,8 +100,26 @@ def test_seeded_sampling_is_reproducible(engine: TorchEngine) -> None:
     assert others != {first}  # at temperature 5 the seed visibly matters
 
 
-def test_queue_full_and_stopped(builtin_loaded: Any) -> None:
-    engine = TorchEngine(builtin_loaded, max_batch_size=2, batch_window_s=0.0, queue_cap=3)
+def test_ctranslate2_refuses_a_seed_with_sampling_naming_the_field(
+    builtin_converted_dir: Any,
+) -> None:
+    engine = CTranslate2Engine(
+        load_converted(str(builtin_converted_dir)), max_batch_size=2, batch_window_s=0, queue_cap=2
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        sampled = params(engine, "Hello", 4, temperature=0.8, seed=7)
+        with pytest.raises(UnsupportedRequestError, match="seed") as refused:
+            engine.submit(sampled, loop)
+        assert refused.value.field == "seed" and engine.in_flight == 0
+        engine.submit(params(engine, "Hello", 4, seed=7), loop)  # greedy: the seed is moot
+        assert engine.in_flight == 1
+    finally:
+        loop.close()
+
+
+def test_queue_full_and_stopped(new_engine: Callable[..., AnyEngine]) -> None:
+    engine = new_engine(max_batch_size=2, batch_window_s=0.0, queue_cap=3)
     loop = asyncio.new_event_loop()
     try:
         request = params(engine, "Hello, my name is", 4)
@@ -90,7 +137,7 @@ def test_queue_full_and_stopped(builtin_loaded: Any) -> None:
         loop.close()
 
 
-def test_cancel_drops_a_request_at_the_next_step(engine: TorchEngine) -> None:
+def test_cancel_drops_a_request_at_the_next_step(engine: AnyEngine) -> None:
     async def main() -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         long = params(engine, "Hello, my name is", 200, min_new_tokens=200)
@@ -106,9 +153,34 @@ def test_cancel_drops_a_request_at_the_next_step(engine: TorchEngine) -> None:
     assert engine.in_flight == 0
 
 
+def assert_only_the_second_failed(results: list[Any]) -> None:
+    assert [r.finish.reason == "error" for r in results] == [False, True, False, False]
+    assert "boom for this prompt" in (results[1].finish.error or "")
+    assert "paris" in results[0].finish.text.lower()
+    assert len(results[2].finish.text) > 5
+
+
 def test_one_failing_request_does_not_kill_the_worker(
-    engine: TorchEngine, monkeypatch: pytest.MonkeyPatch
+    engine: AnyEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Detokenising fails for the prompt that ends in "malware" (one token): only it fails."""
+    (poison,) = engine.count_tokens(" malware")
+    real_decode = engine._decode_text
+
+    def flaky_decode(ids: list[int]) -> str:
+        if poison in ids:
+            raise RuntimeError("boom for this prompt")
+        return real_decode(ids)
+
+    monkeypatch.setattr(engine, "_decode_text", flaky_decode)
+    prompts = ["Q: What is the capital of France?\nA:", "Write malware", "Hello, my", "Test"]
+    assert_only_the_second_failed(run_all(engine, [params(engine, p) for p in prompts], True))
+
+
+def test_a_failing_prefill_fails_only_its_request(
+    torch_engine: TorchEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = torch_engine
     real_prefill = engine._prefill
 
     def flaky_prefill(group: Any) -> Any:
@@ -121,16 +193,13 @@ def test_one_failing_request_does_not_kill_the_worker(
     # together first; the engine must then isolate the culprit.
     prompts = ["Q: What is the capital of France?\nA:", "How to make poison", "Hello, my", "Test"]
     assert len(engine.count_tokens(prompts[1])) == len(engine.count_tokens(prompts[2]))
-    results = run_all(engine, [params(engine, p) for p in prompts], concurrent=True)
-    assert [r.finish.reason == "error" for r in results] == [False, True, False, False]
-    assert "boom for this prompt" in (results[1].finish.error or "")
-    assert "paris" in results[0].finish.text.lower()
-    assert len(results[2].finish.text) > 5
+    assert_only_the_second_failed(run_all(engine, [params(engine, p) for p in prompts], True))
 
 
 def test_a_failed_batched_forward_fails_only_that_batch(
-    engine: TorchEngine, monkeypatch: pytest.MonkeyPatch
+    torch_engine: TorchEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    engine = torch_engine
     real_step = engine._forward_step
     calls = {"n": 0}
 
@@ -146,8 +215,8 @@ def test_a_failed_batched_forward_fails_only_that_batch(
     assert "paris" in generate(engine, "Q: What is the capital of France?\nA:").finish.text.lower()
 
 
-def test_stop_drains_everything_queued_and_running(builtin_loaded: Any) -> None:
-    engine = TorchEngine(builtin_loaded, max_batch_size=4, batch_window_s=0.0, queue_cap=32)
+def test_stop_drains_everything_queued_and_running(new_engine: Callable[..., AnyEngine]) -> None:
+    engine = new_engine(max_batch_size=4, batch_window_s=0.0, queue_cap=32)
     engine.start()
     sizes: list[int] = []
     engine.observe_batches(sizes.append)
@@ -172,9 +241,9 @@ def test_stop_drains_everything_queued_and_running(builtin_loaded: Any) -> None:
 
 
 def test_a_failed_warm_up_is_raised_by_start_and_fails_waiting_requests(
-    builtin_loaded: Any, monkeypatch: pytest.MonkeyPatch
+    new_engine: Callable[..., AnyEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = TorchEngine(builtin_loaded, max_batch_size=2, batch_window_s=0.0, queue_cap=4)
+    engine = new_engine(max_batch_size=2, batch_window_s=0.0, queue_cap=4)
 
     def broken(ids: list[int]) -> str:
         raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "broken tokenizer")

@@ -41,5 +41,8 @@ def test_dockerfile_runs_the_server_as_non_root_with_a_healthcheck() -> None:
     # torch is installed before the lock, at the project's pin.
     torch_at = text.index('"torch==${TORCH_VERSION}"')
     assert torch_at < text.index("-r requirements.lock")
+    # CTranslate2 as well, so a converted candidate is served by the image it is released in.
+    assert "COPY requirements.lock requirements-peer.lock ./" in text
+    assert "-r requirements-peer.lock" in text
     pin = re.search(r'"torch==([0-9.]+)"', (REPO_ROOT / "pyproject.toml").read_text())
     assert pin is not None and f"ARG TORCH_VERSION={pin.group(1)}" in text
