@@ -1,8 +1,8 @@
 """The CTranslate2 engine: the same contract as the torch engine, decoding with CTranslate2.
 
 Why a second engine: on some CPUs CTranslate2's kernels are faster than what torch
-reaches here (docs/performance.md, "Decision: a CTranslate2 engine"), and the
-issue's rule is to use the well-kept library there rather than write kernels.
+reaches here (docs/performance.md, "The CTranslate2 engine"), and there the
+well-kept library is the better way than more hand-written kernels.
 It serves a converted model directory (inference/ct2_model.py), which the
 pipeline makes and judges as a model change.
 
@@ -23,10 +23,10 @@ its clients come back a few milliseconds after their answers, and a request
 that misses a wave waits a whole wave, so without this the waves of 16
 closed-loop clients split into two smaller ones and stay split (the torch
 engine's continuous batching admits a request at the next step, which is the
-same granularity). Rows leave a wave early
-(their limit, a stop string, a cancel or a deadline) by the callback returning
-True. Sampling settings are per call in CTranslate2, so a wave holds requests
-with the same temperature, top-p and minimum length. A seed with sampling is
+same granularity). Rows leave a wave early (their limit, a stop string, a
+cancel or a deadline) by the callback returning True. Sampling settings are per
+call in CTranslate2, so a wave holds requests with the same temperature, top-p
+and minimum length. A seed with sampling is
 refused (400, naming ``seed``): CTranslate2 seeds its sampler once per compute
 thread, so no per-request seed can be honoured.
 

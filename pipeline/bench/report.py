@@ -100,12 +100,22 @@ def _machine_line(machine: dict[str, Any]) -> str:
     )
 
 
+def _engine_line(engine: str) -> str:
+    if engine == "ctranslate2":
+        return (
+            "Our server's engine: **ctranslate2** (`--engine ctranslate2`: each model's "
+            "CTranslate2 conversion, served in waves; inference/ct2_engine.py).  "
+        )
+    return "Our server's engine: torch (inference/torch_engine.py).  "
+
+
 def render_markdown(document: dict[str, Any]) -> str:
     """The figures table and the targets table, as markdown."""
     lines = [
         f"Command: `{document['command']}`  ",
         f"Started {document['started_at']}, took {document['duration_s']:.0f} s.  ",
         _machine_line(document["machine"]),
+        _engine_line(document.get("config", {}).get("engine") or "torch"),
         (
             f"**NOISY RUN**: up to {document['max_foreign_cpu_cores']:.2f} cores were busy "
             "outside the benchmark during a measurement."

@@ -10,6 +10,7 @@ limits, and fails a wave, not the worker, when CTranslate2 raises.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,24 @@ def test_a_wave_takes_the_oldest_request_and_those_that_share_its_key(
         assert first == ["Hello 0", "Hello 2"]  # greedy, capped at max_batch_size
         assert second == ["Hello 1", "Hello 4"]  # then the oldest left: sampled
         assert [seq.params.prompt for seq in engine._pending] == ["Hello 3"]
+    finally:
+        loop.close()
+
+
+def test_after_a_wave_the_next_waits_one_step_for_its_clients(
+    builtin_converted_dir: Path,
+) -> None:
+    """Without the wait, 16 closed-loop clients split into two waves that then alternate."""
+    engine = _engine(builtin_converted_dir, batch_window_s=0.005)  # not started: a queue only
+    loop = asyncio.new_event_loop()
+    try:
+        engine._last_end, engine._last_rows, engine._step_s = time.monotonic(), 3, 0.5
+        engine.submit(params(engine, "Hello", 4), loop)
+        assert engine._start_by() >= engine._last_end + 0.5  # 1 of the last wave's 3 is back
+        for _ in range(2):
+            engine.submit(params(engine, "Hello", 4), loop)
+        newest = engine._pending[-1].submitted_at
+        assert engine._start_by() == pytest.approx(newest + 0.005)  # all 3 back: the window
     finally:
         loop.close()
 
