@@ -26,9 +26,9 @@ engine's continuous batching admits a request at the next step, which is the
 same granularity). Rows leave a wave early (their limit, a stop string, a
 cancel or a deadline) by the callback returning True. Sampling settings are per
 call in CTranslate2, so a wave holds requests with the same temperature, top-p
-and minimum length. A seed with sampling is
-refused (400, naming ``seed``): CTranslate2 seeds its sampler once per compute
-thread, so no per-request seed can be honoured.
+and minimum length. ``seed`` is refused (422, naming it) and left out of the
+OpenAPI document: CTranslate2 seeds its sampler once per compute thread, so no
+per-request seed can be honoured.
 
 Failure isolation: a failure while handling one row's token finishes that row
 with ``reason="error"``; a failed ``generate_batch`` fails that wave only. The
@@ -60,8 +60,8 @@ from inference.sampling import GREEDY_BELOW
 from inference.sequence_state import SequenceState
 
 SEED_UNSUPPORTED = (
-    "seed: the ctranslate2 engine cannot honour a seed when sampling (CTranslate2 seeds "
-    "its sampler once per thread, not per request); omit seed, or set temperature 0"
+    "`seed` is not accepted by this server's engine (ctranslate2): CTranslate2 seeds its "
+    "sampler once per thread, not per request, so no seed can be honoured; omit it"
 )
 # CTranslate2 reads top_p as a float32 in (0, 1]; a smaller accepted value (a subnormal
 # double) keeps the best token only, as the torch engine's sampler does.
@@ -136,8 +136,13 @@ class CTranslate2Engine(WorkerEngine):
         return "ctranslate2"
 
     # -- worker ------------------------------------------------------------------------
+    @property
+    def unsupported_fields(self) -> frozenset[str]:
+        """Request fields refused (422), and left out of the OpenAPI document."""
+        return frozenset({"seed"})
+
     def _check(self, params: GenerationParams) -> None:
-        if params.seed is not None and params.temperature >= GREEDY_BELOW:
+        if params.seed is not None:
             raise UnsupportedRequestError("seed", SEED_UNSUPPORTED)
 
     def _serve_round(self) -> bool:

@@ -178,7 +178,7 @@ class GenerationEndpoints:
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from exc
         except UnsupportedRequestError as exc:
-            raise ApiError(400, "validation", str(exc), param=exc.field) from exc
+            raise ApiError(422, "validation", str(exc), param=exc.field) from exc
         except EngineStoppedError as exc:
             raise ApiError(
                 503,

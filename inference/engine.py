@@ -33,7 +33,10 @@ class EngineStoppedError(Exception):
 
 
 class UnsupportedRequestError(ValueError):
-    """A valid request this engine cannot honour; the server answers 400 naming ``field``."""
+    """A request field this engine cannot honour; the server answers 422 naming ``field``.
+
+    An engine that raises it lists the field in ``unsupported_fields``, so the
+    server's OpenAPI document leaves the field out and a client can know."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)

@@ -52,12 +52,22 @@ def error_responses(openai: bool) -> dict[int | str, dict[str, Any]]:
 
 
 def request_body_doc(
-    model: type[BaseModel], new_tokens_cap: int, model_names: frozenset[str], defs: dict[str, Any]
+    model: type[BaseModel],
+    new_tokens_cap: int,
+    model_names: frozenset[str],
+    defs: dict[str, Any],
+    omit: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """``openapi_extra`` for a body the route reads itself; nested models go into ``defs``."""
+    """``openapi_extra`` for a body the route reads itself; nested models go into ``defs``.
+
+    ``omit``: fields the serving engine refuses (``unsupported_fields``), left out
+    of the document, so that every body the document allows is one the server takes.
+    """
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     defs.update(schema.pop("$defs", {}))
     props = schema["properties"]
+    for name in omit:
+        props.pop(name, None)
     props["stop"] = _STOP
     for name in ("max_tokens", "max_new_tokens"):
         if name in props:

@@ -133,7 +133,8 @@ def _add_routes(app: FastAPI, endpoints: GenerationEndpoints) -> None:
     defs: dict[str, Any] = {}
 
     def body_doc(model: type[GenerateRequest] | type[CompletionRequest]) -> dict[str, Any]:
-        return openapi_doc.request_body_doc(model, cap, endpoints.served_names, defs)
+        omit = frozenset(getattr(endpoints.engine, "unsupported_fields", ()))
+        return openapi_doc.request_body_doc(model, cap, endpoints.served_names, defs, omit)
 
     @app.post(
         "/v1/generate",

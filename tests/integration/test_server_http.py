@@ -26,14 +26,6 @@ BODY_CAP = 4096
 SHARED_ARGS = ("--queue-cap", "1", "--max-batch-size", "1", "--max-body-bytes", str(BODY_CAP))
 
 
-@pytest.fixture(scope="module", params=["torch", "ctranslate2"])
-def engine_model(request: pytest.FixtureRequest) -> str:
-    """The model each engine serves: the built-in model, or its CTranslate2 candidate."""
-    if request.param == "torch":
-        return "builtin"
-    return str(request.getfixturevalue("builtin_converted_dir"))
-
-
 @pytest.fixture(scope="module")
 def server(inference_server: StartServer, engine_model: str) -> InferenceServer:
     return inference_server(*SHARED_ARGS, model=engine_model, reuse=True)
@@ -101,18 +93,27 @@ def test_extreme_sampling_values_are_answered(
     assert response.status_code == 200, response.text
 
 
-def test_a_seed_with_sampling_is_honoured_or_refused_naming_it(
+def test_a_seed_is_honoured_or_refused_naming_it_and_the_document_says_which(
     server: InferenceServer, engine_model: str
 ) -> None:
-    """The torch engine honours a seed; CTranslate2 cannot (inference/ct2_engine.py): 400."""
+    """The torch engine honours a seed; CTranslate2 cannot (inference/ct2_engine.py): 422,
+    and its server's OpenAPI document has no `seed`, so a client can tell before asking."""
     body = {"prompt": "Hello", "max_tokens": 4, "temperature": 0.8, "seed": 7}
     response = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
+    document = httpx.get(server.url + "/openapi.json", timeout=10).json()
+    bodies = [
+        document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        for path in ("/v1/generate", "/v1/completions")
+    ]
+    documented = {"seed" in schema["properties"] for schema in bodies}
     if engine_model == "builtin":
         assert response.status_code == 200, response.text
+        assert documented == {True}
         return
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     assert response.json()["error"]["param"] == "seed"
-    assert "omit seed, or set temperature 0" in response.json()["error"]["message"]
+    assert "so no seed can be honoured; omit it" in response.json()["error"]["message"]
+    assert documented == {False}
 
 
 def test_prompt_plus_new_tokens_over_context_is_422_naming_both(server: InferenceServer) -> None:

@@ -5,7 +5,8 @@ and shows our error messages, which only holds if the error bodies have
 OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` and the
 stream follows OpenAI's chunk and ``stream_options`` rules.
 
-One server with a short deadline serves every test here, so the mid-stream
+One server per engine (torch, and CTranslate2 on the built-in model's
+conversion) with a short deadline serves every test here, so the mid-stream
 error (a stream that outlives its deadline) takes about two seconds.
 """
 
@@ -25,8 +26,8 @@ ARGS = ("--request-deadline-s", str(DEADLINE_S), "--drain-timeout-s", str(DEADLI
 
 
 @pytest.fixture(scope="module")
-def server(inference_server: StartServer) -> InferenceServer:
-    return inference_server(*ARGS, reuse=True)
+def server(inference_server: StartServer, engine_model: str) -> InferenceServer:
+    return inference_server(*ARGS, model=engine_model, reuse=True)
 
 
 @pytest.fixture()
@@ -50,9 +51,14 @@ def test_plain_and_streamed_completions_agree(client: openai.OpenAI) -> None:
     assert all(c.usage is None for c in chunks)  # usage only when asked for
 
 
+def served(client: openai.OpenAI) -> str:
+    """The served model's id: ``builtin``, or the name of its converted candidate."""
+    return client.models.list().data[0].id
+
+
 def test_stream_options_include_usage_is_honoured(client: openai.OpenAI) -> None:
     stream = client.completions.create(
-        model="builtin",
+        model=served(client),
         prompt="Hello",
         max_tokens=6,
         temperature=0,
@@ -69,14 +75,18 @@ def test_stream_options_include_usage_is_honoured(client: openai.OpenAI) -> None
 def test_extreme_sampling_values_answer_200(client: openai.OpenAI) -> None:
     for temperature, top_p in ((1e-45, 1.0), (1.0, 1e-45), (2.0, 5e-324)):
         answer = client.completions.create(
-            model="builtin", prompt="Hello", max_tokens=4, temperature=temperature, top_p=top_p
+            model=served(client),
+            prompt="Hello",
+            max_tokens=4,
+            temperature=temperature,
+            top_p=top_p,
         )
         assert answer.choices[0].finish_reason in ("length", "stop")
 
 
 def test_errors_reach_the_client_with_message_param_and_code(client: openai.OpenAI) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as too_many:
-        client.completions.create(model="builtin", prompt="Hello", max_tokens=100_000)
+        client.completions.create(model=served(client), prompt="Hello", max_tokens=100_000)
     assert "`max_tokens` must be <=" in too_many.value.message
     assert (too_many.value.param, too_many.value.code) == ("max_tokens", "validation")
     assert too_many.value.type == "invalid_request_error"
@@ -95,14 +105,14 @@ def test_chat_completions_is_a_clear_404(client: openai.OpenAI) -> None:
 
 
 def test_a_mid_stream_error_reaches_the_client_as_an_api_error(
-    inference_server: StartServer,
+    inference_server: StartServer, engine_model: str
 ) -> None:
     # Each token is held 20 ms (a test-only fault), so 200 tokens outlive the 2 s
     # deadline on any machine while the first ones arrive well inside it.
-    slow = inference_server(*ARGS, "--fault-token-latency-ms", "20", reuse=True)
+    slow = inference_server(*ARGS, "--fault-token-latency-ms", "20", model=engine_model, reuse=True)
     with openai.OpenAI(base_url=f"{slow.url}/v1", api_key="unused", max_retries=0) as client:
         stream = client.completions.create(
-            model="builtin",
+            model=served(client),
             prompt="Hello",
             max_tokens=200,
             temperature=0,

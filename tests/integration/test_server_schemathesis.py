@@ -33,9 +33,9 @@ def _schemathesis() -> str:
 
 
 def test_a_bounded_fuzz_finds_no_5xx_and_no_schema_mismatch(
-    inference_server: StartServer, tmp_path: Path
+    inference_server: StartServer, tmp_path: Path, engine_model: str
 ) -> None:
-    server = inference_server("--max-new-tokens-cap", "32")
+    server = inference_server("--max-new-tokens-cap", "32", model=engine_model)
     argv = [
         _schemathesis(),
         "--no-color",
