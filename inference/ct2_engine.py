@@ -321,8 +321,9 @@ def _fail(seqs: list[SequenceState], message: str) -> None:
 
 
 def _default_threads() -> int:
-    """OMP_NUM_THREADS when set (as the torch engine honours it), else every core."""
+    """OMP_NUM_THREADS when set (as the torch engine honours it), else every core this
+    process may run on (its affinity: a container's CPU set, not the host's count)."""
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
     if value.isdigit() and int(value) > 0:
         return int(value)
-    return os.cpu_count() or 1
+    return len(os.sched_getaffinity(0)) or 1
