@@ -42,6 +42,7 @@ only split the same cores.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import time
@@ -68,7 +69,24 @@ SEED_UNSUPPORTED = (
 SMALLEST_TOP_P = 1.2e-38
 # A wave waits at most this many batch windows after its oldest request.
 WINDOW_CAP = 20
+# Prompt tokens a wave's longest prompt may have beyond its shortest: each costs the
+# whole wave one decode step, where leaving the row out costs it a whole wave's wait.
+MAX_PROMPT_SPREAD = 8
 log = logging.getLogger(__name__)
+
+
+def prompts_fit(lengths: list[int]) -> bool:
+    """Whether prompts of these token counts can share one ``generate_batch`` call.
+
+    With ``include_prompt_in_result=False`` CTranslate2 forwards the shortest
+    prompt's length minus one at once and feeds the rest of every longer prompt
+    through the decoding loop, one lockstep step per token: so the spread is
+    capped at :data:`MAX_PROMPT_SPREAD`. And when the shortest prompt is one token,
+    it reports those fed prompt tokens to the callback as if generated and counts
+    ``min_length`` over them: so a one-token prompt shares a wave only with others.
+    """
+    low, high = min(lengths), max(lengths)
+    return high - low <= MAX_PROMPT_SPREAD and (low >= 2 or high == 1)
 
 
 def wave_key(params: GenerationParams) -> tuple[float, float, int]:
@@ -172,7 +190,11 @@ class CTranslate2Engine(WorkerEngine):
         warm = self._warm_up_request(events)
         with self._lock:
             self._running += 1
-        self._run_wave([warm])
+        try:
+            self._run_wave([warm])
+        finally:
+            if not warm.done:  # failed outside the guarded call: count it out
+                warm.finish("error", "the warm-up request failed")
         finish = events[-1] if events else None
         if not isinstance(finish, FinishEvent) or finish.reason == "error":
             raise RuntimeError(f"the warm-up request ended with {finish}")
@@ -202,14 +224,19 @@ class CTranslate2Engine(WorkerEngine):
         return deadline
 
     def _take_wave(self) -> list[SequenceState]:
-        """The oldest request and the next ones with its key (lock held)."""
+        """The oldest request and the next ones with its key whose prompts fit (lock held)."""
         first = self._pending.popleft()
-        wave = [first]
+        wave, lengths = [first], [len(first.input_ids)]
         key, rest = wave_key(first.params), collections.deque[SequenceState]()
         while self._pending:
             seq = self._pending.popleft()
-            same = wave_key(seq.params) == key
-            (wave if same and len(wave) < self._max_batch else rest).append(seq)
+            length = len(seq.input_ids)
+            joins = len(wave) < self._max_batch and wave_key(seq.params) == key
+            if joins and prompts_fit([*lengths, length]):
+                wave.append(seq)
+                lengths.append(length)
+            else:
+                rest.append(seq)
         self._pending = rest
         return wave
 
@@ -219,13 +246,12 @@ class CTranslate2Engine(WorkerEngine):
             return
         rows = [self._tokenizer.convert_ids_to_tokens(seq.input_ids) for seq in live]
         lengths = [len(row) for row in rows]
-        # Prompt tokens past the shortest prompt are fed through the decoding loop,
-        # which may count them against max_length: allow for them.
+        # Rows stop at their own limits (the callback); this bounds the call, with room
+        # for the prompt tokens fed through the decoding loop (prompts_fit).
         longest = max(seq.tokens_to_come for seq in live) + max(lengths) - min(lengths)
         params = live[0].params
         sampled = params.temperature >= GREEDY_BELOW
         steps = _StepCounter(self._batch_callbacks)
-        started = time.monotonic()
         try:
             self._generator.generate_batch(
                 rows,
@@ -246,7 +272,7 @@ class CTranslate2Engine(WorkerEngine):
             steps.flush()
             self._last_end = time.monotonic()
             self._last_rows = len(live)
-            self._step_s = (self._last_end - started) / max(steps.steps, 1)
+            self._step_s = min(steps.step_s(self._last_end), WINDOW_CAP * self._window)
         for seq in live:  # CTranslate2 ended a row without a last token: its limit
             if not seq.done:
                 seq.finish("length")
@@ -259,14 +285,21 @@ class _StepCounter:
         self._observers = observers
         self._step = -1
         self._rows = 0
-        self.steps = 0
+        self._steps = 0
+        self._first_at = 0.0
 
     def count(self, step: int) -> None:
         if step != self._step:
             self.flush()
             self._step = step
-            self.steps += 1
+            self._steps += 1
+            if self._steps == 1:
+                self._first_at = time.monotonic()
         self._rows += 1
+
+    def step_s(self, ended: float) -> float:
+        """Seconds per decode step after the first (the prefill left out); 0 if unknown."""
+        return (ended - self._first_at) / (self._steps - 1) if self._steps > 1 else 0.0
 
     def flush(self) -> None:
         if self._rows:
@@ -293,8 +326,10 @@ def _take_token(live: list[SequenceState], step: Any, steps: _StepCounter) -> bo
         except Exception as error:
             seq.finish("error", f"{type(error).__name__}: {error}")
         return seq.done
-    except Exception:  # an unexpected step object: stop the row, keep the worker
+    except Exception as error:  # an unexpected step object: stop the row, keep the worker
         log.exception("ctranslate2 callback failed")
+        with contextlib.suppress(Exception):
+            live[int(step.batch_id)].finish("error", f"ctranslate2 callback: {error}")
         return True
 
 

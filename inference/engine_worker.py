@@ -109,11 +109,11 @@ class WorkerEngine:
             raise RuntimeError(message) from failure[0]
 
     def submit(self, params: GenerationParams, loop: asyncio.AbstractEventLoop) -> GenerationHandle:
-        self._check(params)
         handle = GenerationHandle(params=params, loop=loop)
         with self._lock:
             if self._stopping:
                 raise EngineStoppedError("engine is stopping")
+            self._check(params)
             if len(self._pending) >= self._queue_cap:
                 raise QueueFullError(f"queue is full ({self._queue_cap} requests waiting)")
             self._pending.append(self._new_sequence(params, handle.push, handle))

@@ -31,7 +31,7 @@ from typing import Any
 
 from pipeline.bench.machine import ISA_ENV, machine_info
 from pipeline.bench.report import build_document, render_markdown, render_plot, write_json
-from pipeline.bench.runner import run_bench, server_argv
+from pipeline.bench.runner import conversion_of, run_bench, server_argv
 from pipeline.bench.targets import SERVERS, ServerKind, TargetOutcome, evaluate_targets
 from pipeline.cli_args import add_out_dir, duration_arg
 from pipeline.definition import Bench, DefinitionError, load_definition
@@ -132,6 +132,11 @@ def _resolve(args: argparse.Namespace) -> tuple[Bench, tuple[ServerKind, ...], b
     for key in ("models", "concurrency"):
         if getattr(args, key) is not None:
             update[key] = getattr(args, key)
+    if args.quantize is not None and args.engine == "ctranslate2":
+        raise ValueError(
+            "--engine ctranslate2 serves each model's fp32 conversion, and --quantize int8 "
+            "adds torch's int8 candidate: run them separately"
+        )
     if args.quantize is not None:
         models = update.get("models", definition.bench.models)
         update["models"] = (*models, *(_int8_candidate(m) for m in models))
@@ -166,6 +171,18 @@ def _int8_candidate(model: str) -> str:
     return str(quantized_model_dir(directory, "int8", cache_root() / "candidates"))
 
 
+def _converted(models: tuple[str, ...]) -> bool:
+    """Make each model's conversion before anything is measured; False (said) if one fails."""
+    try:
+        for model in models:
+            print(f"mlcicd bench: converting {model} with CTranslate2 ...", file=sys.stderr)
+            conversion_of(model)
+    except (ValueError, RuntimeError) as exc:
+        print(f"mlcicd bench: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 class _Terminated(Exception):
     """SIGTERM arrived; raised so every ``finally`` runs and no server is left behind."""
 
@@ -182,6 +199,8 @@ def handle(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.isa is not None:  # before anything imports torch; every child inherits it
         os.environ.update(ISA_ENV[args.isa])
+    if args.engine == "ctranslate2" and not _converted(bench.models):
+        return EXIT_USAGE
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started_wall = datetime.now(UTC).isoformat(timespec="seconds")

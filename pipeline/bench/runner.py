@@ -116,6 +116,13 @@ def server_argv(kind: ServerKind, model: str, port: int | str, engine: str = "to
             "--model", model, "--port", str(port)]  # fmt: skip
 
 
+def conversion_of(model: str) -> str:
+    """The fp32 CTranslate2 candidate of ``model`` (pipeline/convert.py), made once and
+    cached; ValueError or RuntimeError says why it cannot be made."""
+    source = source_directory(model, "--engine ctranslate2")
+    return str(ctranslate2_candidate(source, "float32", cache_root() / "candidates"))
+
+
 @contextlib.contextmanager
 def running_server(
     kind: ServerKind,
@@ -131,10 +138,7 @@ def running_server(
     the pipeline's conversion step (pipeline/convert.py); cells keep the model's name.
     """
     port = free_port()
-    served = model
-    if kind == "ours" and engine == "ctranslate2":
-        source = source_directory(model, "--engine ctranslate2")
-        served = str(ctranslate2_candidate(source, "float32", cache_root() / "candidates"))
+    served = conversion_of(model) if kind == "ours" and engine == "ctranslate2" else model
     argv = server_argv(kind, served, port, engine)
     if kind == "ours":
         limits = load_definition(serving.default_profile(model)).serving

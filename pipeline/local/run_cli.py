@@ -161,8 +161,8 @@ def _converted_candidate(model: str, quantization: str, state_dir: Path) -> Path
     """The conversion step: ``--model``'s directory plus its CTranslate2 conversion."""
     from pipeline.convert import ctranslate2_candidate, source_directory
 
+    source = source_directory(model, "--convert ctranslate2")
     try:
-        source = source_directory(model, "--convert ctranslate2")
         return ctranslate2_candidate(source, quantization, state_dir.resolve() / "candidates")
     except (ValueError, RuntimeError) as exc:
         raise ValueError(f"--convert ctranslate2: {exc}") from exc

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from inference.ct2_engine import CTranslate2Engine, wave_key
+from inference.ct2_engine import CTranslate2Engine, prompts_fit, wave_key
 from inference.ct2_model import load_converted
 from inference.engine import GenerationParams
 from tests.inference.engine_client import generate, params, run_all
@@ -66,6 +66,29 @@ def test_a_wave_takes_the_oldest_request_and_those_that_share_its_key(
         assert [seq.params.prompt for seq in engine._pending] == ["Hello 3"]
     finally:
         loop.close()
+
+
+def test_prompts_of_one_wave_differ_little_and_a_one_token_prompt_waits_alone() -> None:
+    assert prompts_fit([9, 11, 15, 17]) and prompts_fit([1, 1, 1])
+    assert not prompts_fit([9, 18])  # 9 tokens fed one step each: too many
+    assert not prompts_fit([1, 4])  # CTranslate2 would report the 4's prompt as generated
+
+
+def test_a_one_token_prompt_beside_a_longer_one_leaves_its_text_intact(
+    builtin_converted_dir: Path,
+) -> None:
+    """An empty prompt is fed as one EOS token. Without the prompt rule, the France
+    request in its wave streamed its own prompt back as generated text."""
+    engine = _engine(builtin_converted_dir, batch_window_s=0.05)
+    engine.start()
+    try:
+        france = "Q: What is the capital of France?\nA:"
+        alone = generate(engine, france, 12).finish.text
+        together = run_all(engine, [params(engine, "", 6), params(engine, france, 12)], True)
+        assert together[1].finish.text == alone == " Paris is the capital of France."
+        assert together[1].streamed == alone
+    finally:
+        engine.stop()
 
 
 def test_after_a_wave_the_next_waits_one_step_for_its_clients(

@@ -366,6 +366,8 @@ def test_a_peer_process_slowed_by_the_host_makes_the_run_noisy(bench: Bench) -> 
         (["--servers", "ours,nginx"], "--servers"),
         (["--min-requests", "0"], "--min-requests"),
         (["--profile", "nope"], "profiles.nope"),
+        (["--engine", "ctranslate2", "--quantize", "int8"], "run them separately"),
+        (["--engine", "ctranslate2", "--models", "org/hub-model"], "not a local directory"),
     ],
 )
 def test_bench_cli_usage_errors_exit_2(
@@ -400,7 +402,7 @@ def test_bench_quantize_adds_each_models_int8_candidate_without_a_peer(tmp_path:
         profile="cpu", definition=None, quick=True, models=None, concurrency=None,
         requests_per_client=None, min_requests=None, warmup_requests=None,
         max_new_tokens=None, cell_budget_s=None, torch_threads=None,
-        servers=("ours", "baseline", "peer"), quantize="int8",
+        servers=("ours", "baseline", "peer"), quantize="int8", engine="torch",
     )  # fmt: skip
     bench, _, peer = _resolve(args)
     assert bench.models[0] == "builtin" and len(bench.models) == 2
