@@ -226,15 +226,16 @@ class CTranslate2Engine(WorkerEngine):
     def _take_wave(self) -> list[SequenceState]:
         """The oldest request and the next ones with its key whose prompts fit (lock held)."""
         first = self._pending.popleft()
-        wave, lengths = [first], [len(first.input_ids)]
+        wave = [first]
+        low = high = len(first.input_ids)
         key, rest = wave_key(first.params), collections.deque[SequenceState]()
         while self._pending:
             seq = self._pending.popleft()
             length = len(seq.input_ids)
             joins = len(wave) < self._max_batch and wave_key(seq.params) == key
-            if joins and prompts_fit([*lengths, length]):
+            if joins and prompts_fit([low, high, length]):
                 wave.append(seq)
-                lengths.append(length)
+                low, high = min(low, length), max(high, length)
             else:
                 rest.append(seq)
         self._pending = rest

@@ -29,6 +29,7 @@ from inference.loader import (
     ModelLoadError,
     context_length,
     directory_content_hash,
+    eos_token_ids,
     model_directory,
 )
 
@@ -110,14 +111,7 @@ def load_converted(model_ref: str, revision: str | None = None) -> ConvertedMode
         name=name,
         revision=found,
         context_length=context_length(config, tokenizer),
-        eos_ids=_eos_ids(config, tokenizer),
+        eos_ids=eos_token_ids(getattr(config, "eos_token_id", None), tokenizer),
         weights=directory / SUBDIR,
         quantization=str(marker["quantization"]),
     )
-
-
-def _eos_ids(config: Any, tokenizer: Any) -> frozenset[int]:
-    eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    return frozenset(eos if isinstance(eos, list) else ([] if eos is None else [int(eos)]))

@@ -59,7 +59,7 @@ def build_engine(settings: ServerSettings) -> Engine:
 
 
 def _ctranslate2_engine(settings: ServerSettings) -> Engine:
-    if settings.device.value == "cuda" or settings.device.value.startswith("cuda:"):
+    if settings.device.value.startswith("cuda"):
         raise ValueError("the ctranslate2 engine runs on CPU here (device 'cpu' or 'auto')")
     if settings.dtype.value not in ("auto", "fp32"):
         raise ValueError(

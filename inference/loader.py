@@ -177,6 +177,12 @@ def context_length(config: Any, tokenizer: Any) -> int:
     return 2048
 
 
+def eos_token_ids(configured: Any, tokenizer: Any) -> frozenset[int]:
+    """The ids that end a sequence: the config's (one id or a list), else the tokenizer's."""
+    eos = configured if configured is not None else tokenizer.eos_token_id
+    return frozenset(eos if isinstance(eos, list) else ([] if eos is None else [int(eos)]))
+
+
 def _hub_snapshot_revision(model_ref: str) -> str:
     """The commit of the cached snapshot (its directory name), else the content hash."""
     try:

@@ -56,7 +56,7 @@ from inference.engine import (
 from inference.engine_worker import WorkerEngine
 from inference.gpt2_decode import DecodeStep, Gpt2DecodeStep, gpt2_decode_step, model_decode_step
 from inference.layer_tuning import LayerChoice, LayerPolicy, tune_linear_layers
-from inference.loader import LoadedModel
+from inference.loader import LoadedModel, eos_token_ids
 from inference.packed_linear import PACK_ROWS
 from inference.padded_prefill import padded_prefill, prefill_chunks
 from inference.running_batch import RunningBatch, columns_to_come
@@ -80,12 +80,9 @@ class TorchEngine(WorkerEngine):
         layer_policy: LayerPolicy = "measure",
         decode_step: DecodeStep = "auto",
     ) -> None:
-        eos = loaded.model.generation_config.eos_token_id
-        if eos is None:
-            eos = loaded.tokenizer.eos_token_id
         super().__init__(
             loaded.tokenizer,
-            frozenset(eos if isinstance(eos, list) else ([] if eos is None else [int(eos)])),
+            eos_token_ids(loaded.model.generation_config.eos_token_id, loaded.tokenizer),
             max_batch_size=max_batch_size,
             batch_window_s=batch_window_s,
             queue_cap=queue_cap,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -116,6 +117,7 @@ def server_argv(kind: ServerKind, model: str, port: int | str, engine: str = "to
             "--model", model, "--port", str(port)]  # fmt: skip
 
 
+@functools.cache
 def conversion_of(model: str) -> str:
     """The fp32 CTranslate2 candidate of ``model`` (pipeline/convert.py), made once and
     cached; ValueError or RuntimeError says why it cannot be made."""
