@@ -13,7 +13,7 @@ settings and model, ``max_new_tokens <= cap`` and prompt + new tokens <= context
 - ``prompt``: a non-empty string of valid Unicode (no lone surrogates).
 - ``max_new_tokens`` / ``max_tokens``: an integer >= 1 (default 16).
 - ``temperature``: [0, 2]; 0 means greedy (and so does anything below
-  ``inference.sampling.GREEDY_BELOW``). Default 0 for ``/v1/generate``,
+  ``inference.engine.GREEDY_BELOW``). Default 0 for ``/v1/generate``,
   1 for ``/v1/completions`` (OpenAI's default).
 - ``top_p``: (0, 1], default 1.
 - ``stop``: a string or up to 4 non-empty strings.
@@ -231,6 +231,9 @@ class ModelCard(BaseModel):
     decode_step: str | None = None
     # Which engine generates ("torch" or "ctranslate2": inference/engine_factory.py).
     engine: str | None = None
+    # How the CTranslate2 engine spends its threads, measured at start
+    # (inference/ct2_lanes.py); None for the torch engine.
+    arrangement: str | None = None
 
 
 class ModelList(BaseModel):

@@ -6,11 +6,14 @@ well-kept library is the better way than more hand-written kernels.
 It serves a converted model directory (inference/ct2_model.py), which the
 pipeline makes and judges as a model change.
 
-Threading model: one worker thread owns the ``ctranslate2.Generator`` and calls
-``generate_batch``; CTranslate2 computes on its own threads and calls the
-per-token callback, where each row's :class:`SequenceState` (shared with the
-torch engine: detokenising, stop strings, limits, events) takes its token. The
-server, on the asyncio loop, only calls :meth:`submit`, which never blocks.
+Threading model: one thread per lane (inference/ct2_lanes.py; one lane when the
+engine measured that lanes do not pay) forms waves and calls ``generate_batch``,
+on the solo generator (all threads on one call) or on the lanes' generator (one
+thread a call, as many calls at once as lanes); the two never compute at once.
+CTranslate2 computes on its own threads and calls the per-token callback, where
+each row's :class:`SequenceState` (shared with the torch engine: detokenising,
+stop strings, limits, events) takes its token. The server, on the asyncio loop,
+only calls :meth:`submit`, which never blocks.
 
 Batching: waves, not continuous batching. CTranslate2 exposes no decode step
 with a cache the caller keeps, so rows cannot join a running ``generate_batch``;
@@ -34,30 +37,43 @@ Failure isolation: a failure while handling one row's token finishes that row
 with ``reason="error"``; a failed ``generate_batch`` fails that wave only. The
 worker keeps serving.
 
-Left out: logits of the model (sampling is CTranslate2's own), GPU, and
-CTranslate2's parallel batches (``inter_threads``), which on a small CPU would
-only split the same cores.
+Left out: logits of the model (sampling is CTranslate2's own), and GPU.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
+from inference.ct2_lanes import (
+    PROBE_NEW_TOKENS,
+    Arrangement,
+    choose_arrangement,
+    measure_rates,
+    summarise,
+)
 from inference.ct2_model import ConvertedModel
+from inference.ct2_wave import (
+    Lane,
+    StepCounter,
+    admissible,
+    fail_all,
+    prompts_fit,
+    take_token,
+    wave_key,
+)
 from inference.engine import (
+    GREEDY_BELOW,
     Event,
     FinishEvent,
     GenerationParams,
     UnsupportedRequestError,
 )
 from inference.engine_worker import WorkerEngine
-from inference.sampling import GREEDY_BELOW
 from inference.sequence_state import SequenceState
 
 SEED_UNSUPPORTED = (
@@ -69,31 +85,9 @@ SEED_UNSUPPORTED = (
 SMALLEST_TOP_P = 1.2e-38
 # A wave waits at most this many batch windows after its oldest request.
 WINDOW_CAP = 20
-# Prompt tokens a wave's longest prompt may have beyond its shortest: each costs the
-# whole wave one decode step, where leaving the row out costs it a whole wave's wait.
-MAX_PROMPT_SPREAD = 8
+# The prompt the arrangement probe decodes from (inference/ct2_lanes.py).
+PROBE_PROMPT = "The engine measures which arrangement of its threads serves a wave faster"
 log = logging.getLogger(__name__)
-
-
-def prompts_fit(lengths: list[int]) -> bool:
-    """Whether prompts of these token counts can share one ``generate_batch`` call.
-
-    With ``include_prompt_in_result=False`` CTranslate2 forwards the shortest
-    prompt's length minus one at once and feeds the rest of every longer prompt
-    through the decoding loop, one lockstep step per token: so the spread is
-    capped at :data:`MAX_PROMPT_SPREAD`. And when the shortest prompt is one token,
-    it reports those fed prompt tokens to the callback as if generated and counts
-    ``min_length`` over them: so a one-token prompt shares a wave only with others.
-    """
-    low, high = min(lengths), max(lengths)
-    return high - low <= MAX_PROMPT_SPREAD and (low >= 2 or high == 1)
-
-
-def wave_key(params: GenerationParams) -> tuple[float, float, int]:
-    """Requests with equal keys can share one ``generate_batch`` call."""
-    if params.temperature < GREEDY_BELOW:
-        return (0.0, 1.0, params.min_new_tokens)
-    return (params.temperature, params.top_p, params.min_new_tokens)
 
 
 class CTranslate2Engine(WorkerEngine):
@@ -109,7 +103,9 @@ class CTranslate2Engine(WorkerEngine):
         batch_window_s: float,
         queue_cap: int,
         threads: int | None = None,
+        arrangement: Arrangement | None = None,
     ) -> None:
+        """``arrangement``: None to measure it at start (inference/ct2_lanes.py)."""
         super().__init__(
             model.tokenizer,
             model.eos_ids,
@@ -119,12 +115,15 @@ class CTranslate2Engine(WorkerEngine):
         )
         self._model = model
         self._threads = threads or _default_threads()
-        self._generator: Any = None
-        self._wave: list[SequenceState] = []
-        # The last wave: when it ended, its rows, and its time per decode step.
-        self._last_end = 0.0
-        self._last_rows = 0
-        self._step_s = 0.0
+        self._arrangement = arrangement or Arrangement(threads=self._threads)
+        self._measure = arrangement is None
+        self._solo: Any = None  # the generator with every thread on one call
+        self._lanes_generator: Any = None  # one thread a call, one call per lane
+        self._lanes = [Lane()]  # the worker thread is lane 0
+        self._lane_threads: list[threading.Thread] = []
+        self._solo_busy = False
+        self._lanes_busy = 0
+        self._lane_rows = 0
 
     # -- Engine protocol: metadata -------------------------------------------------
     @property
@@ -150,6 +149,15 @@ class CTranslate2Engine(WorkerEngine):
         return "ctranslate2"
 
     @property
+    def arrangement(self) -> str:
+        """How the threads serve waves, as measured at start (inference/ct2_lanes.py)."""
+        return self._arrangement.describe()
+
+    @property
+    def arrangement_rates(self) -> dict[str, float]:
+        return dict(self._arrangement.rates)
+
+    @property
     def engine_name(self) -> str:
         return "ctranslate2"
 
@@ -164,34 +172,102 @@ class CTranslate2Engine(WorkerEngine):
             raise UnsupportedRequestError("seed", SEED_UNSUPPORTED)
 
     def _serve_round(self) -> bool:
-        wave = self._next_wave()
-        if wave is None:
-            return False
-        self._wave = wave
-        self._run_wave(wave)
-        return True
+        if self._serve_lane(self._lanes[0]):
+            return True
+        for thread in self._lane_threads:
+            thread.join()
+        return False
 
     def _fail_round(self, message: str) -> None:
-        _fail(self._wave, message)
+        fail_all(self._lanes[0].wave, message)
+
+    def _serve_lane(self, lane: Lane) -> bool:
+        """Form and run one wave on ``lane``; False when stopping and idle."""
+        taken = self._next_wave(lane)
+        if taken is None:
+            return False
+        lane.wave, on_lanes = taken
+        try:
+            self._run_wave(lane, self._lanes_generator if on_lanes else self._solo)
+        finally:
+            with self._lock:
+                lane.busy = False
+                if on_lanes:
+                    self._lanes_busy -= 1
+                    self._lane_rows -= len(lane.wave)
+                else:
+                    self._solo_busy = False
+                self._lock.notify_all()
+        return True
+
+    def _start_lanes(self) -> None:
+        """Lanes 1.. on threads of their own (lane 0 is the worker thread)."""
+        self._lanes += [Lane() for _ in range(self._arrangement.lanes - 1)]
+        for index, lane in enumerate(self._lanes[1:], start=1):
+            thread = threading.Thread(
+                target=self._serve_until_stopped,
+                args=(lambda lane=lane: self._serve_lane(lane), lane.fail),
+                name=f"{self.thread_name}-lane{index}",
+                daemon=True,
+            )
+            self._lane_threads.append(thread)
+            thread.start()
 
     def _prepare(self) -> None:
         import ctranslate2
 
-        self._generator = ctranslate2.Generator(
+        self._solo = ctranslate2.Generator(
             str(self._model.weights), device="cpu", intra_threads=self._threads
         )
+        self._warm_up()
+        self._arrange(ctranslate2)
         log.info(
-            "ctranslate2 %s: %s weights, %d threads",
+            "ctranslate2 %s: %s weights, %d threads; %s; measured: %s",
             ctranslate2.__version__,
             self._model.quantization,
             self._threads,
+            self._arrangement.describe(),
+            summarise(self._arrangement.rates),
         )
+        self._start_lanes()
+
+    def _arrange(self, ctranslate2: Any) -> None:
+        """Load the lanes' generator and measure whether it pays (unless given)."""
+        if self._threads < 2 or (not self._measure and not self._arrangement.uses_lanes):
+            return
+        self._lanes_generator = ctranslate2.Generator(
+            str(self._model.weights),
+            device="cpu",
+            intra_threads=1,
+            inter_threads=self._arrangement.lanes if not self._measure else self._threads,
+        )
+        if self._measure:
+            rates = measure_rates(self._probe_wave, self._threads, self._max_batch)
+            self._arrangement = choose_arrangement(self._threads, rates)
+        if not self._arrangement.uses_lanes:
+            self._lanes_generator = None  # one copy of the weights, not two
+
+    def _probe_wave(self, rows: int, on_lanes: bool) -> None:
+        """One greedy wave of the probe prompt for the arrangement probe."""
+        prompt = self._tokenizer.convert_ids_to_tokens(list(self.count_tokens(PROBE_PROMPT)))
+        generator = self._lanes_generator if on_lanes else self._solo
+        generator.generate_batch(
+            [prompt] * rows,
+            max_length=PROBE_NEW_TOKENS,
+            min_length=PROBE_NEW_TOKENS,
+            sampling_topk=1,
+            include_prompt_in_result=False,
+        )
+
+    def _warm_up(self) -> None:
         events: list[Event] = []
         warm = self._warm_up_request(events)
+        lane = self._lanes[0]
+        lane.wave = [warm]
         with self._lock:
             self._running += 1
         try:
-            self._run_wave([warm])
+            self._run_wave(lane, self._solo)
         finally:
             if not warm.done:  # failed outside the guarded call: count it out
                 warm.finish("error", "the warm-up request failed")
@@ -199,32 +275,60 @@ class CTranslate2Engine(WorkerEngine):
         if not isinstance(finish, FinishEvent) or finish.reason == "error":
             raise RuntimeError(f"the warm-up request ended with {finish}")
 
-    def _next_wave(self) -> list[SequenceState] | None:
-        """The next wave (see the module docstring), or None when stopping and idle."""
+    def _next_wave(self, lane: Lane) -> tuple[list[SequenceState], bool] | None:
+        """The next wave for ``lane`` (the module docstring) and whether it runs on the
+        lanes' generator; None when stopping and idle. A solo wave waits for the
+        lanes to be idle, and lanes wait while a solo wave runs."""
         with self._lock:
-            while not self._pending and not self._stopping:
-                self._lock.wait()
-            if not self._pending:
-                return None
-            while len(self._pending) < self._max_batch and not self._stopping:
-                remaining = self._start_by() - time.monotonic()
-                if remaining <= 0:
+            while True:
+                while not self._pending or self._solo_busy:
+                    if self._stopping and not self._pending:
+                        return None
+                    self._lock.wait()
+                while len(self._pending) < self._max_batch and not self._stopping:
+                    remaining = self._start_by(lane) - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._lock.wait(remaining)
+                if self._pending and not self._solo_busy:
                     break
-                self._lock.wait(remaining)
-            wave = self._take_wave()
+            demand = max(len(self._pending), self._returning()) + self._lane_rows
+            on_lanes = self._lanes_busy > 0 or (
+                self._arrangement.uses_lanes and demand >= self._arrangement.lanes_from
+            )
+            limit = self._arrangement.lane_share(demand, self._max_batch)
+            wave = self._take_wave(limit if on_lanes else self._max_batch)
+            lane.busy = True
+            if on_lanes:
+                self._lanes_busy += 1
+                self._lane_rows += len(wave)
+            else:
+                self._solo_busy = True
             self._running += len(wave)
-        return wave
+        return wave, on_lanes
 
-    def _start_by(self) -> float:
+    def _returning(self) -> int:
+        """Rows of idle lanes' waves that ended within a decode step (lock held): their
+        clients may be on their way back, so they count as waiting when choosing
+        between one call and the lanes, and when sharing rows between lanes."""
+        now = time.monotonic()
+        return sum(
+            lane.last_rows
+            for lane in self._lanes
+            if not lane.busy and now - lane.last_end <= max(lane.step_s, self._window)
+        )
+
+    def _start_by(self, lane: Lane) -> float:
         """When the forming wave starts at the latest (lock held; the module docstring says why)."""
         oldest, newest = self._pending[0].submitted_at, self._pending[-1].submitted_at
         deadline = min(newest + self._window, oldest + WINDOW_CAP * self._window)
-        if len(self._pending) < self._last_rows:  # its clients may be on their way back
-            deadline = max(deadline, self._last_end + self._step_s)
+        if len(self._pending) < lane.last_rows:  # its clients may be on their way back
+            deadline = max(deadline, lane.last_end + lane.step_s)
         return deadline
 
-    def _take_wave(self) -> list[SequenceState]:
-        """The oldest request and the next ones with its key whose prompts fit (lock held)."""
+    def _take_wave(self, limit: int) -> list[SequenceState]:
+        """The oldest request and the next ones with its key whose prompts fit, at most
+        ``limit`` (lock held)."""
         first = self._pending.popleft()
         wave = [first]
         low = high = len(first.input_ids)
@@ -232,7 +336,7 @@ class CTranslate2Engine(WorkerEngine):
         while self._pending:
             seq = self._pending.popleft()
             length = len(seq.input_ids)
-            joins = len(wave) < self._max_batch and wave_key(seq.params) == key
+            joins = len(wave) < limit and wave_key(seq.params) == key
             if joins and prompts_fit([low, high, length]):
                 wave.append(seq)
                 low, high = min(low, length), max(high, length)
@@ -241,8 +345,8 @@ class CTranslate2Engine(WorkerEngine):
         self._pending = rest
         return wave
 
-    def _run_wave(self, wave: list[SequenceState]) -> None:
-        live = _admissible(wave)
+    def _run_wave(self, lane: Lane, generator: Any) -> None:
+        live = admissible(lane.wave)
         if not live:
             return
         rows = [self._tokenizer.convert_ids_to_tokens(seq.input_ids) for seq in live]
@@ -252,9 +356,9 @@ class CTranslate2Engine(WorkerEngine):
         longest = max(seq.tokens_to_come for seq in live) + max(lengths) - min(lengths)
         params = live[0].params
         sampled = params.temperature >= GREEDY_BELOW
-        steps = _StepCounter(self._batch_callbacks)
+        steps = StepCounter(self._batch_callbacks)
         try:
-            self._generator.generate_batch(
+            generator.generate_batch(
                 rows,
                 max_length=longest,
                 min_length=params.min_new_tokens,
@@ -264,96 +368,19 @@ class CTranslate2Engine(WorkerEngine):
                 end_token=sorted(self._model.eos_ids) or None,
                 return_end_token=True,
                 include_prompt_in_result=False,
-                callback=lambda step: _take_token(live, step, steps),
+                callback=lambda step: take_token(live, step, steps),
             )
         except Exception as error:  # fail only the requests in this wave
-            _fail(live, f"ctranslate2: {type(error).__name__}: {error}")
+            fail_all(live, f"ctranslate2: {type(error).__name__}: {error}")
             return
         finally:
             steps.flush()
-            self._last_end = time.monotonic()
-            self._last_rows = len(live)
-            self._step_s = min(steps.step_s(self._last_end), WINDOW_CAP * self._window)
+            lane.last_end = time.monotonic()
+            lane.last_rows = len(live)
+            lane.step_s = min(steps.step_s(lane.last_end), WINDOW_CAP * self._window)
         for seq in live:  # CTranslate2 ended a row without a last token: its limit
             if not seq.done:
                 seq.finish("length")
-
-
-class _StepCounter:
-    """Reports each decode step's rows to the batch observers (the batch-size metric)."""
-
-    def __init__(self, observers: list[Callable[[int], None]]) -> None:
-        self._observers = observers
-        self._step = -1
-        self._rows = 0
-        self._steps = 0
-        self._first_at = 0.0
-
-    def count(self, step: int) -> None:
-        if step != self._step:
-            self.flush()
-            self._step = step
-            self._steps += 1
-            if self._steps == 1:
-                self._first_at = time.monotonic()
-        self._rows += 1
-
-    def step_s(self, ended: float) -> float:
-        """Seconds per decode step after the first (the prefill left out); 0 if unknown."""
-        return (ended - self._first_at) / (self._steps - 1) if self._steps > 1 else 0.0
-
-    def flush(self) -> None:
-        if self._rows:
-            for observer in self._observers:
-                try:
-                    observer(self._rows)
-                except Exception:  # metrics must never stop generation
-                    log.exception("batch observer failed")
-        self._rows = 0
-
-
-def _take_token(live: list[SequenceState], step: Any, steps: _StepCounter) -> bool:
-    """CTranslate2's per-token callback: True stops this row. It must never raise."""
-    try:
-        seq: SequenceState = live[int(step.batch_id)]
-        steps.count(int(step.step))
-        if seq.done:
-            return True
-        if seq.cancelled:
-            seq.finish("cancelled")
-            return True
-        try:
-            seq.accept(int(step.token_id))
-        except Exception as error:
-            seq.finish("error", f"{type(error).__name__}: {error}")
-        return seq.done
-    except Exception as error:  # an unexpected step object: stop the row, keep the worker
-        log.exception("ctranslate2 callback failed")
-        with contextlib.suppress(Exception):
-            live[int(step.batch_id)].finish("error", f"ctranslate2 callback: {error}")
-        return True
-
-
-def _admissible(wave: list[SequenceState]) -> list[SequenceState]:
-    """The wave's rows still worth running: cancelled and oversized ones are finished here."""
-    live: list[SequenceState] = []
-    for seq in wave:
-        if seq.cancelled:
-            seq.finish("cancelled")
-            continue
-        try:
-            seq.check_fits()
-        except ValueError as error:
-            seq.finish("error", str(error))
-            continue
-        live.append(seq)
-    return live
-
-
-def _fail(seqs: list[SequenceState], message: str) -> None:
-    for seq in seqs:
-        if not seq.done:
-            seq.finish("error", message)
 
 
 def _default_threads() -> int:

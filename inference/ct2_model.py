@@ -12,7 +12,11 @@ What the engine needs is not the torch model: only the tokenizer (the server
 tokenises, and the engine detokenises as the torch engine does), the context
 length and the end-of-sequence ids from the source files, and the converted
 weights, which CTranslate2 loads itself. So :func:`load_converted` reads no torch
-weights, and the server holds one copy of the model.
+weights, and it does not import torch at all where the directory has a
+``tokenizer.json`` (transformers' config classes import it): the fast tokenizer
+and ``config.json`` read as JSON are all it needs, and the resident memory that
+torch would take is what lets the engine hold a second arrangement of its threads
+(inference/ct2_lanes.py).
 
 Left out: conversion here (it is a pipeline step: inference never runs the
 converter), and hub ids (a conversion is always a local directory).
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from inference.loader import (
@@ -96,11 +101,8 @@ def load_converted(model_ref: str, revision: str | None = None) -> ConvertedMode
             f"model {model_ref!r} carries no CTranslate2 conversion ({MARKER}); "
             "make one with `mlcicd run --convert ctranslate2`, or serve it with --engine torch"
         )
-    from transformers import AutoConfig, AutoTokenizer
-
     try:
-        tokenizer: Any = AutoTokenizer.from_pretrained(str(directory))
-        config: Any = AutoConfig.from_pretrained(str(directory))
+        tokenizer, config = _tokenizer_and_config(directory)
     except Exception as error:
         raise ModelLoadError(f"model {model_ref!r}: tokenizer or config: {error}") from error
     found = directory_content_hash(directory)
@@ -110,8 +112,24 @@ def load_converted(model_ref: str, revision: str | None = None) -> ConvertedMode
         tokenizer=tokenizer,
         name=name,
         revision=found,
-        context_length=context_length(config, tokenizer),
-        eos_ids=eos_token_ids(getattr(config, "eos_token_id", None), tokenizer),
+        context_length=context_length(SimpleNamespace(**config), tokenizer),
+        eos_ids=eos_token_ids(config.get("eos_token_id"), tokenizer),
         weights=directory / SUBDIR,
         quantization=str(marker["quantization"]),
     )
+
+
+def _tokenizer_and_config(directory: Path) -> tuple[Any, dict[str, Any]]:
+    """The source's tokenizer and its ``config.json`` as a dict.
+
+    The fast tokenizer class is loaded directly when ``tokenizer.json`` is there, so
+    that torch is not imported; any other tokenizer goes through ``AutoTokenizer``.
+    """
+    config: dict[str, Any] = json.loads((directory / "config.json").read_text())
+    if (directory / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(directory)), config
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory)), config

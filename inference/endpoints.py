@@ -248,6 +248,7 @@ class GenerationEndpoints:
             allocator=self.allocator,
             decode_step=getattr(self.engine, "decode_step", None),
             engine=getattr(self.engine, "engine_name", None),
+            arrangement=getattr(self.engine, "arrangement", None),
         )
         return ModelList(data=[card])
 

@@ -21,6 +21,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+# Below this temperature a request is greedy, in every engine: softmax(x / t) is
+# already one-hot in float32 for any logit gap the models produce, and smaller
+# values only risk overflow (the torch sampler: inference/sampling.py).
+GREEDY_BELOW = 1e-5
+
 FinishReason = Literal["length", "stop", "eos", "cancelled", "error"]
 
 

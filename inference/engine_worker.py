@@ -187,9 +187,14 @@ class WorkerEngine:
             return
         finally:
             ready.set()
+        self._serve_until_stopped(self._serve_round, self._fail_round)
+
+    @staticmethod
+    def _serve_until_stopped(serve: Callable[[], bool], fail: Callable[[str], None]) -> None:
+        """Run rounds until one says it is stopping; a round that raises fails, the loop goes on."""
         while True:
             try:
-                if not self._serve_round():
+                if not serve():
                     return
             except Exception as error:  # a bug outside the guarded calls: fail the round, go on
-                self._fail_round(f"engine round failed: {type(error).__name__}: {error}")
+                fail(f"engine round failed: {type(error).__name__}: {error}")

@@ -1,12 +1,14 @@
-"""Choosing the next token from one row of logits: greedy, or temperature + top-p.
+"""The torch engine's choice of each row's next token: greedy, or temperature + top-p.
 
-Why a function of its own: it must be numerically safe for every value the
-API accepts (temperature in [0, 2], top_p in (0, 1]), and that is checked by
-property-based tests on this function alone, without a model.
+:func:`accept_next_tokens` chooses for a batch and hands each row its token;
+:func:`sample_token` samples one row. Why that is a function of its own: it must
+be numerically safe for every value the API accepts (temperature in [0, 2],
+top_p in (0, 1]), and that is checked by property-based tests on this function
+alone, without a model.
 
 How it stays safe, in float32:
 
-- a temperature below :data:`GREEDY_BELOW` is greedy (argmax): dividing by a
+- a temperature below :data:`inference.engine.GREEDY_BELOW` is greedy (argmax): dividing by a
   subnormal temperature overflows to ``inf`` and the softmax turns into NaN;
 - logits are shifted so that the largest is 0 before dividing, so every
   scaled logit is <= 0, the best token's weight is exactly 1 and the sum can
@@ -22,11 +24,12 @@ Left out: top-k, repetition penalties, logit bias.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-# Below this, sampling is greedy: softmax(x / t) is already one-hot in float32 for
-# any logit gap the models produce, and smaller values only risk overflow.
-GREEDY_BELOW = 1e-5
+from inference.engine import GREEDY_BELOW
+from inference.sequence_state import SequenceState
 
 
 @torch.inference_mode()
@@ -48,3 +51,68 @@ def sample_token(
         kept[best] = 1.0  # however small top_p is (it may round to 0 in float32)
         weights = kept
     return int(torch.multinomial(weights, 1, generator=generator).item())
+
+
+def sample_row(seq: SequenceState, logits: torch.Tensor) -> int:
+    """Temperature + top-p sampling with this request's own seeded generator."""
+    if seq.sampler is None:
+        seq.sampler = torch.Generator(device=logits.device)
+        seed = seq.params.seed
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little") >> 1
+        seq.sampler.manual_seed(seed)
+    return sample_token(logits, seq.params.temperature, seq.params.top_p, seq.sampler)
+
+
+def accept_next_tokens(
+    seqs: list[SequenceState], logits: torch.Tensor, eos_ids: frozenset[int]
+) -> None:
+    """Choose each row's next token from ``logits`` and hand it to its sequence.
+
+    Whatever fails for one sequence (choosing, detokenising, a stop check)
+    finishes that sequence with ``reason="error"``; the others go on.
+    """
+    for seq, token in zip(seqs, _choose_safely(seqs, logits, eos_ids), strict=True):
+        if token is None:
+            continue
+        try:
+            seq.accept(token)
+        except Exception as error:
+            seq.finish("error", f"{type(error).__name__}: {error}")
+
+
+def _choose_safely(
+    seqs: list[SequenceState], logits: torch.Tensor, eos_ids: frozenset[int]
+) -> list[int | None]:
+    """Next token per row; ``None`` where choosing failed (that row is finished).
+
+    Rows are chosen together; if that fails, row by row, so one bad request (say,
+    an invalid sampling state) fails alone.
+    """
+    try:
+        return list(_choose(seqs, logits, eos_ids))
+    except Exception:
+        chosen: list[int | None] = []
+        for row, seq in enumerate(seqs):
+            try:
+                chosen.append(_choose([seq], logits[row : row + 1], eos_ids)[0])
+            except Exception as error:
+                seq.finish("error", f"{type(error).__name__}: {error}")
+                chosen.append(None)
+        return chosen
+
+
+@torch.inference_mode()
+def _choose(seqs: list[SequenceState], logits: torch.Tensor, eos_ids: frozenset[int]) -> list[int]:
+    """Greedy for temperature 0, else seeded temperature + top-p; EOS masked where suppressed."""
+    logits = logits.float()
+    suppress = [row for row, s in enumerate(seqs) if s.suppress_eos]
+    if suppress and eos_ids:
+        eos = torch.tensor(sorted(eos_ids), device=logits.device)
+        logits = logits.clone()
+        logits[torch.tensor(suppress, device=logits.device).unsqueeze(1), eos] = float("-inf")
+    chosen = logits.argmax(dim=-1).tolist()
+    for row, seq in enumerate(seqs):
+        if seq.params.temperature > 0:
+            chosen[row] = sample_row(seq, logits[row])
+    return [int(token) for token in chosen]

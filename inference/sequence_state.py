@@ -1,4 +1,4 @@
-"""One request's generation state inside the torch engine (pure logic, no model).
+"""One request's generation state inside either engine (pure logic: no model, no torch).
 
 Why separate from the engine: streaming text correctly is fiddly and worth
 testing on its own -- byte-level BPE tokens can end in the middle of a UTF-8
@@ -6,16 +6,16 @@ character, and a stop string can arrive split over several tokens. This class
 turns accepted token ids into text deltas (never a broken character, never text
 that a stop string will later cut off) and decides when the request is done.
 
-Left out: logprobs, repetition penalties, top-k.
+Left out: logprobs, repetition penalties, top-k, and choosing tokens from logits
+(the torch engine's: inference/sampling.py), so that the CTranslate2 engine's
+process never imports torch.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import torch
+from typing import Any
 
 from inference.engine import (
     Event,
@@ -25,7 +25,6 @@ from inference.engine import (
     GenerationParams,
     TokenEvent,
 )
-from inference.sampling import sample_token
 
 # Prompt tokens kept as decoding context so tokenizers that strip a leading space
 # (SentencePiece) decode the first generated token the same way as mid-sentence.
@@ -49,7 +48,8 @@ class SequenceState:
     _ids: list[int] = field(default_factory=list)
     _prefix_offset: int = 0
     _read_offset: int = 0
-    _generator: torch.Generator | None = None
+    # The torch engine's per-request sampler (inference/sampling.py); None until it samples.
+    sampler: Any = None
     _prompt_length: int = 0  # len(input_ids), read every step
 
     def __post_init__(self) -> None:
@@ -99,16 +99,6 @@ class SequenceState:
             raise ValueError(
                 f"prompt has {self._prompt_length} tokens; the context is {self.context_length}"
             )
-
-    def sample(self, logits: torch.Tensor) -> int:
-        """Temperature + top-p sampling with this request's own seeded generator."""
-        if self._generator is None:
-            self._generator = torch.Generator(device=logits.device)
-            seed = self.params.seed
-            if seed is None:
-                seed = int.from_bytes(os.urandom(8), "little") >> 1
-            self._generator.manual_seed(seed)
-        return sample_token(logits, self.params.temperature, self.params.top_p, self._generator)
 
     def accept(self, token: int) -> None:
         """Take the next token: stream its text, or finish on EOS / stop / length."""
@@ -194,57 +184,3 @@ class SequenceState:
                     hold = k
                     break
         return hold
-
-
-def accept_next_tokens(
-    seqs: list[SequenceState], logits: torch.Tensor, eos_ids: frozenset[int]
-) -> None:
-    """Choose each row's next token from ``logits`` and hand it to its sequence.
-
-    Whatever fails for one sequence (choosing, detokenising, a stop check)
-    finishes that sequence with ``reason="error"``; the others go on.
-    """
-    for seq, token in zip(seqs, _choose_safely(seqs, logits, eos_ids), strict=True):
-        if token is None:
-            continue
-        try:
-            seq.accept(token)
-        except Exception as error:
-            seq.finish("error", f"{type(error).__name__}: {error}")
-
-
-def _choose_safely(
-    seqs: list[SequenceState], logits: torch.Tensor, eos_ids: frozenset[int]
-) -> list[int | None]:
-    """Next token per row; ``None`` where choosing failed (that row is finished).
-
-    Rows are chosen together; if that fails, row by row, so one bad request (say,
-    an invalid sampling state) fails alone.
-    """
-    try:
-        return list(_choose(seqs, logits, eos_ids))
-    except Exception:
-        chosen: list[int | None] = []
-        for row, seq in enumerate(seqs):
-            try:
-                chosen.append(_choose([seq], logits[row : row + 1], eos_ids)[0])
-            except Exception as error:
-                seq.finish("error", f"{type(error).__name__}: {error}")
-                chosen.append(None)
-        return chosen
-
-
-@torch.inference_mode()
-def _choose(seqs: list[SequenceState], logits: torch.Tensor, eos_ids: frozenset[int]) -> list[int]:
-    """Greedy for temperature 0, else seeded temperature + top-p; EOS masked where suppressed."""
-    logits = logits.float()
-    suppress = [row for row, s in enumerate(seqs) if s.suppress_eos]
-    if suppress and eos_ids:
-        eos = torch.tensor(sorted(eos_ids), device=logits.device)
-        logits = logits.clone()
-        logits[torch.tensor(suppress, device=logits.device).unsqueeze(1), eos] = float("-inf")
-    chosen = logits.argmax(dim=-1).tolist()
-    for row, seq in enumerate(seqs):
-        if seq.params.temperature > 0:
-            chosen[row] = seq.sample(logits[row])
-    return [int(token) for token in chosen]

@@ -60,7 +60,8 @@ from inference.loader import LoadedModel, eos_token_ids
 from inference.packed_linear import PACK_ROWS
 from inference.padded_prefill import padded_prefill, prefill_chunks
 from inference.running_batch import RunningBatch, columns_to_come
-from inference.sequence_state import SequenceState, accept_next_tokens
+from inference.sampling import accept_next_tokens
+from inference.sequence_state import SequenceState
 
 log = logging.getLogger(__name__)
 

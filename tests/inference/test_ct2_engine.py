@@ -10,6 +10,9 @@ limits, and fails a wave, not the worker, when CTranslate2 raises.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,16 +20,26 @@ from typing import Any
 
 import pytest
 
-from inference.ct2_engine import CTranslate2Engine, prompts_fit, wave_key
+from inference.ct2_engine import CTranslate2Engine
+from inference.ct2_lanes import Arrangement
 from inference.ct2_model import load_converted
+from inference.ct2_wave import Lane, prompts_fit, wave_key
 from inference.engine import GenerationParams
 from tests.inference.engine_client import generate, params, run_all
 
 pytestmark = pytest.mark.slow
+SOLO = Arrangement(threads=2)  # every wave on one call, so that waves are deterministic
+LANES = Arrangement(threads=2, lanes=2, lanes_from=4)
 
 
 def _engine(converted: Path, **kwargs: Any) -> CTranslate2Engine:
-    settings: dict[str, Any] = {"max_batch_size": 8, "batch_window_s": 0.005, "queue_cap": 32}
+    settings: dict[str, Any] = {
+        "max_batch_size": 8,
+        "batch_window_s": 0.005,
+        "queue_cap": 32,
+        "threads": 2,
+        "arrangement": SOLO,
+    }
     return CTranslate2Engine(load_converted(str(converted)), **{**settings, **kwargs})
 
 
@@ -59,8 +72,8 @@ def test_a_wave_takes_the_oldest_request_and_those_that_share_its_key(
         kinds = [greedy, sampled, greedy, greedy, sampled]
         for index, kind in enumerate(kinds):
             engine.submit(params(engine, f"Hello {index}", 4, **kind), loop)
-        first = [seq.params.prompt for seq in engine._take_wave()]
-        second = [seq.params.prompt for seq in engine._take_wave()]
+        first = [seq.params.prompt for seq in engine._take_wave(2)]
+        second = [seq.params.prompt for seq in engine._take_wave(2)]
         assert first == ["Hello 0", "Hello 2"]  # greedy, capped at max_batch_size
         assert second == ["Hello 1", "Hello 4"]  # then the oldest left: sampled
         assert [seq.params.prompt for seq in engine._pending] == ["Hello 3"]
@@ -98,13 +111,14 @@ def test_after_a_wave_the_next_waits_one_step_for_its_clients(
     engine = _engine(builtin_converted_dir, batch_window_s=0.005)  # not started: a queue only
     loop = asyncio.new_event_loop()
     try:
-        engine._last_end, engine._last_rows, engine._step_s = time.monotonic(), 3, 0.5
+        lane = engine._lanes[0]
+        lane.last_end, lane.last_rows, lane.step_s = time.monotonic(), 3, 0.5
         engine.submit(params(engine, "Hello", 4), loop)
-        assert engine._start_by() >= engine._last_end + 0.5  # 1 of the last wave's 3 is back
+        assert engine._start_by(lane) >= lane.last_end + 0.5  # 1 of the last wave's 3 is back
         for _ in range(2):
             engine.submit(params(engine, "Hello", 4), loop)
         newest = engine._pending[-1].submitted_at
-        assert engine._start_by() == pytest.approx(newest + 0.005)  # all 3 back: the window
+        assert engine._start_by(lane) == pytest.approx(newest + 0.005)  # all 3 back: the window
     finally:
         loop.close()
 
@@ -121,21 +135,23 @@ def test_rows_of_one_wave_stop_at_their_own_limits(engine: CTranslate2Engine) ->
     assert max(sizes) == 3 and sizes[-1] == 1  # one wave; rows left as they finished
 
 
+class _FailingOnce:
+    """A generator whose first ``generate_batch`` call raises; the rest are the real one's."""
+
+    def __init__(self, real: Any, message: str) -> None:
+        self._real, self._message, self._calls = real, message, 0
+
+    def generate_batch(self, *args: Any, **kwargs: Any) -> Any:
+        self._calls += 1
+        if self._calls == 1:
+            raise RuntimeError(self._message)
+        return self._real.generate_batch(*args, **kwargs)
+
+
 def test_a_failed_generate_batch_fails_only_that_wave(
     engine: CTranslate2Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = engine._generator
-
-    class FailingOnce:
-        calls = 0
-
-        def generate_batch(self, *args: Any, **kwargs: Any) -> Any:
-            FailingOnce.calls += 1
-            if FailingOnce.calls == 1:
-                raise RuntimeError("out of memory, say")
-            return real.generate_batch(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "_generator", FailingOnce())
+    monkeypatch.setattr(engine, "_solo", _FailingOnce(engine._solo, "out of memory, say"))
     failed = generate(engine, "Hello, my name is")
     assert failed.finish.reason == "error" and "out of memory, say" in (failed.finish.error or "")
     answer = generate(engine, "Q: What is the capital of France?\nA:").finish.text
@@ -187,3 +203,172 @@ def test_greedy_text_equals_the_torch_engines(
             assert (ours.text, ours.reason) == (theirs.text, theirs.reason), prompt
     finally:
         torch_engine.stop()
+
+
+class _Recorder:
+    """Wraps a generator: each call's rows and its start and end (fakes nothing)."""
+
+    def __init__(self, real: Any, name: str, calls: list[tuple[str, int, float, float]]) -> None:
+        self._real, self._name, self._calls = real, name, calls
+
+    def generate_batch(self, rows: list[Any], **kwargs: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return self._real.generate_batch(rows, **kwargs)
+        finally:
+            self._calls.append((self._name, len(rows), started, time.monotonic()))
+
+
+def _returned(calls: list[Any], count: int) -> list[Any]:
+    """The calls once ``count`` have returned: rows finish (the callback) before their
+    ``generate_batch`` call returns."""
+    deadline = time.monotonic() + 10
+    while len(calls) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return calls
+
+
+def _record(engine: CTranslate2Engine) -> list[tuple[str, int, float, float]]:
+    calls: list[tuple[str, int, float, float]] = []
+    engine._solo = _Recorder(engine._solo, "solo", calls)
+    engine._lanes_generator = _Recorder(engine._lanes_generator, "lanes", calls)
+    return calls
+
+
+FOUR = [
+    "Hello, my name is",
+    "Q: Who wrote Romeo and Juliet?\nA:",
+    "The weather today",
+    "Once upon a time",
+]
+
+
+@pytest.fixture()
+def lanes_engine(builtin_converted_dir: Path) -> Iterator[CTranslate2Engine]:
+    engine = _engine(builtin_converted_dir, arrangement=LANES, batch_window_s=0.05)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+def test_from_lanes_from_rows_a_burst_runs_as_one_wave_per_lane_at_once(
+    lanes_engine: CTranslate2Engine, engine: CTranslate2Engine
+) -> None:
+    calls = _record(lanes_engine)
+    both_in_flight = threading.Barrier(2, timeout=10)
+    real = lanes_engine._lanes_generator
+
+    class MeetingTheOtherLane:
+        def generate_batch(self, *args: Any, **kwargs: Any) -> Any:
+            both_in_flight.wait()  # breaks (and fails the wave) unless both lanes run at once
+            return real.generate_batch(*args, **kwargs)
+
+    lanes_engine._lanes_generator = MeetingTheOtherLane()
+    prompts = FOUR * 2
+    alone = [generate(engine, prompt, 12).finish.text for prompt in prompts]
+    results = run_all(lanes_engine, [params(lanes_engine, p, 12) for p in prompts], True)
+    assert [r.finish.text for r in results] == alone  # the lanes serve the same model
+    assert sorted((name, rows) for name, rows, *_ in _returned(calls, 2)) == [("lanes", 4)] * 2
+
+
+def test_below_lanes_from_rows_a_wave_runs_on_every_thread(
+    lanes_engine: CTranslate2Engine,
+) -> None:
+    calls = _record(lanes_engine)
+    run_all(lanes_engine, [params(lanes_engine, p, 8) for p in FOUR[:3]], True)
+    assert [(name, rows) for name, rows, *_ in _returned(calls, 1)] == [("solo", 3)]
+
+
+def test_a_solo_wave_and_lane_waves_never_compute_at_once(
+    lanes_engine: CTranslate2Engine,
+) -> None:
+    calls = _record(lanes_engine)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        first = [lanes_engine.submit(params(lanes_engine, p, 40), loop) for p in FOUR[:2]]
+        await asyncio.sleep(0.1)  # the solo wave of two is running
+        later = [lanes_engine.submit(params(lanes_engine, p, 12), loop) for p in FOUR * 2]
+        await asyncio.gather(*(_finish(handle) for handle in first + later))
+
+    asyncio.run(main())
+    _returned(calls, 3)
+    solo = [(start, end) for name, _, start, end in calls if name == "solo"]
+    lanes = [(start, end) for name, _, start, end in calls if name == "lanes"]
+    assert solo and lanes
+    apart = [s_end <= start or end <= s_start for s_start, s_end in solo for start, end in lanes]
+    assert all(apart)
+
+
+def test_a_failed_lane_fails_only_its_wave(lanes_engine: CTranslate2Engine) -> None:
+    lanes_engine._lanes_generator = _FailingOnce(
+        lanes_engine._lanes_generator, "lane out of memory, say"
+    )
+    results = run_all(lanes_engine, [params(lanes_engine, p, 8) for p in FOUR * 2], True)
+    failed = [r for r in results if r.finish.reason == "error"]
+    assert len(failed) == 4 and all("lane out of memory" in (r.finish.error or "") for r in failed)
+    assert "Paris" in generate(lanes_engine, "Q: What is the capital of France?\nA:").finish.text
+    assert lanes_engine.in_flight == 0
+
+
+def test_the_arrangement_is_measured_at_start(builtin_converted_dir: Path) -> None:
+    engine = _engine(builtin_converted_dir, arrangement=None)
+    engine.start()
+    try:
+        rates = engine.arrangement_rates
+        assert set(rates) == {f"{kind}@{rows}" for kind in ("solo", "lanes") for rows in (2, 4, 8)}
+        assert all(rate > 0 for rate in rates.values())
+        uses_lanes = "lanes of 1 thread" in engine.arrangement
+        assert (engine._lanes_generator is not None) == uses_lanes  # else one copy of the weights
+        assert len(engine._lane_threads) == (1 if uses_lanes else 0)
+        assert generate(engine, "Hello, my name is", 4).finish.reason == "length"
+    finally:
+        engine.stop()
+
+
+def test_one_thread_has_no_lanes_to_measure(builtin_converted_dir: Path) -> None:
+    engine = _engine(builtin_converted_dir, threads=1, arrangement=None)
+    engine.start()
+    try:
+        assert engine.arrangement_rates == {} and engine._lanes_generator is None
+        assert engine.arrangement == "one call on 1 threads"
+    finally:
+        engine.stop()
+
+
+def test_the_engine_loads_and_serves_without_importing_torch(builtin_converted_dir: Path) -> None:
+    """Torch's resident memory is what makes room for the lanes' copy of the weights."""
+    code = (
+        "import sys\n"
+        "from inference.engine_factory import build_engine\n"
+        "from inference.settings import EngineChoice, ServerSettings\n"
+        f"engine = build_engine(ServerSettings(model={str(builtin_converted_dir)!r},"
+        " engine=EngineChoice.ctranslate2))\n"
+        "engine.start()\n"
+        "engine.stop()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_clients_on_their_way_back_count_in_a_lanes_share(builtin_converted_dir: Path) -> None:
+    """Both lanes just ended waves of 8; 8 clients are back, 8 on their way: the first
+    lane takes 8 on the lanes, not half of what waits (4) or one call for all."""
+    engine = _engine(builtin_converted_dir, arrangement=LANES, max_batch_size=64)
+    engine._lanes += [Lane()]  # not started: the two lanes' bookkeeping only
+    loop = asyncio.new_event_loop()
+    try:
+        for lane in engine._lanes:
+            lane.last_end, lane.last_rows, lane.step_s = time.monotonic(), 8, 0.5
+        for prompt in FOUR * 2:
+            engine.submit(params(engine, prompt, 4), loop)
+        taken = engine._next_wave(engine._lanes[0])
+        assert taken is not None
+        wave, on_lanes = taken
+        assert (len(wave), on_lanes) == (8, True)
+    finally:
+        loop.close()

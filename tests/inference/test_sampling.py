@@ -15,7 +15,8 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from inference.sampling import GREEDY_BELOW, sample_token
+from inference.engine import GREEDY_BELOW
+from inference.sampling import sample_token
 
 logit = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
 logit_rows = st.lists(st.one_of(logit, st.just(-math.inf)), min_size=1, max_size=64).filter(

@@ -39,6 +39,10 @@ def served_model(server: InferenceServer) -> dict[str, object]:
 def test_the_model_card_names_the_engine(server: InferenceServer, engine_model: str) -> None:
     card = served_model(server)
     assert card["engine"] == ("torch" if engine_model == "builtin" else "ctranslate2")
+    if card["engine"] == "ctranslate2":  # the arrangement it measured at start
+        assert str(card["arrangement"]).startswith("one call on ")
+    else:
+        assert card["arrangement"] is None
 
 
 def metric_value(text: str, name: str, labels: str = "") -> float:

@@ -1,0 +1,134 @@
+"""How the CTranslate2 engine spends its threads: one wave on all of them, or lanes.
+
+Why two arrangements: CTranslate2 fixes a generator's threads per call
+(``intra_threads``) when it loads. All threads on one call gives the shortest
+step for one row, which is what a lone client waits for. Under load, one
+single-thread call per core ("lanes", CTranslate2's ``inter_threads`` replicas,
+which share one copy of the weights) can give more tokens a second than every
+thread on one bigger call: whether it does, and from how many waiting rows,
+depends on the CPU, its ISA and the model, so the engine measures it when it
+starts (:func:`choose_arrangement`) instead of taking a constant tuned elsewhere.
+The choice is logged and shown in ``/v1/models`` (``arrangement``).
+
+The price is a second copy of the weights (a generator per arrangement); the
+engine loads without torch (inference/ct2_model.py) so that both fit the memory
+target. When the lanes do not win at any probed row count, the engine drops them
+and keeps one copy.
+
+Left out: more than two arrangements (for example two lanes of two threads on
+four cores); the probe compares all-threads against one-thread lanes only.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+# The lanes must beat one call on all threads by this fraction to be used: a
+# measured tie is not worth the second copy of the weights.
+LANES_MARGIN = 0.05
+PROBE_ROWS = (2, 4, 8, 16)  # rows per probe, capped at the engine's max_batch_size
+PROBE_NEW_TOKENS = 8
+PROBE_REPEATS = 2
+
+# Runs one wave of ``rows`` prompts, each to ``PROBE_NEW_TOKENS`` tokens, on the
+# lanes' generator (True) or the solo one (False).
+RunWave = Callable[[int, bool], None]
+
+
+@dataclass(frozen=True)
+class Arrangement:
+    """The threads of the solo generator, and the lanes used from ``lanes_from`` rows."""
+
+    threads: int
+    lanes: int = 1  # 1: no lanes, every wave runs on the solo generator
+    lanes_from: int = 0  # waiting rows from which waves go to the lanes (0 with no lanes)
+    # tokens/s measured per probe, "solo@8" or "lanes@8", for the log and /v1/models
+    rates: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.lanes < 1:
+            raise ValueError("threads and lanes must be >= 1")
+        if self.lanes > 1 and self.lanes_from < 1:
+            raise ValueError("lanes_from must be >= 1 when there are lanes")
+
+    @property
+    def uses_lanes(self) -> bool:
+        return self.lanes > 1
+
+    def describe(self) -> str:
+        """One line for the log and ``/v1/models``."""
+        solo = f"one call on {self.threads} threads"
+        if not self.uses_lanes:
+            return solo + (" (lanes measured slower)" if self.rates else "")
+        return (
+            f"{solo} below {self.lanes_from} waiting rows; from {self.lanes_from}, "
+            f"{self.lanes} lanes of 1 thread"
+        )
+
+    def lane_share(self, demand: int, max_batch: int) -> int:
+        """Rows one lane's wave takes when ``demand`` rows are waiting or running."""
+        return max(1, min(max_batch, math.ceil(demand / self.lanes)))
+
+
+def time_wave(run: RunWave, rows: int, on_lanes: bool, lanes: int) -> float:
+    """Seconds for ``rows`` rows: one call, or split over ``lanes`` concurrent calls."""
+    if not on_lanes:
+        started = time.perf_counter()
+        run(rows, False)
+        return time.perf_counter() - started
+    shares = [rows // lanes + (1 if i < rows % lanes else 0) for i in range(lanes)]
+    threads = [threading.Thread(target=run, args=(share, True)) for share in shares if share]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def measure_rates(
+    run: RunWave, threads: int, max_batch: int, rows_to_probe: Sequence[int] = PROBE_ROWS
+) -> dict[str, float]:
+    """Tokens/s of each arrangement at each probed row count (best of the repeats)."""
+    rates: dict[str, float] = {}
+    for rows in sorted({min(r, max_batch) for r in rows_to_probe if min(r, max_batch) >= 2}):
+        for on_lanes, label in ((False, "solo"), (True, "lanes")):
+            run(rows, on_lanes)  # warm: the allocator's first use of this shape
+            seconds = [time_wave(run, rows, on_lanes, threads) for _ in range(PROBE_REPEATS)]
+            rates[f"{label}@{rows}"] = round(rows * PROBE_NEW_TOKENS / min(seconds), 1)
+    return rates
+
+
+def choose_arrangement(threads: int, rates: dict[str, float]) -> Arrangement:
+    """Lanes from the smallest probed row count from which they win by the margin at
+    every larger one; no lanes when they do not win at the largest."""
+    probed = sorted(int(key.split("@")[1]) for key in rates if key.startswith("solo@"))
+    winning = [
+        rows
+        for rows in probed
+        if rates[f"lanes@{rows}"] >= (1 + LANES_MARGIN) * rates[f"solo@{rows}"]
+    ]
+    lanes_from = 0
+    for rows in reversed(probed):
+        if rows not in winning:
+            break
+        lanes_from = rows
+    if threads < 2 or not lanes_from:
+        return Arrangement(threads=threads, rates=rates)
+    return Arrangement(threads=threads, lanes=threads, lanes_from=lanes_from, rates=rates)
+
+
+def summarise(rates: dict[str, float]) -> str:
+    """The probe's rates as one log line, solo against lanes per row count."""
+    probed = sorted({int(key.split("@")[1]) for key in rates})
+    if not probed:
+        return "not probed"
+    pairs = (
+        f"{rows} rows {rates.get(f'solo@{rows}', 0):.0f} vs {rates.get(f'lanes@{rows}', 0):.0f}"
+        for rows in probed
+    )
+    return ", ".join(pairs) + " tokens/s (one call vs lanes)"
