@@ -50,11 +50,11 @@ import time
 from typing import Any
 
 from inference.ct2_lanes import (
-    PROBE_NEW_TOKENS,
     Arrangement,
     choose_arrangement,
     measure_rates,
     summarise,
+    timed_probe_call,
 )
 from inference.ct2_model import ConvertedModel
 from inference.ct2_wave import (
@@ -247,17 +247,9 @@ class CTranslate2Engine(WorkerEngine):
         if not self._arrangement.uses_lanes:
             self._lanes_generator = None  # one copy of the weights, not two
 
-    def _probe_wave(self, rows: int, on_lanes: bool) -> None:
-        """One greedy wave of the probe prompt for the arrangement probe."""
+    def _probe_wave(self, rows: int, on_lanes: bool) -> tuple[float, float]:
         prompt = self._tokenizer.convert_ids_to_tokens(list(self.count_tokens(PROBE_PROMPT)))
-        generator = self._lanes_generator if on_lanes else self._solo
-        generator.generate_batch(
-            [prompt] * rows,
-            max_length=PROBE_NEW_TOKENS,
-            min_length=PROBE_NEW_TOKENS,
-            sampling_topk=1,
-            include_prompt_in_result=False,
-        )
+        return timed_probe_call(self._lanes_generator if on_lanes else self._solo, prompt, rows)
 
     def _warm_up(self) -> None:
         events: list[Event] = []

@@ -21,22 +21,32 @@ four cores); the probe compares all-threads against one-thread lanes only.
 
 from __future__ import annotations
 
+import itertools
 import math
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 # The lanes must beat one call on all threads by this fraction to be used: a
 # measured tie is not worth the second copy of the weights.
 LANES_MARGIN = 0.05
-PROBE_ROWS = (2, 4, 8, 16)  # rows per probe, capped at the engine's max_batch_size
+PROBE_ROWS = (4, 8, 16, 32)  # rows per probe, capped at the max_batch_size
 PROBE_NEW_TOKENS = 8
 PROBE_REPEATS = 2
+# The answer length the arrangements are compared for. The probe measures each
+# call's prefill and its decode step, and projects a wave of this many tokens:
+# the prefill's share of a wave decides between them (all threads on one call
+# win the prefill, lanes win the steps), so probing with the probe's own few
+# tokens would weigh the prefill as if answers were that short.
+ANSWER_TOKENS = 32
 
 # Runs one wave of ``rows`` prompts, each to ``PROBE_NEW_TOKENS`` tokens, on the
-# lanes' generator (True) or the solo one (False).
-RunWave = Callable[[int, bool], None]
+# lanes' generator (True) or the solo one (False); returns the seconds to its
+# first token and its seconds per decode step after that.
+RunWave = Callable[[int, bool], tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -75,31 +85,65 @@ class Arrangement:
 
 
 def time_wave(run: RunWave, rows: int, on_lanes: bool, lanes: int) -> float:
-    """Seconds for ``rows`` rows: one call, or split over ``lanes`` concurrent calls."""
+    """Projected seconds for ``rows`` rows of :data:`ANSWER_TOKENS` tokens: one call,
+    or split over ``lanes`` concurrent calls (the slowest lane's)."""
     if not on_lanes:
-        started = time.perf_counter()
-        run(rows, False)
-        return time.perf_counter() - started
+        return _projected(run(rows, False))
     shares = [rows // lanes + (1 if i < rows % lanes else 0) for i in range(lanes)]
-    threads = [threading.Thread(target=run, args=(share, True)) for share in shares if share]
-    started = time.perf_counter()
+    timings: list[tuple[float, float]] = []
+    threads = [
+        threading.Thread(target=lambda share=share: timings.append(run(share, True)))
+        for share in shares
+        if share
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return time.perf_counter() - started
+    if len(timings) != len(threads):
+        raise RuntimeError("a lane's probe call failed")
+    return max(_projected(timing) for timing in timings)
+
+
+def timed_probe_call(generator: Any, prompt: list[str], rows: int) -> tuple[float, float]:
+    """One greedy ``generate_batch`` of ``rows`` copies of ``prompt``: seconds to its
+    first token, and its median seconds per decode step after that."""
+    marks: list[float] = []
+
+    def on_token(step: Any) -> bool:
+        if step.batch_id == 0:
+            marks.append(time.perf_counter())
+        return False
+
+    started = time.perf_counter()
+    generator.generate_batch(
+        [prompt] * rows,
+        max_length=PROBE_NEW_TOKENS,
+        min_length=PROBE_NEW_TOKENS,
+        sampling_topk=1,
+        include_prompt_in_result=False,
+        callback=on_token,
+    )
+    gaps = [later - earlier for earlier, later in itertools.pairwise(marks)]
+    return marks[0] - started, statistics.median(gaps)
+
+
+def _projected(timing: tuple[float, float]) -> float:
+    first_s, step_s = timing
+    return first_s + (ANSWER_TOKENS - 1) * step_s
 
 
 def measure_rates(
     run: RunWave, threads: int, max_batch: int, rows_to_probe: Sequence[int] = PROBE_ROWS
 ) -> dict[str, float]:
-    """Tokens/s of each arrangement at each probed row count (best of the repeats)."""
+    """Projected tokens/s of each arrangement at each probed row count (best of the
+    repeats)."""
     rates: dict[str, float] = {}
     for rows in sorted({min(r, max_batch) for r in rows_to_probe if min(r, max_batch) >= 2}):
         for on_lanes, label in ((False, "solo"), (True, "lanes")):
             run(rows, on_lanes)  # warm: the allocator's first use of this shape
             seconds = [time_wave(run, rows, on_lanes, threads) for _ in range(PROBE_REPEATS)]
-            rates[f"{label}@{rows}"] = round(rows * PROBE_NEW_TOKENS / min(seconds), 1)
+            rates[f"{label}@{rows}"] = round(rows * ANSWER_TOKENS / min(seconds), 1)
     return rates
 
 

@@ -316,7 +316,7 @@ def test_the_arrangement_is_measured_at_start(builtin_converted_dir: Path) -> No
     engine.start()
     try:
         rates = engine.arrangement_rates
-        assert set(rates) == {f"{kind}@{rows}" for kind in ("solo", "lanes") for rows in (2, 4, 8)}
+        assert set(rates) == {f"{kind}@{rows}" for kind in ("solo", "lanes") for rows in (4, 8)}
         assert all(rate > 0 for rate in rates.values())
         uses_lanes = "lanes of 1 thread" in engine.arrangement
         assert (engine._lanes_generator is not None) == uses_lanes  # else one copy of the weights

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from inference.ct2_lanes import (
+    ANSWER_TOKENS,
     PROBE_NEW_TOKENS,
     PROBE_REPEATS,
     Arrangement,
@@ -73,28 +74,31 @@ def test_a_lanes_probe_splits_the_rows_over_concurrent_calls() -> None:
     calls: list[tuple[int, bool, str]] = []
     met = threading.Barrier(2, timeout=5)
 
-    def run(rows: int, on_lanes: bool) -> None:
+    def run(rows: int, on_lanes: bool) -> tuple[float, float]:
         if on_lanes:
             met.wait()  # both shares are in flight at once
         calls.append((rows, on_lanes, threading.current_thread().name))
+        return 0.1 * rows, 0.01 * rows  # prefill and step grow with the rows
 
-    time_wave(run, 5, True, 2)
+    # the slowest lane (3 rows) projected to ANSWER_TOKENS: 0.3 + 31 * 0.03
+    assert time_wave(run, 5, True, 2) == pytest.approx(0.3 + (ANSWER_TOKENS - 1) * 0.03)
     assert sorted(rows for rows, *_ in calls) == [2, 3]
     assert len({name for *_, name in calls}) == 2
     calls.clear()
-    time_wave(run, 5, False, 2)
+    assert time_wave(run, 5, False, 2) == pytest.approx(0.5 + (ANSWER_TOKENS - 1) * 0.05)
     assert [(rows, on_lanes) for rows, on_lanes, _ in calls] == [(5, False)]
 
 
 def test_the_probe_measures_each_arrangement_at_row_counts_within_the_batch_cap() -> None:
     calls: list[tuple[int, bool]] = []
 
-    def run(rows: int, on_lanes: bool) -> None:
+    def run(rows: int, on_lanes: bool) -> tuple[float, float]:
         calls.append((rows, on_lanes))
+        return 0.05, 0.01
 
     measured = measure_rates(run, threads=2, max_batch=6, rows_to_probe=(1, 2, 4, 8))
     assert set(measured) == {"solo@2", "lanes@2", "solo@4", "lanes@4", "solo@6", "lanes@6"}
-    assert all(rate > 0 for rate in measured.values())
+    assert measured["solo@4"] == pytest.approx(4 * ANSWER_TOKENS / (0.05 + 31 * 0.01), abs=0.1)
     solo_calls = [rows for rows, on_lanes in calls if not on_lanes]
     assert solo_calls == [2] * (1 + PROBE_REPEATS) + [4] * (1 + PROBE_REPEATS) + [6] * (
         1 + PROBE_REPEATS
