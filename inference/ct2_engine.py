@@ -45,16 +45,18 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import statistics
 import threading
 import time
 from typing import Any
 
 from inference.ct2_lanes import (
+    PROBE_NEW_TOKENS,
     Arrangement,
     choose_arrangement,
     measure_rates,
     summarise,
-    timed_probe_call,
+    timed_greedy_call,
 )
 from inference.ct2_model import ConvertedModel
 from inference.ct2_wave import (
@@ -249,7 +251,9 @@ class CTranslate2Engine(WorkerEngine):
 
     def _probe_wave(self, rows: int, on_lanes: bool) -> tuple[float, float]:
         prompt = self._tokenizer.convert_ids_to_tokens(list(self.count_tokens(PROBE_PROMPT)))
-        return timed_probe_call(self._lanes_generator if on_lanes else self._solo, prompt, rows)
+        generator = self._lanes_generator if on_lanes else self._solo
+        timing = timed_greedy_call(generator, [prompt] * rows, PROBE_NEW_TOKENS)
+        return timing.first_s, statistics.median(timing.gaps_s)
 
     def _warm_up(self) -> None:
         events: list[Event] = []
@@ -278,7 +282,7 @@ class CTranslate2Engine(WorkerEngine):
                         return None
                     self._lock.wait()
                 while len(self._pending) < self._max_batch and not self._stopping:
-                    remaining = self._start_by(lane) - time.monotonic()
+                    remaining = self._start_by() - time.monotonic()
                     if remaining <= 0:
                         break
                     self._lock.wait(remaining)
@@ -299,23 +303,30 @@ class CTranslate2Engine(WorkerEngine):
             self._running += len(wave)
         return wave, on_lanes
 
-    def _returning(self) -> int:
-        """Rows of idle lanes' waves that ended within a decode step (lock held): their
-        clients may be on their way back, so they count as waiting when choosing
-        between one call and the lanes, and when sharing rows between lanes."""
+    def _returning_lanes(self) -> list[Lane]:
+        """Idle lanes whose wave ended within its decode step (lock held): their clients
+        may be on their way back. Every lane thread waits for them, not only the one
+        that ran the wave: else an idle lane starts a wave with the first few back and
+        the rest wait a whole wave."""
         now = time.monotonic()
-        return sum(
-            lane.last_rows
+        return [
+            lane
             for lane in self._lanes
             if not lane.busy and now - lane.last_end <= max(lane.step_s, self._window)
-        )
+        ]
 
-    def _start_by(self, lane: Lane) -> float:
+    def _returning(self) -> int:
+        """Rows whose clients may be on their way back: they count as waiting when
+        choosing between one call and the lanes, and when sharing rows between lanes."""
+        return sum(lane.last_rows for lane in self._returning_lanes())
+
+    def _start_by(self) -> float:
         """When the forming wave starts at the latest (lock held; the module docstring says why)."""
         oldest, newest = self._pending[0].submitted_at, self._pending[-1].submitted_at
         deadline = min(newest + self._window, oldest + WINDOW_CAP * self._window)
-        if len(self._pending) < lane.last_rows:  # its clients may be on their way back
-            deadline = max(deadline, lane.last_end + lane.step_s)
+        back = self._returning_lanes()
+        if len(self._pending) < sum(lane.last_rows for lane in back):
+            deadline = max(deadline, *(lane.last_end + lane.step_s for lane in back))
         return deadline
 
     def _take_wave(self, limit: int) -> list[SequenceState]:

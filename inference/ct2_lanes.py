@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -105,27 +104,44 @@ def time_wave(run: RunWave, rows: int, on_lanes: bool, lanes: int) -> float:
     return max(_projected(timing) for timing in timings)
 
 
-def timed_probe_call(generator: Any, prompt: list[str], rows: int) -> tuple[float, float]:
-    """One greedy ``generate_batch`` of ``rows`` copies of ``prompt``: seconds to its
-    first token, and its median seconds per decode step after that."""
+@dataclass(frozen=True)
+class CallTiming:
+    """One ``generate_batch`` call: its wall time, time to the first step, the step gaps."""
+
+    seconds: float
+    first_s: float
+    gaps_s: tuple[float, ...]
+
+
+def timed_greedy_call(generator: Any, rows: list[list[str]], new_tokens: int) -> CallTiming:
+    """Time one greedy ``generate_batch`` producing exactly ``new_tokens`` per row.
+
+    The per-step callback timestamps each decode step as it happens (the first
+    row's token at each step), so the step time comes from the same call as the
+    throughput, not from the difference of two noisy calls.
+    """
     marks: list[float] = []
 
-    def on_token(step: Any) -> bool:
+    def on_step(step: Any) -> bool:
         if step.batch_id == 0:
             marks.append(time.perf_counter())
         return False
 
     started = time.perf_counter()
-    generator.generate_batch(
-        [prompt] * rows,
-        max_length=PROBE_NEW_TOKENS,
-        min_length=PROBE_NEW_TOKENS,
+    results = generator.generate_batch(
+        rows,
+        max_length=new_tokens,
+        min_length=new_tokens,
         sampling_topk=1,
         include_prompt_in_result=False,
-        callback=on_token,
+        callback=on_step,
     )
-    gaps = [later - earlier for earlier, later in itertools.pairwise(marks)]
-    return marks[0] - started, statistics.median(gaps)
+    elapsed = time.perf_counter() - started
+    produced = {len(result.sequences_ids[0]) for result in results}
+    if produced != {new_tokens}:
+        raise RuntimeError(f"asked for {new_tokens} new tokens per row, got {sorted(produced)}")
+    gaps = tuple(later - earlier for earlier, later in itertools.pairwise(marks))
+    return CallTiming(elapsed, (marks[0] if marks else time.perf_counter()) - started, gaps)
 
 
 def _projected(timing: tuple[float, float]) -> float:

@@ -41,20 +41,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from inference.builtin_model import cache_root
+from inference.ct2_lanes import timed_greedy_call
 from inference.loader import directory_content_hash, model_directory
 from pipeline.bench.host_load import ChildSpan
 from pipeline.convert import INSTALL_HINT, convert_weights, source_directory
@@ -127,52 +126,12 @@ def _prompt_tokens(model_ref: str) -> list[list[str]]:
     ]
 
 
-@dataclass(frozen=True)
-class _Timing:
-    """One ``generate_batch`` call: its wall time, time to the first step, the step gaps."""
-
-    seconds: float
-    first_s: float
-    gaps_s: tuple[float, ...]
-
-
-def _timed_call(generator: Any, rows: list[list[str]], new_tokens: int) -> _Timing:
-    """Time one greedy ``generate_batch`` producing exactly ``new_tokens`` per row.
-
-    The per-step callback timestamps each decode step as it happens (the first
-    row's token at each step), so the step time comes from the same call as the
-    throughput, not from the difference of two noisy calls.
-    """
-    marks: list[float] = []
-
-    def on_step(step: Any) -> bool:
-        if step.batch_id == 0:
-            marks.append(time.perf_counter())
-        return False
-
-    started = time.perf_counter()
-    results = generator.generate_batch(
-        rows,
-        max_length=new_tokens,
-        min_length=new_tokens,
-        sampling_topk=1,
-        include_prompt_in_result=False,
-        callback=on_step,
-    )
-    elapsed = time.perf_counter() - started
-    produced = {len(result.sequences_ids[0]) for result in results}
-    if produced != {new_tokens}:
-        raise RuntimeError(f"asked for {new_tokens} new tokens per row, got {sorted(produced)}")
-    gaps = tuple(later - earlier for earlier, later in itertools.pairwise(marks))
-    return _Timing(elapsed, (marks[0] if marks else time.perf_counter()) - started, gaps)
-
-
 def _time_batch(
     generator: Any, rows: list[list[str]], max_new_tokens: int, runs: int
 ) -> tuple[float, float, float]:
     """Medians over ``runs`` calls (after one warm-up call): seconds, first-token s, step s."""
-    _timed_call(generator, rows, min(2, max_new_tokens))
-    timings = [_timed_call(generator, rows, max_new_tokens) for _ in range(runs)]
+    timed_greedy_call(generator, rows, min(2, max_new_tokens))
+    timings = [timed_greedy_call(generator, rows, max_new_tokens) for _ in range(runs)]
     gaps = [gap for timing in timings for gap in timing.gaps_s]
     return (
         statistics.median(t.seconds for t in timings),
