@@ -123,9 +123,6 @@ class CTranslate2Engine(WorkerEngine):
         self._lanes_generator: Any = None  # one thread a call, one call per lane
         self._lanes = [Lane()]  # the worker thread is lane 0
         self._lane_threads: list[threading.Thread] = []
-        self._solo_busy = False
-        self._lanes_busy = 0
-        self._lane_rows = 0
 
     # -- Engine protocol: metadata -------------------------------------------------
     @property
@@ -188,19 +185,18 @@ class CTranslate2Engine(WorkerEngine):
         taken = self._next_wave(lane)
         if taken is None:
             return False
-        lane.wave, on_lanes = taken
+        _, on_lanes = taken
         try:
             self._run_wave(lane, self._lanes_generator if on_lanes else self._solo)
         finally:
             with self._lock:
-                lane.busy = False
-                if on_lanes:
-                    self._lanes_busy -= 1
-                    self._lane_rows -= len(lane.wave)
-                else:
-                    self._solo_busy = False
+                lane.mode = None
                 self._lock.notify_all()
         return True
+
+    def _running_in(self, mode: str) -> list[Lane]:
+        """The lanes running a wave in ``mode`` ("solo" or "lanes"; lock held)."""
+        return [lane for lane in self._lanes if lane.mode == mode]
 
     def _start_lanes(self) -> None:
         """Lanes 1.. on threads of their own (lane 0 is the worker thread)."""
@@ -244,16 +240,17 @@ class CTranslate2Engine(WorkerEngine):
             inter_threads=self._arrangement.lanes if not self._measure else self._threads,
         )
         if self._measure:
-            rates = measure_rates(self._probe_wave, self._threads, self._max_batch)
+            prompt = self._tokenizer.convert_ids_to_tokens(list(self.count_tokens(PROBE_PROMPT)))
+
+            def probe_wave(rows: int, on_lanes: bool) -> tuple[float, float]:
+                generator = self._lanes_generator if on_lanes else self._solo
+                timing = timed_greedy_call(generator, [prompt] * rows, PROBE_NEW_TOKENS)
+                return timing.first_s, statistics.median(timing.gaps_s)
+
+            rates = measure_rates(probe_wave, self._threads, self._max_batch)
             self._arrangement = choose_arrangement(self._threads, rates)
         if not self._arrangement.uses_lanes:
             self._lanes_generator = None  # one copy of the weights, not two
-
-    def _probe_wave(self, rows: int, on_lanes: bool) -> tuple[float, float]:
-        prompt = self._tokenizer.convert_ids_to_tokens(list(self.count_tokens(PROBE_PROMPT)))
-        generator = self._lanes_generator if on_lanes else self._solo
-        timing = timed_greedy_call(generator, [prompt] * rows, PROBE_NEW_TOKENS)
-        return timing.first_s, statistics.median(timing.gaps_s)
 
     def _warm_up(self) -> None:
         events: list[Event] = []
@@ -277,7 +274,7 @@ class CTranslate2Engine(WorkerEngine):
         lanes to be idle, and lanes wait while a solo wave runs."""
         with self._lock:
             while True:
-                while not self._pending or self._solo_busy:
+                while not self._pending or self._running_in("solo"):
                     if self._stopping and not self._pending:
                         return None
                     self._lock.wait()
@@ -286,20 +283,17 @@ class CTranslate2Engine(WorkerEngine):
                     if remaining <= 0:
                         break
                     self._lock.wait(remaining)
-                if self._pending and not self._solo_busy:
+                if self._pending and not self._running_in("solo"):
                     break
-            demand = max(len(self._pending), self._returning()) + self._lane_rows
-            on_lanes = self._lanes_busy > 0 or (
+            lane_waves = self._running_in("lanes")
+            demand = max(len(self._pending), self._returning())
+            demand += sum(len(other.wave) for other in lane_waves)
+            on_lanes = bool(lane_waves) or (
                 self._arrangement.uses_lanes and demand >= self._arrangement.lanes_from
             )
             limit = self._arrangement.lane_share(demand, self._max_batch)
             wave = self._take_wave(limit if on_lanes else self._max_batch)
-            lane.busy = True
-            if on_lanes:
-                self._lanes_busy += 1
-                self._lane_rows += len(wave)
-            else:
-                self._solo_busy = True
+            lane.wave, lane.mode = wave, "lanes" if on_lanes else "solo"
             self._running += len(wave)
         return wave, on_lanes
 
@@ -312,7 +306,7 @@ class CTranslate2Engine(WorkerEngine):
         return [
             lane
             for lane in self._lanes
-            if not lane.busy and now - lane.last_end <= max(lane.step_s, self._window)
+            if lane.mode is None and now - lane.last_end <= max(lane.step_s, self._window)
         ]
 
     def _returning(self) -> int:

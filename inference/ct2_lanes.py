@@ -157,7 +157,7 @@ def measure_rates(
     rates: dict[str, float] = {}
     for rows in sorted({min(r, max_batch) for r in rows_to_probe if min(r, max_batch) >= 2}):
         for on_lanes, label in ((False, "solo"), (True, "lanes")):
-            run(rows, on_lanes)  # warm: the allocator's first use of this shape
+            time_wave(run, rows, on_lanes, threads)  # warm: the allocator's first use of it
             seconds = [time_wave(run, rows, on_lanes, threads) for _ in range(PROBE_REPEATS)]
             rates[f"{label}@{rows}"] = round(rows * ANSWER_TOKENS / min(seconds), 1)
     return rates
@@ -167,14 +167,9 @@ def choose_arrangement(threads: int, rates: dict[str, float]) -> Arrangement:
     """Lanes from the smallest probed row count from which they win by the margin at
     every larger one; no lanes when they do not win at the largest."""
     probed = sorted(int(key.split("@")[1]) for key in rates if key.startswith("solo@"))
-    winning = [
-        rows
-        for rows in probed
-        if rates[f"lanes@{rows}"] >= (1 + LANES_MARGIN) * rates[f"solo@{rows}"]
-    ]
     lanes_from = 0
     for rows in reversed(probed):
-        if rows not in winning:
+        if rates[f"lanes@{rows}"] < (1 + LANES_MARGIN) * rates[f"solo@{rows}"]:
             break
         lanes_from = rows
     if threads < 2 or not lanes_from:

@@ -53,7 +53,7 @@ class Lane:
 
     def __init__(self) -> None:
         self.wave: list[SequenceState] = []
-        self.busy = False
+        self.mode: str | None = None  # "solo" or "lanes" while it runs a wave, else None
         self.last_end = 0.0
         self.last_rows = 0
         self.step_s = 0.0
