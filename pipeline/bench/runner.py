@@ -1,4 +1,4 @@
-"""The moving parts of ``mlcicd bench``: real server processes, the peer, sampling, the loop.
+"""The moving parts of ``mlcicd bench``: real server processes, the peer, the loop.
 
 Why separate from :mod:`pipeline.bench.targets`: that module is the pure arithmetic
 (plans, aggregation, targets) and is unit-tested without processes; this one
@@ -17,21 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from inference.builtin_model import cache_root
 from pipeline import serving
-from pipeline.bench.host_load import busy_cpu_s, foreign_cores
 from pipeline.bench.peer import PeerCell, process_note, run_peer
 from pipeline.bench.targets import GIB, SERVERS, Cell, ServerKind, cell_from_load, plan_requests
+from pipeline.bench.tree_sampler import TreeSampler
 from pipeline.convert import ctranslate2_candidate, source_directory
 from pipeline.definition import Bench, load_definition
 from pipeline.load.generator import run_load
@@ -40,73 +36,6 @@ from pipeline.processes import ManagedProcess, free_port
 # A level still running after this many cell budgets (the first level has no
 # rate to plan from) is cancelled and recorded as aborted, never extrapolated.
 ABORT_AFTER_BUDGETS = 3
-
-
-class TreeSampler:
-    """Samples a process tree's RSS and everyone else's CPU use, on a background thread.
-
-    Foreign CPU is total busy CPU time (``psutil.cpu_times``) minus what the
-    server tree and this process used, over the same interval, in cores.
-    """
-
-    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
-        self._root = psutil.Process(pid)
-        self._self = psutil.Process(os.getpid())
-        self._interval_s = interval_s
-        self._lock = threading.Lock()
-        self._peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._cpu_mark = (0.0, 0.0, 0.0)
-
-    def _tree(self) -> list[psutil.Process]:
-        try:
-            return [self._root, *self._root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def _tree_rss(self) -> int:
-        total = 0
-        for proc in self._tree():
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                total += int(proc.memory_info().rss)
-        return total
-
-    def _own_cpu_s(self) -> float:
-        total = 0.0
-        for proc in [*self._tree(), self._self]:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                times = proc.cpu_times()
-                total += times.user + times.system
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            rss = self._tree_rss()
-            with self._lock:
-                self._peak = max(self._peak, rss)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def begin_cell(self) -> None:
-        """Reset the peak and the CPU mark at the start of a measurement."""
-        with self._lock:
-            self._peak = self._tree_rss()
-        self._cpu_mark = (time.monotonic(), busy_cpu_s(), self._own_cpu_s())
-
-    def end_cell(self) -> tuple[int, float]:
-        """(peak RSS in bytes, foreign CPU in cores) since :meth:`begin_cell`."""
-        started, busy0, own0 = self._cpu_mark
-        elapsed = max(time.monotonic() - started, 1e-6)
-        foreign = foreign_cores(elapsed, busy_cpu_s() - busy0, self._own_cpu_s() - own0)
-        with self._lock:
-            peak = max(self._peak, self._tree_rss())
-        return peak, foreign
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5.0)
 
 
 def server_argv(kind: ServerKind, model: str, port: int | str, engine: str = "torch") -> list[str]:
