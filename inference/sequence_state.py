@@ -29,6 +29,10 @@ from inference.engine import (
 # Prompt tokens kept as decoding context so tokenizers that strip a leading space
 # (SentencePiece) decode the first generated token the same way as mid-sentence.
 _CONTEXT_TOKENS = 4
+# A UTF-8 character's bytes after its first: once this many follow, it is decided.
+BYTES_AFTER_A_LEAD = 3
+# How far back a held text is searched for a settled cut, in tokens.
+SETTLE_CUTS = 8
 
 
 @dataclass
@@ -146,9 +150,30 @@ class SequenceState:
         prefix = self.decode(self._ids[self._prefix_offset : self._read_offset])
         full = self.decode(self._ids[self._prefix_offset :])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
-            return full[len(prefix) :]
+            return self._advance_to(len(self._ids), full[len(prefix) :])
+        return self._settled_delta(prefix, full)
+
+    def _settled_delta(self, prefix: str, full: str) -> str:
+        """While the text ends in an unfinished character: the held text no token can change.
+
+        Why: TGI's rule alone holds everything back while the text ends in U+FFFD,
+        so a model whose every token ends part-way through a character (a run of
+        CJK split mid-character, or an untrained model) streams nothing until the
+        end. The text before a cut is settled when the whole text starts with it and
+        its end is decided (:func:`_decided`).
+        """
+        newest = len(self._ids)
+        for cut in range(newest - 1, max(self._read_offset, newest - SETTLE_CUTS - 1), -1):
+            settled = self.decode(self._ids[self._prefix_offset : cut])
+            if len(settled) <= len(prefix) or not full.startswith(settled):
+                continue
+            if _decided(settled, full[len(settled) :], newest - cut):
+                return self._advance_to(cut, settled[len(prefix) :])
         return ""
+
+    def _advance_to(self, read_offset: int, delta: str) -> str:
+        self._prefix_offset, self._read_offset = self._read_offset, read_offset
+        return delta
 
     def _flush(self, token: int) -> None:
         """At the end: add any undecoded bytes and emit all text held back so far."""
@@ -184,3 +209,16 @@ class SequenceState:
                     hold = k
                     break
         return hold
+
+
+def _decided(settled: str, after: str, tokens_after: int) -> bool:
+    """Whether ``settled``'s last character stays as it is whatever tokens come next.
+
+    A whole character does. A U+FFFD (bytes that began a character) does once the
+    text after it starts with a whole character, which those bytes cannot be part
+    of, or once :data:`BYTES_AFTER_A_LEAD` tokens (a byte or more each) follow it,
+    since a UTF-8 character has at most four bytes.
+    """
+    if not settled.endswith("\ufffd"):
+        return True
+    return (bool(after) and not after.startswith("\ufffd")) or tokens_after >= BYTES_AFTER_A_LEAD
