@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 
+import numpy
 import torch
 
 from inference.engine import GREEDY_BELOW
@@ -104,15 +105,38 @@ def _choose_safely(
 
 @torch.inference_mode()
 def _choose(seqs: list[SequenceState], logits: torch.Tensor, eos_ids: frozenset[int]) -> list[int]:
-    """Greedy for temperature 0, else seeded temperature + top-p; EOS masked where suppressed."""
+    """Greedy for temperature 0, else seeded temperature + top-p; EOS masked where suppressed.
+
+    ``logits`` is the step's own output, and EOS is masked in it in place: a copy of
+    a vocabulary-wide batch, torch's small indexing calls and its CPU argmax run on
+    the worker thread in series with every step, and were a measurable share of a
+    16-row step (docs/performance.md, "3 Dec").
+    """
     logits = logits.float()
     suppress = [row for row, s in enumerate(seqs) if s.suppress_eos]
     if suppress and eos_ids:
-        eos = torch.tensor(sorted(eos_ids), device=logits.device)
-        logits = logits.clone()
-        logits[torch.tensor(suppress, device=logits.device).unsqueeze(1), eos] = float("-inf")
-    chosen = logits.argmax(dim=-1).tolist()
+        _mask_in_place(logits, suppress, sorted(eos_ids))
+    chosen = greedy_tokens(logits)
     for row, seq in enumerate(seqs):
         if seq.params.temperature > 0:
             chosen[row] = sample_row(seq, logits[row])
-    return [int(token) for token in chosen]
+    return chosen
+
+
+def _mask_in_place(logits: torch.Tensor, rows: list[int], columns: list[int]) -> None:
+    if logits.device.type == "cpu":
+        logits.numpy()[numpy.ix_(rows, columns)] = -numpy.inf
+    else:
+        index = torch.tensor(rows, device=logits.device).unsqueeze(1)
+        logits[index, torch.tensor(columns, device=logits.device)] = float("-inf")
+
+
+def greedy_tokens(logits: torch.Tensor) -> list[int]:
+    """Each row's first highest-scoring token, as ``torch.argmax`` chooses it.
+
+    On CPU through numpy, whose argmax returns the same first maximum and is several
+    times faster over vocabulary-wide rows (docs/performance.md, "3 Dec").
+    """
+    if logits.device.type == "cpu":
+        return [int(token) for token in logits.numpy().argmax(axis=-1)]
+    return [int(token) for token in logits.argmax(dim=-1).tolist()]

@@ -3,13 +3,11 @@
 Why light: the sampler runs in the benchmark's own process, beside the load
 generator, while the server it measures has every core busy. Listing a
 process's descendants (``psutil.Process.children(recursive=True)``) reads every
-process's ``/proc/PID/stat``: about 1 ms of CPU per sample here, 20 samples a
-second, taken from the cores the measured server computes on, a cost the peer,
-timed without a sampler, does not carry. So the tree is listed when a cell
-begins and again at most every :data:`TREE_REFRESH_S`; each sample in between
-reads only the known processes' ``statm`` (about 0.01 ms). The difference this
-makes to a server's latency is below what one run can resolve on a shared host
-(docs/performance.md, "The benchmark's own sampler").
+process's ``/proc/PID/stat``; at every sample, that CPU is taken from the cores
+the measured server computes on, a cost the peer, timed without a sampler, does
+not carry. So the tree is listed when a cell begins and again at most every
+:data:`TREE_REFRESH_S`; each sample in between reads only the known processes'
+``statm``, about a hundredth of the cost (docs/performance.md, "3 Dec").
 
 Foreign CPU is the machine's busy CPU time (``psutil.cpu_times``) less what the
 server tree and this process used over the same interval, in cores

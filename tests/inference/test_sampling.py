@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from inference.engine import GREEDY_BELOW
-from inference.sampling import sample_token
+from inference.sampling import greedy_tokens, sample_token
 
 logit = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
 logit_rows = st.lists(st.one_of(logit, st.just(-math.inf)), min_size=1, max_size=64).filter(
@@ -84,3 +84,14 @@ def test_top_p_cuts_the_tail_by_probability_mass() -> None:
     generator = torch.Generator().manual_seed(3)
     draws = {sample_token(logits, 1.0, 0.7, generator) for _ in range(300)}
     assert draws == {0, 1}  # 0.5 < 0.7 keeps the second; 0.8 >= 0.7 drops the third
+
+
+def test_greedy_tokens_choose_what_torch_argmax_chooses() -> None:
+    generator = torch.Generator().manual_seed(0)
+    wide = torch.randn(4, 3, 50257, generator=generator)[:, -1, :]  # a strided view
+    ties = torch.zeros(2, 10)
+    ties[0, 3] = ties[0, 7] = 1.0  # the first of equal maxima wins
+    nans = torch.randn(2, 10, generator=generator)
+    nans[1, 4] = nans[1, 6] = float("nan")
+    for logits in (wide, ties, nans, wide[:1]):
+        assert greedy_tokens(logits) == logits.argmax(dim=-1).tolist()
