@@ -66,9 +66,10 @@ class TreeSampler:
                 total += int(proc.memory_info().rss)
         return total
 
-    def _own_cpu_s(self) -> float:
+    def _cpu_s_of(self, tree: list[psutil.Process]) -> float:
+        """CPU seconds ``tree`` and this process have used."""
         total = 0.0
-        for proc in [*self._tree(), self._self]:
+        for proc in [*tree, self._self]:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 times = proc.cpu_times()
                 total += times.user + times.system
@@ -88,15 +89,17 @@ class TreeSampler:
         with self._lock:
             self._known, self._listed_at = self._tree(), time.monotonic()
             self._peak = self._rss_of(self._known)
-        self._cpu_mark = (time.monotonic(), busy_cpu_s(), self._own_cpu_s())
+            tree = self._known
+        self._cpu_mark = (time.monotonic(), busy_cpu_s(), self._cpu_s_of(tree))
 
     def end_cell(self) -> tuple[int, float]:
         """(peak RSS in bytes, foreign CPU in cores) since :meth:`begin_cell`."""
         started, busy0, own0 = self._cpu_mark
         elapsed = max(time.monotonic() - started, 1e-6)
-        foreign = foreign_cores(elapsed, busy_cpu_s() - busy0, self._own_cpu_s() - own0)
+        tree = self._tree()
+        foreign = foreign_cores(elapsed, busy_cpu_s() - busy0, self._cpu_s_of(tree) - own0)
         with self._lock:
-            peak = max(self._peak, self._rss_of(self._tree()))
+            peak = max(self._peak, self._rss_of(tree))
         return peak, foreign
 
     def stop(self) -> None:
