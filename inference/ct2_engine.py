@@ -17,21 +17,16 @@ only calls :meth:`submit`, which never blocks.
 
 Batching: waves, not continuous batching. CTranslate2 exposes no decode step
 with a cache the caller keeps, so rows cannot join a running ``generate_batch``;
-a request that arrives during a wave waits for the next one. A wave starts when
-``max_batch_size`` requests are waiting, or when no request has arrived for
-``batch_window_s`` (capped at :data:`WINDOW_CAP` windows after the oldest), so
-a burst of clients lands in one wave. After a wave ends, the next also waits up
-to one decode step of the last wave for as many requests as the last wave held:
-its clients come back a few milliseconds after their answers, and a request
-that misses a wave waits a whole wave, so without this the waves of 16
-closed-loop clients split into two smaller ones and stay split (the torch
-engine's continuous batching admits a request at the next step, which is the
-same granularity). Rows leave a wave early (their limit, a stop string, a
-cancel or a deadline) by the callback returning True. Sampling settings are per
-call in CTranslate2, so a wave holds requests with the same temperature, top-p
-and minimum length. ``seed`` is refused (422, naming it) and left out of the
-OpenAPI document: CTranslate2 seeds its sampler once per compute thread, so no
-per-request seed can be honoured.
+a request that arrives during a wave waits for the next one. A wave gathers its
+requests as every round of the worker does (inference/engine_worker.py): a
+burst lands in one wave, and after a wave ends the next waits up to one decode
+step for the last wave's clients, each lane's and not only its own. Rows leave
+a wave early (their limit, a stop string, a cancel or a deadline) by the
+callback returning True. Sampling settings are per call in CTranslate2, so a
+wave holds requests with the same temperature, top-p and minimum length.
+``seed`` is refused (422, naming it) and left out of the OpenAPI document:
+CTranslate2 seeds its sampler once per compute thread, so no per-request seed
+can be honoured.
 
 Failure isolation: a failure while handling one row's token finishes that row
 with ``reason="error"``; a failed ``generate_batch`` fails that wave only. The
@@ -85,8 +80,6 @@ SEED_UNSUPPORTED = (
 # CTranslate2 reads top_p as a float32 in (0, 1]; a smaller accepted value (a subnormal
 # double) keeps the best token only, as the torch engine's sampler does.
 SMALLEST_TOP_P = 1.2e-38
-# A wave waits at most this many batch windows after its oldest request.
-WINDOW_CAP = 20
 # The prompt the arrangement probe decodes from (inference/ct2_lanes.py).
 PROBE_PROMPT = "The engine measures which arrangement of its threads serves a wave faster"
 log = logging.getLogger(__name__)
@@ -278,11 +271,7 @@ class CTranslate2Engine(WorkerEngine):
                     if self._stopping and not self._pending:
                         return None
                     self._lock.wait()
-                while len(self._pending) < self._max_batch and not self._stopping:
-                    remaining = self._start_by() - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._lock.wait(remaining)
+                self._gather(self._returning_lanes)
                 if self._pending and not self._running_in("solo"):
                     break
             lane_waves = self._running_in("lanes")
@@ -304,24 +293,13 @@ class CTranslate2Engine(WorkerEngine):
         the rest wait a whole wave."""
         now = time.monotonic()
         return [
-            lane
-            for lane in self._lanes
-            if lane.mode is None and now - lane.last_end <= max(lane.step_s, self._window)
+            lane for lane in self._lanes if lane.mode is None and lane.returning(now, self._window)
         ]
 
     def _returning(self) -> int:
         """Rows whose clients may be on their way back: they count as waiting when
         choosing between one call and the lanes, and when sharing rows between lanes."""
         return sum(lane.last_rows for lane in self._returning_lanes())
-
-    def _start_by(self) -> float:
-        """When the forming wave starts at the latest (lock held; the module docstring says why)."""
-        oldest, newest = self._pending[0].submitted_at, self._pending[-1].submitted_at
-        deadline = min(newest + self._window, oldest + WINDOW_CAP * self._window)
-        back = self._returning_lanes()
-        if len(self._pending) < sum(lane.last_rows for lane in back):
-            deadline = max(deadline, *(lane.last_end + lane.step_s for lane in back))
-        return deadline
 
     def _take_wave(self, limit: int) -> list[SequenceState]:
         """The oldest request and the next ones with its key whose prompts fit, at most
@@ -372,9 +350,7 @@ class CTranslate2Engine(WorkerEngine):
             return
         finally:
             steps.flush()
-            lane.last_end = time.monotonic()
-            lane.last_rows = len(live)
-            lane.step_s = min(steps.step_s(lane.last_end), WINDOW_CAP * self._window)
+            lane.record(len(live), steps.step_s(time.monotonic()), self._window)
         for seq in live:  # CTranslate2 ended a row without a last token: its limit
             if not seq.done:
                 seq.finish("length")

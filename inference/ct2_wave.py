@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from inference.engine import GREEDY_BELOW, GenerationParams
+from inference.engine_worker import RoundEnd
 from inference.sequence_state import SequenceState
 
 # Prompt tokens a wave's longest prompt may have beyond its shortest: each costs the
@@ -47,16 +48,14 @@ def wave_key(params: GenerationParams) -> tuple[float, float, int]:
     return (params.temperature, params.top_p, params.min_new_tokens)
 
 
-class Lane:
+class Lane(RoundEnd):
     """One thread that runs waves: its wave, and when its last one ended, its rows and
     its time per decode step (for the wait for its clients)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.wave: list[SequenceState] = []
         self.mode: str | None = None  # "solo" or "lanes" while it runs a wave, else None
-        self.last_end = 0.0
-        self.last_rows = 0
-        self.step_s = 0.0
 
     def fail(self, message: str) -> None:
         fail_all(self.wave, message)

@@ -12,6 +12,16 @@ and take the lock only briefly; everything else runs on the worker thread, which
 a subclass fills with :meth:`_prepare` (load, tune, warm up) and
 :meth:`_serve_round` (one round of generation).
 
+Gathering a batch: a round that starts with nothing running waits for company,
+until ``max_batch_size`` requests wait, or no request has arrived for
+``batch_window_s`` (capped at :data:`WINDOW_CAP` windows after the oldest), so
+a burst of clients lands in one batch. After a round of rows ends, the next also
+waits up to one decode step for as many requests as that round held: closed-loop
+clients come back a few milliseconds after their answers, and those who miss the
+batch cost every row a second prefill (the torch engine) or wait a whole wave
+(the CTranslate2 engine). Without it, waves of 16 or 64 clients split in two and
+stay split (docs/performance.md, "Gathering a batch").
+
 Left out: priorities and per-client fairness in the queue (first come, first served).
 """
 
@@ -21,7 +31,7 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from inference.engine import (
@@ -34,6 +44,27 @@ from inference.engine import (
 from inference.sequence_state import SequenceState
 
 WARMUP_PROMPT = "Hello"
+# A forming batch waits at most this many batch windows after its oldest request.
+WINDOW_CAP = 20
+
+
+class RoundEnd:
+    """When a worker's last round of rows ended, how many rows it held, and its time per
+    decode step: until one step has passed, those rows' clients may be on their way back."""
+
+    def __init__(self) -> None:
+        self.last_end = 0.0
+        self.last_rows = 0
+        self.step_s = 0.0
+
+    def record(self, rows: int, step_s: float, window: float) -> None:
+        """A round of ``rows`` ended now, at ``step_s`` per decode step (capped)."""
+        self.last_end = time.monotonic()
+        self.last_rows = rows
+        self.step_s = min(step_s, WINDOW_CAP * window)
+
+    def returning(self, now: float, window: float) -> bool:
+        return now - self.last_end <= max(self.step_s, window)
 
 
 class WorkerEngine:
@@ -128,6 +159,23 @@ class WorkerEngine:
             self._thread.join()
 
     # -- for subclasses ----------------------------------------------------------------
+    def _start_by(self, ends: Sequence[RoundEnd]) -> float:
+        """When a forming batch starts at the latest (lock held, requests pending), given
+        the rounds whose clients may be returning (the module docstring says why)."""
+        oldest, newest = self._pending[0].submitted_at, self._pending[-1].submitted_at
+        deadline = min(newest + self._window, oldest + WINDOW_CAP * self._window)
+        if len(self._pending) < sum(end.last_rows for end in ends):
+            deadline = max(deadline, *(end.last_end + end.step_s for end in ends))
+        return deadline
+
+    def _gather(self, returning: Callable[[], Sequence[RoundEnd]]) -> None:
+        """Wait (lock held) until the forming batch is full or its start is due."""
+        while self._pending and len(self._pending) < self._max_batch and not self._stopping:
+            remaining = self._start_by(returning()) - time.monotonic()
+            if remaining <= 0:
+                return
+            self._lock.wait(remaining)
+
     def _check(self, params: GenerationParams) -> None:
         """Raise UnsupportedRequestError for a request this engine cannot honour."""
 

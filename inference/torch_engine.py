@@ -3,8 +3,10 @@
 Why this shape: a model forward costs nearly the same for 1 or 16 sequences on
 a small model, so the worker keeps one running batch and lets requests join and
 leave between decode steps (continuous batching) instead of waiting for a whole
-batch to finish. A request arriving while nothing runs waits at most
-``batch_window_s`` for company, then starts.
+batch to finish. A request arriving while nothing runs waits for company as the
+worker's rounds do (inference/engine_worker.py: a burst, and the clients of the
+batch that just ended, are prefilled together); one arriving while a batch runs
+joins it at the next step.
 
 How the batch is kept: new requests are prefilled together in left-padded
 forwards (padding masked, its cache entries zeroed), so a prompt is processed as
@@ -53,7 +55,7 @@ from inference.engine import (
     Event,
     FinishEvent,
 )
-from inference.engine_worker import WorkerEngine
+from inference.engine_worker import RoundEnd, WorkerEngine
 from inference.gpt2_decode import DecodeStep, Gpt2DecodeStep, gpt2_decode_step, model_decode_step
 from inference.layer_tuning import LayerChoice, LayerPolicy, tune_linear_layers
 from inference.loader import LoadedModel, eos_token_ids
@@ -92,6 +94,7 @@ class TorchEngine(WorkerEngine):
         self._model = loaded.model
         self._device = torch.device(loaded.device)
         self._batch = RunningBatch()
+        self._round_end = RoundEnd()
         self._layer_policy: LayerPolicy = layer_policy
         self._layer_choices: tuple[LayerChoice, ...] = ()
         self._decode_policy: DecodeStep = decode_step
@@ -183,12 +186,7 @@ class TorchEngine(WorkerEngine):
                 if not self._pending and not self._batch.seqs:
                     return False  # stopping and idle
                 if not self._batch.seqs and self._window > 0:
-                    deadline = self._pending[0].submitted_at + self._window
-                    while len(self._pending) < self._max_batch and not self._stopping:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            break
-                        self._lock.wait(remaining)
+                    self._gather(self._clients_returning)
             room = self._max_batch - len(self._batch.seqs)
             while self._pending and len(admitted) < room:
                 admitted.append(self._pending.popleft())
@@ -197,9 +195,17 @@ class TorchEngine(WorkerEngine):
             self._admit_all(admitted)
         self._batch.drop_finished()
         if self._batch.seqs:
+            rows, started = len(self._batch.seqs), time.monotonic()
             self._decode_step()
             self._batch.drop_finished()
+            if not self._batch.seqs:
+                self._round_end.record(rows, time.monotonic() - started, self._window)
         return True
+
+    def _clients_returning(self) -> list[RoundEnd]:
+        """The batch that last ended, while its clients may be on their way back."""
+        returning = self._round_end.returning(time.monotonic(), self._window)
+        return [self._round_end] if returning else []
 
     def _admit_all(self, seqs: list[SequenceState]) -> None:
         """Prefill newly admitted requests together, left-padded (inference/padded_prefill.py)."""

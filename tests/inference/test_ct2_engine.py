@@ -114,11 +114,13 @@ def test_after_a_wave_the_next_waits_one_step_for_its_clients(
         lane = engine._lanes[0]
         lane.last_end, lane.last_rows, lane.step_s = time.monotonic(), 3, 0.5
         engine.submit(params(engine, "Hello", 4), loop)
-        assert engine._start_by() >= lane.last_end + 0.5  # 1 of the last wave's 3 is back
+        back = engine._returning_lanes()
+        assert engine._start_by(back) >= lane.last_end + 0.5  # 1 of the last wave's 3 is back
         for _ in range(2):
             engine.submit(params(engine, "Hello", 4), loop)
         newest = engine._pending[-1].submitted_at
-        assert engine._start_by() == pytest.approx(newest + 0.005)  # all 3 back: the window
+        back = engine._returning_lanes()
+        assert engine._start_by(back) == pytest.approx(newest + 0.005)  # all 3 back: the window
     finally:
         loop.close()
 

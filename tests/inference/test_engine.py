@@ -285,3 +285,53 @@ def test_warm_up_failing_with_a_base_exception_is_reported_to_everyone_waiting(
         assert engine.in_flight == 0
     finally:
         loop.close()
+
+
+def test_a_burst_longer_than_one_window_is_served_as_one_batch(builtin_loaded: Any) -> None:
+    """Each request comes within the window of the one before, the last after the first's
+    window: one batch from the first step (a second prefill would stall the first rows).
+    The CTranslate2 engine gathers with the same code, then shares a burst between its
+    lanes (tests/inference/test_ct2_engine.py)."""
+    engine = TorchEngine(builtin_loaded, max_batch_size=8, batch_window_s=0.1, queue_cap=32)
+    engine.start()
+    rows: list[int] = []
+    engine.observe_batches(rows.append)
+
+    async def burst() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        handles = []
+        for _ in range(5):  # 0.16 s from the first to the last: more than one window
+            handles.append(engine.submit(params(engine, "Hello", 4, min_new_tokens=4), loop))
+            await asyncio.sleep(0.04)
+        return list(await asyncio.wait_for(asyncio.gather(*map(collect, handles)), 60))
+
+    try:
+        results = asyncio.run(burst())
+    finally:
+        engine.stop()
+    assert [result.finish.reason for result in results] == ["length"] * 5
+    assert rows and set(rows) == {5}, rows
+
+
+def test_after_a_batch_ends_the_next_waits_one_step_for_its_clients(
+    builtin_loaded: Any,
+) -> None:
+    """Closed-loop clients come back a few milliseconds after their answers; those who
+    miss the batch cost its rows a second prefill."""
+    engine = TorchEngine(builtin_loaded, max_batch_size=8, batch_window_s=0.005, queue_cap=8)
+    loop = asyncio.new_event_loop()  # not started: a queue only
+    try:
+        engine._round_end.record(3, 0.5, 0.005)
+        assert engine._round_end.step_s == 0.1  # capped at WINDOW_CAP windows
+        engine._round_end.step_s = 0.5
+        engine.submit(params(engine, "Hello", 4), loop)
+        back = engine._clients_returning()
+        assert engine._start_by(back) >= engine._round_end.last_end + 0.5  # 1 of 3 is back
+        for _ in range(2):
+            engine.submit(params(engine, "Hello", 4), loop)
+        newest = engine._pending[-1].submitted_at
+        assert engine._start_by(back) == pytest.approx(newest + 0.005)  # all 3: the window
+        engine._round_end.last_end -= 1.0
+        assert engine._clients_returning() == []  # a step has passed: nobody is coming
+    finally:
+        loop.close()
