@@ -31,12 +31,17 @@ woken for the next layer, and a layout changes what the next layer is given (a
 packed layer's output is contiguous, a weight-first one's a transposed view;
 docs/performance.md, "The layout margin").
 
-Cost: at each row count a candidate gets one warm-up pass and ``PASSES`` timed
-passes, the best of which counts (robust to a preempted pass). Once ``BUDGET_S`` is
-spent, each layout still to be timed takes one timed pass per row count, and no
-further thread count starts, so a large model's start-up stays bounded. Every
-layout is timed even then: one left untimed cannot be chosen, so the choice would
-depend on how slow the machine was that day.
+Cost: the layouts are timed in ``ROUNDS`` rounds, one after another; in each, at
+each row count, a layout gets one warm-up pass and ``PASSES`` timed passes, and
+its best pass over the rounds counts. Rounds, not passes back to back: a shared
+machine has slow stretches of a second or more (another tenant, the host), and
+passes back to back fall in the same stretch, so one layout timed during it
+looked slow in every pass and lost for the server's lifetime (docs/performance.md,
+"The layer choice, timed in rounds"). Seconds apart, one stretch rarely
+slows a layout in both rounds. Once ``BUDGET_S`` is spent, no further round or
+thread count starts, so a large model's start-up stays bounded. The first round
+times every layout even then: one left untimed cannot be chosen, so the choice
+would depend on how slow the machine was that day.
 Candidates are built for one layout at a time and dropped after timing, so at
 most one layout's copies are held beside the model.
 
@@ -75,12 +80,12 @@ LAYOUTS: tuple[Layout, ...] = ("weight-first", "dense", "packed", "onednn")
 LayerPolicy = Literal["measure", "packed", "dense", "weight-first", "onednn"]
 POLICIES: tuple[LayerPolicy, ...] = ("measure", *LAYOUTS)
 DEFAULT_LAYOUT: Layout = "weight-first"
-PASSES = 2
+PASSES = 1
+ROUNDS = 2
 MARGIN = 0.9
-# After this much measuring, each remaining layout gets one timed pass per row count
-# and no thread count starts: on an oversubscribed machine every timing is slow, and
-# start-up must stay short.
-BUDGET_S = 3.0
+# After this much measuring no further round or thread count starts: on an
+# oversubscribed machine every timing is slow, and start-up must stay short.
+BUDGET_S = 6.0
 # Each layout but dense: the module that runs it, and how one is built from a layer
 # (None where it does not reproduce the layer).
 _KINDS: dict[Layout, type[nn.Module]] = {
@@ -223,12 +228,15 @@ def measure_layouts(
 ) -> None:
     """Time every layout on ``threads`` threads into ``timings`` (per shape, ms per row count).
 
-    Every layout is timed; past ``deadline`` with one timed pass per row count. Each
-    layout's copies are dropped once timed, so start-up holds at most one layout's
-    copies beside the model.
+    Every layout is timed in the first round; a later round starts only before
+    ``deadline``. Each layout's copies are dropped once timed, so start-up holds at
+    most one layout's copies beside the model.
     """
-    for layout in LAYOUTS:
-        _time_layout(slots, layout, rows, threads, timings, deadline, keep_best=False)
+    for round_ in range(ROUNDS):
+        if round_ and time.perf_counter() > deadline:
+            break
+        for layout in LAYOUTS:
+            _time_layout(slots, layout, rows, threads, timings, deadline, keep_best=round_ > 0)
     default = (DEFAULT_LAYOUT, threads)
     if any(_choose(measured, default) != default for measured in timings.values()):
         # Before leaving the default, time it again: one slow pass set (a preempted
