@@ -106,7 +106,10 @@ _FLAGS: dict[str, dict[str, Any]] = {
         "help": "C allocator: jemalloc where installed (auto, default), required, or glibc's",
     },
     "max_batch_size": {"type": int},
-    "batch_window_s": {"type": float, "help": "wait this long to fill a batch"},
+    "batch_window_s": {
+        "type": float,
+        "help": "a batch that starts idle waits until no request has come for this long",
+    },
     "queue_cap": {"type": int, "help": "waiting requests before 429"},
     "max_new_tokens_cap": {"type": int},
     "context_cap": {"type": int, "help": "lower the model's context length"},
