@@ -35,8 +35,8 @@ Cost: the layouts are timed in ``ROUNDS`` rounds, one after another; in each, at
 each row count, a layout gets one warm-up pass and ``PASSES`` timed passes, and
 its best pass over the rounds counts. Rounds, not passes back to back: a shared
 machine has slow stretches of a second or more (another tenant, the host), and
-passes back to back fall in the same stretch, so one layout timed during it
-looked slow in every pass and lost for the server's lifetime (docs/performance.md,
+passes back to back fall in the same stretch, so a layout timed during it looks
+slow in every pass and loses for the server's lifetime (docs/performance.md,
 "The layer choice, timed in rounds"). Seconds apart, one stretch rarely
 slows a layout in both rounds. Once ``BUDGET_S`` is spent, no further round or
 thread count starts, so a large model's start-up stays bounded. The first round
