@@ -24,12 +24,12 @@ GiB more; weight-first and onednn share it). The layout of lowest relative cost
 wins: at each row count, its time over the fastest candidate's there, summed over
 the row counts, so every batch size counts alike (summed milliseconds would let the
 largest batch decide alone). To replace the default (weight-first: no copy held
-twice) a layout must cost ``MARGIN`` less, and the default is timed again first,
-since a slow pass only makes a layout look slower. Fewer threads need the same
-margin. Both are for costs a per-shape timing cannot see: idle pool threads must be
-woken for the next layer, and a layout changes what the next layer is given (a
-packed layer's output is contiguous, a weight-first one's a transposed view;
-docs/performance.md, "The layout margin").
+twice) a layout must cost ``MARGIN`` less, and where only one round was timed, the
+default is timed again first, since a slow pass only makes a layout look slower.
+Fewer threads need the same margin. Both are for costs a per-shape timing cannot
+see: idle pool threads must be woken for the next layer, and a layout changes what
+the next layer is given (a packed layer's output is contiguous, a weight-first
+one's a transposed view; docs/performance.md, "The layout margin").
 
 Cost: the layouts are timed in ``ROUNDS`` rounds, one after another; in each, at
 each row count, a layout gets one warm-up pass and ``PASSES`` timed passes, and
@@ -232,15 +232,17 @@ def measure_layouts(
     ``deadline``. Each layout's copies are dropped once timed, so start-up holds at
     most one layout's copies beside the model.
     """
-    for round_ in range(ROUNDS):
-        if round_ and time.perf_counter() > deadline:
+    rounds = 0
+    for _ in range(ROUNDS):
+        if rounds and time.perf_counter() > deadline:
             break
         for layout in LAYOUTS:
-            _time_layout(slots, layout, rows, threads, timings, deadline, keep_best=round_ > 0)
+            _time_layout(slots, layout, rows, threads, timings, deadline, keep_best=rounds > 0)
+        rounds += 1
     default = (DEFAULT_LAYOUT, threads)
-    if any(_choose(measured, default) != default for measured in timings.values()):
-        # Before leaving the default, time it again: one slow pass set (a preempted
-        # core, a noisy neighbour) must not decide a layout on its own.
+    if rounds == 1 and any(_choose(measured, default) != default for measured in timings.values()):
+        # Timed in one round only (the budget ran out), the default is timed again
+        # before it is left: one slow pass set must not decide a layout on its own.
         _time_layout(slots, DEFAULT_LAYOUT, rows, threads, timings, deadline, keep_best=True)
 
 

@@ -228,8 +228,7 @@ def test_a_layout_timed_in_one_slow_stretch_is_timed_again_in_the_next_round(
 ) -> None:
     """Passes back to back share a slow stretch of the machine; rounds seconds apart
     do not. Here dense is 2x faster, but the machine was slow while it was first
-    timed: the second round finds it, and it is chosen (the default, timed a third time
-    before it is left, is 10 ms again)."""
+    timed: the second round finds it, and it is chosen."""
     scripted = iter([{"8x8": (10.0,)}, {"8x8": (30.0,)}, {"8x8": (10.0,)}, {"8x8": (5.0,)}])
     again = {"8x8": (10.0,)}
     monkeypatch.setattr(
