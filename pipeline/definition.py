@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from pipeline.definition_tables import (
+    PAIRED_METRICS,
     RELATIVE_TAIL_REQUESTS,
     Bench,
     BenchMetric,
@@ -46,6 +47,7 @@ from pipeline.source import REPO_ROOT
 # The tables' models are part of this module's interface: consumers import them from here.
 __all__ = [
     "DEFAULT_DEFINITION",
+    "PAIRED_METRICS",
     "RELATIVE_TAIL_REQUESTS",
     "Bench",
     "BenchMetric",

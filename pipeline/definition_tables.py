@@ -200,7 +200,10 @@ BenchMetric = Literal[
     "server_errors",
     "tokens_per_s_vs_peer",
     "itl_p50_vs_peer_step",
+    "itl_p50_vs_peer_step_paired",
 ]
+# Metrics taken in turns with the peer at one client (pipeline/bench/paired.py).
+PAIRED_METRICS = ("itl_p50_vs_peer_step_paired",)
 PeerQuantization = Literal["float32", "int8"]
 
 
@@ -225,6 +228,16 @@ class BenchTarget(StrictTable):
             raise ValueError("give exactly one of min or max")
         return value
 
+    @model_validator(mode="after")
+    def _paired_is_one_client(self) -> BenchTarget:
+        """The paired phase times one client against the peer's batch 1, nothing else."""
+        if self.metric in PAIRED_METRICS and (self.concurrency, self.peer_batch or 1) != (1, 1):
+            raise ValueError(
+                f"metric {self.metric!r} is measured at concurrency = 1 against peer_batch = 1; "
+                f"got concurrency = {self.concurrency}, peer_batch = {self.peer_batch}"
+            )
+        return self
+
 
 class Bench(StrictTable):
     """What ``mlcicd bench`` runs (models x concurrency levels) and the targets it reports."""
@@ -242,4 +255,8 @@ class Bench(StrictTable):
     peer_quantizations: tuple[PeerQuantization, ...]
     peer_repeats: int = Field(ge=1)
     peer_processes: int = Field(ge=1)
+    # The one-client comparison taken in turns (pipeline/bench/paired.py): rounds,
+    # and our requests per round, for each model with a paired target.
+    paired_rounds: int = Field(ge=1)
+    paired_requests: int = Field(ge=1)
     targets: tuple[BenchTarget, ...] = ()

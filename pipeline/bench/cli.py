@@ -128,6 +128,8 @@ def _resolve(args: argparse.Namespace) -> tuple[Bench, tuple[ServerKind, ...], b
             warmup_requests=2,
             peer_repeats=1,
             peer_processes=1,
+            paired_rounds=2,
+            paired_requests=1,
         )
     for key in ("models", "concurrency"):
         if getattr(args, key) is not None:
@@ -239,7 +241,7 @@ def _run(
         f"concurrency {list(bench.concurrency)}, servers {servers}, peer {peer}"
     )
     try:
-        cells, floors, peers = run_bench(
+        cells, floors, peers, paired = run_bench(
             bench,
             bench.models,
             bench.concurrency,
@@ -255,7 +257,7 @@ def _run(
         return EXIT_FAILED
     machine["load_average_end"] = list(os.getloadavg())
     weights = {model: int(floor["weights_bytes"]) for model, floor in floors.items()}
-    outcomes = evaluate_targets(bench.targets, cells, weights, peers)
+    outcomes = evaluate_targets(bench.targets, cells, weights, peers, paired)
     command = "mlcicd bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else [])
     document = build_document(
         command=command.strip(),
@@ -274,6 +276,7 @@ def _run(
         },
         cells=cells,
         peers=peers,
+        paired=paired,
         targets=outcomes,
         started_at=started_wall,
         duration_s=time.monotonic() - started,

@@ -115,7 +115,7 @@ def converted_model(model_ref: str, quantization: str, cache_dir: Path | None = 
     return final
 
 
-def _prompt_tokens(model_ref: str) -> list[list[str]]:
+def prompt_tokens(model_ref: str) -> list[list[str]]:
     from transformers import AutoTokenizer
 
     _, directory = model_directory(model_ref)
@@ -155,7 +155,7 @@ def measure_batches(
     generator = ctranslate2.Generator(
         str(converted_model(model_ref, quantization)), device="cpu", intra_threads=threads
     )
-    prompts = _prompt_tokens(model_ref)
+    prompts = prompt_tokens(model_ref)
     cells: list[PeerCell] = []
     rate: float | None = None
     for batch in sorted(set(batches)):

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pipeline.bench.paired import PairedCell
 from pipeline.bench.peer import PeerCell, process_note
 from pipeline.bench.targets import GIB, NOISY_FOREIGN_CORES, Cell, TargetOutcome
 
@@ -39,11 +40,13 @@ def build_document(
     targets: Sequence[TargetOutcome],
     started_at: str,
     duration_s: float,
+    paired: Sequence[PairedCell] = (),
 ) -> dict[str, Any]:
     # A peer slowed by the host flatters every ratio against it, so its processes count too.
     foreign = max(
         [c.foreign_cpu_cores for c in cells if c.skipped is None]
-        + [p.foreign_cpu_cores for p in peers if p.measured],
+        + [p.foreign_cpu_cores for p in peers if p.measured]
+        + [p.foreign_cpu_cores for p in paired if p.measured],
         default=0.0,
     )
     return {
@@ -59,6 +62,7 @@ def build_document(
         "servers": servers,
         "cells": [asdict(c) for c in cells],
         "peers": [asdict(p) for p in peers],
+        "paired": [asdict(p) for p in paired],
         "targets": [asdict(t) for t in targets],
     }
 
@@ -157,6 +161,7 @@ def render_markdown(document: dict[str, Any]) -> str:
             "tokens/s.  "
         )
     lines += _peer_lines(document)
+    lines += _paired_lines(document.get("paired", []))
     lines += [
         "",
         "| target | bound | measured | status | how |",
@@ -232,6 +237,27 @@ def _peer_lines(document: dict[str, Any]) -> list[str]:
             f"| {_ratio(c['tokens_per_s'], int8.get('tokens_per_s'))} "
             f"| {_ratio(c['tokens_per_s'], naive.get('tokens_per_s'))} "
             f"| {'n/a' if itl is None else f'{itl:.1f}'} | {_ratio(itl, fp32.get('step_ms'))} |"
+        )
+    return lines
+
+
+def _paired_lines(paired: list[dict[str, Any]]) -> list[str]:
+    """Each model's one-client rounds against the peer's batch-1 step, taken in turns."""
+    lines: list[str] = []
+    for cell in paired:
+        lines += ["", f"One client against the peer's batch-1 step, in turns ({cell['model']}):"]
+        if cell["skipped"]:
+            lines.append(f"not measured: {cell['skipped']}.")
+            continue
+        rounds = ", ".join(
+            f"{r['ours_itl_ms']:.1f}/{r['peer_step_ms']:.1f}" for r in cell["rounds"]
+        )
+        lines.append(
+            f"{len(cell['rounds'])} rounds of our ITL p50 over {cell['requests_per_round']} "
+            f"requests against the peer's step (fastest of {cell['peer_processes']} processes), "
+            f"ms: {rounds}. Median ratio **{cell['ratio']:.2f}**; medians "
+            f"{cell['ours_itl_ms']:.1f} vs {cell['peer_step_ms']:.1f} ms; foreign cores "
+            f"{cell['foreign_cpu_cores']:.2f}."
         )
     return lines
 

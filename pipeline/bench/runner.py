@@ -7,9 +7,11 @@ end to end (``tests/integration/test_bench_quick.py``).
 
 Each server runs in its own process group on a free 127.0.0.1 port and is
 always stopped (SIGTERM, then SIGKILL) before the next one starts, so two
-servers never compete for the two cores. Left out: running servers in parallel
-(it would halve what each one measures) and retries (a failed cell is recorded
-as failed).
+servers never compete for the two cores. The one exception is the paired phase
+(pipeline/bench/paired.py): our server and the peer's processes are all up, and
+take turns, so only one computes at a time. Left out: running servers in
+parallel (it would halve what each one measures) and retries (a failed cell is
+recorded as failed).
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from typing import Any
 
 from inference.builtin_model import cache_root
 from pipeline import serving
+from pipeline.bench.paired import PairedCell, measure_paired
 from pipeline.bench.peer import PeerCell, process_note, run_peer
 from pipeline.bench.targets import GIB, SERVERS, Cell, ServerKind, cell_from_load, plan_requests
 from pipeline.bench.tree_sampler import TreeSampler
 from pipeline.convert import ctranslate2_candidate, source_directory
-from pipeline.definition import Bench, load_definition
+from pipeline.definition import PAIRED_METRICS, Bench, load_definition
 from pipeline.load.generator import run_load
 from pipeline.processes import ManagedProcess, free_port
 
@@ -167,8 +170,10 @@ def measure_server(
     ready_timeout_s: float = 300.0,
     env: dict[str, str] | None = None,
     engine: str = "torch",
+    after_levels: Callable[[str], None] | None = None,
 ) -> list[Cell]:
-    """Every concurrency level, ascending, against one freshly started server."""
+    """Every concurrency level, ascending, against one freshly started server;
+    then ``after_levels(url)``, while it still runs (the paired phase)."""
     cells: list[Cell] = []
     progress(f"[{model}/{kind}] starting server")
     with running_server(kind, model, log_dir, ready_timeout_s, env, engine) as (url, proc):
@@ -198,6 +203,8 @@ def measure_server(
                 )
         finally:
             sampler.stop()
+        if after_levels is not None:
+            after_levels(url)
     return cells
 
 
@@ -292,8 +299,9 @@ def run_bench(
     torch_threads: int | None = None,
     peer: bool = True,
     engine: str = "torch",
-) -> tuple[list[Cell], dict[str, dict[str, Any]], list[PeerCell]]:
-    """(cells, :func:`model_floor` per model, peer cells), one process at a time.
+) -> tuple[list[Cell], dict[str, dict[str, Any]], list[PeerCell], list[PairedCell]]:
+    """(cells, :func:`model_floor` per model, peer cells, paired cells), one process
+    at a time but for the paired phase, which alternates our server and the peer.
 
     ``torch_threads`` sets ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` for both
     servers alike (and torch's threads for the bare-model timing here); the
@@ -308,19 +316,30 @@ def run_bench(
     cells: list[Cell] = []
     floors: dict[str, dict[str, Any]] = {}
     peers: list[PeerCell] = []
+    paired: list[PairedCell] = []
+    threads = torch.get_num_threads()
+    paired_models = {t.model for t in bench.targets if t.metric in PAIRED_METRICS}
+
+    def pair(model: str, url: str) -> None:
+        paired.append(measure_paired(model, url, bench, threads, progress))
+
     for model in models:
         progress(f"[{model}] loading once: weights size, bare decode step, compute ceiling")
         floors[model] = model_floor(model)
         progress(f"[{model}] {floors[model]}")
-        if peer and not _is_quantized_candidate(model):  # the peer times its own int8
-            threads = torch.get_num_threads()
+        with_peer = peer and not _is_quantized_candidate(model)  # the peer times its own int8
+        if with_peer:
             peers.extend(measure_peer(bench, model, concurrency, threads, progress))
         for kind in servers:
             started = time.monotonic()
-            cells.extend(
-                measure_server(
-                    kind, model, bench, concurrency, log_dir, progress, env=env, engine=engine
-                )
+            after = (
+                functools.partial(pair, model)
+                if kind == "ours" and with_peer and model in paired_models
+                else None
             )
+            cells.extend(measure_server(
+                kind, model, bench, concurrency, log_dir, progress, env=env, engine=engine,
+                after_levels=after,
+            ))  # fmt: skip
             progress(f"[{model}/{kind}] done in {time.monotonic() - started:.0f} s")
-    return cells, floors, peers
+    return cells, floors, peers, paired

@@ -31,8 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pipeline.bench.paired import PairedCell
 from pipeline.bench.peer import PeerCell
-from pipeline.definition import Bench, BenchTarget
+from pipeline.definition import PAIRED_METRICS, Bench, BenchTarget
 from pipeline.load.generator import LoadResult
 
 ServerKind = Literal["ours", "baseline"]
@@ -188,13 +189,29 @@ def _vs_peer(
     return itl / peer.step_ms, f"{itl:.1f} ms vs {peer.step_ms:.1f} ms per step (batch {batch})"
 
 
+def _paired(target: BenchTarget, paired: Sequence[PairedCell]) -> tuple[float | None, str]:
+    """Our one-client ITL over the peer's batch-1 step, in turns (pipeline/bench/paired.py)."""
+    cell = next((c for c in paired if c.model == target.model), None)
+    if cell is None or not cell.measured:
+        why = cell.skipped if cell is not None and cell.skipped else "not run"
+        return None, f"the paired one-client phase: {why}"
+    ratios = [r.ours_itl_ms / r.peer_step_ms for r in cell.rounds]
+    return cell.ratio, (
+        f"median of {len(ratios)} rounds' ratios ({min(ratios):.2f}-{max(ratios):.2f}); "
+        f"medians {cell.ours_itl_ms:.1f} ms vs {cell.peer_step_ms:.1f} ms per step (batch 1)"
+    )
+
+
 def _metric(
     target: BenchTarget,
     cells: Sequence[Cell],
     weights_bytes: dict[str, int],
     peers: Sequence[PeerCell],
+    paired: Sequence[PairedCell],
 ) -> tuple[float | None, str]:
     """(value, how it was obtained or why it is missing) for one target."""
+    if target.metric in PAIRED_METRICS:
+        return _paired(target, paired)
     ours = _find(cells, target.model, "ours", target.concurrency)
     where = f"{target.model} at concurrency {target.concurrency}"
     if ours is None or not ours.measured:
@@ -241,11 +258,12 @@ def evaluate_targets(
     cells: Sequence[Cell],
     weights_bytes: dict[str, int],
     peers: Sequence[PeerCell] = (),
+    paired: Sequence[PairedCell] = (),
 ) -> list[TargetOutcome]:
     """Judge every target against the measured cells; a missing cell is NOT MEASURED."""
     outcomes = []
     for target in targets:
-        value, detail = _metric(target, cells, weights_bytes, peers)
+        value, detail = _metric(target, cells, weights_bytes, peers, paired)
         bound: Literal["min", "max"] = "min" if target.min is not None else "max"
         threshold = target.min if target.min is not None else target.max
         assert threshold is not None

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mlcicd.cli import main
 from pipeline.bench.machine import isa_label
+from pipeline.bench.paired import PairedCell, PairedRound, paired_cell
 from pipeline.bench.peer import PeerCell, fastest_per_batch
 from pipeline.bench.report import build_document, render_markdown, render_plot, write_json
 from pipeline.bench.runner import peer_batches
@@ -209,7 +211,8 @@ def test_peer_throughput_ratio_uses_the_targets_peer_batch_and_fp32(bench: Bench
 
 
 def test_itl_over_the_peers_step_at_batch_one(bench: Bench) -> None:
-    target = _target(bench, "itl_p50_vs_peer_step")
+    paired = _target(bench, "itl_p50_vs_peer_step_paired")
+    target = paired.model_copy(update={"metric": "itl_p50_vs_peer_step"})  # the cells' ratio
     limit = _threshold(target)
     gaps = {"count": 9, "mean_ms": 1.0, "p50_ms": 30.0 * limit * 1.1, "p95_ms": 1.0, "p99_ms": 1}
     ours = _cell(target.model, "ours", target.concurrency, itl_ms=gaps)
@@ -217,6 +220,57 @@ def test_itl_over_the_peers_step_at_batch_one(bench: Bench) -> None:
     [outcome] = evaluate_targets([target], [ours], {}, [peer])
     assert outcome.status == "MISS"
     assert outcome.measured == pytest.approx(limit * 1.1)
+
+
+def _round(ours: float, peer: float) -> PairedRound:
+    return PairedRound(ours_itl_ms=ours, peer_step_ms=peer)
+
+
+def test_the_paired_target_is_the_median_of_its_rounds_ratios(bench: Bench) -> None:
+    """Each round's ratio is taken in one minute of the host; the cells' figures are not."""
+    target = _target(bench, "itl_p50_vs_peer_step_paired")
+    limit = _threshold(target)
+    # A slow minute slows both sides of its round: the ratios stay near 1.1 x the limit.
+    rounds = [_round(11 * limit, 10.0), _round(22 * limit, 20.0), _round(12 * limit, 10.0)]
+    cell = paired_cell(target.model, rounds, requests_per_round=3, peer_processes=2)
+    assert cell.ratio == pytest.approx(1.1 * limit)
+    assert (cell.ours_itl_ms, cell.peer_step_ms) == pytest.approx((12 * limit, 10.0))
+    # The cells disagree (ours 0.5 x the limit over the peer): the paired figure decides.
+    gaps = {"count": 9, "mean_ms": 1.0, "p50_ms": 5.0 * limit, "p95_ms": 1.0, "p99_ms": 1}
+    ours = _cell(target.model, "ours", 1, itl_ms=gaps)
+    [outcome] = evaluate_targets([target], [ours], {}, [_peer(target.model, 1, step_ms=10.0)],
+                                 [cell])  # fmt: skip
+    assert outcome.status == "MISS" and outcome.measured == pytest.approx(1.1 * limit)
+    assert "median of 3 rounds' ratios" in outcome.detail
+    passing = paired_cell(target.model, [_round(0.9 * limit, 1.0)], 3, 2)
+    [good] = evaluate_targets([target], [], {}, [], [passing])
+    assert good.status == "PASS"
+
+
+def test_the_paired_target_is_not_measured_without_its_phase(bench: Bench) -> None:
+    target = _target(bench, "itl_p50_vs_peer_step_paired")
+    ours = _cell(target.model, "ours", 1, itl_ms={"count": 9, "p50_ms": 1.0})
+    [absent] = evaluate_targets([target], [ours], {}, [_peer(target.model, 1, step_ms=10.0)])
+    assert absent.status == "NOT MEASURED" and "not run" in absent.detail
+    failed = PairedCell(target.model, skipped="failed: a peer process failed (exit 1): boom")
+    [outcome] = evaluate_targets([target], [ours], {}, [], [failed])
+    assert outcome.status == "NOT MEASURED" and "boom" in outcome.detail
+
+
+def test_a_paired_target_must_be_one_client_against_batch_one() -> None:
+    from pipeline.definition import read_raw
+
+    raw = json.loads(json.dumps(read_raw()))
+    index, paired = next(
+        (i, t) for i, t in enumerate(raw["bench"]["targets"])
+        if t["metric"] == "itl_p50_vs_peer_step_paired"
+    )  # fmt: skip
+    paired["concurrency"] = 16
+    with pytest.raises(DefinitionError, match=rf"bench\.targets\.{index}.*concurrency = 16"):
+        resolve(raw, "cpu")
+    paired["concurrency"], paired["peer_batch"] = 1, 4
+    with pytest.raises(DefinitionError, match="peer_batch = 4"):
+        resolve(raw, "cpu")
 
 
 def test_peer_targets_are_not_measured_when_the_peer_was_skipped(bench: Bench) -> None:
@@ -299,11 +353,15 @@ def test_a_target_must_have_exactly_one_bound() -> None:
 
 
 def _document(bench: Bench, foreign: float, peer_foreign: float = 0.0) -> dict[str, object]:
+    return build_document(**_document_args(bench, foreign, peer_foreign))
+
+
+def _document_args(bench: Bench, foreign: float = 0.0, peer_foreign: float = 0.0) -> dict[str, Any]:
     records = [_ok(i, 0.1 * (i + 1)) for i in range(5)]
     ours = cell_from_load("builtin", "ours", _load(records, 4, 1.0), GIB // 2, foreign)
     base = cell_from_load("builtin", "baseline", _load(records[:2], 4, 2.0), GIB // 2, 0.0)
     skipped = Cell("builtin", "baseline", 64, skipped="not run: budget")
-    return build_document(
+    return dict(
         command="mlcicd bench --quick",
         machine={"nproc": 2, "cpu_model": "test", "memory_gib": 1, "torch": "x", "cuda": None}
         | {"torch_threads": 2, "isa": "AVX2", "cpu_flags": ["avx2"], "isa_forced": None}
@@ -349,6 +407,17 @@ def test_reports_label_a_noisy_run_and_show_skips(bench: Bench, tmp_path: Path) 
     assert json.loads((tmp_path / "bench.json").read_text())["cells"][2]["skipped"]
     render_plot(noisy, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_report_shows_each_paired_round_and_counts_its_foreign_load(bench: Bench) -> None:
+    cell = paired_cell("builtin", [_round(12.0, 10.0), _round(30.0, 20.0)], 3, 2, 0.4)
+    document = build_document(**{**_document_args(bench), "paired": [cell]})
+    assert document["noisy"] is True and document["paired"][0]["ratio"] == 1.35
+    text = render_markdown(document)
+    assert "ms: 12.0/10.0, 30.0/20.0. Median ratio **1.35**" in text
+    skipped = PairedCell("builtin", skipped="not run: ctranslate2 is not installed")
+    text = render_markdown(build_document(**{**_document_args(bench), "paired": [skipped]}))
+    assert "not measured: not run: ctranslate2 is not installed." in text
 
 
 def test_a_peer_process_slowed_by_the_host_makes_the_run_noisy(bench: Bench) -> None:
@@ -408,3 +477,37 @@ def test_bench_quantize_adds_each_models_int8_candidate_without_a_peer(tmp_path:
     assert bench.models[0] == "builtin" and len(bench.models) == 2
     assert _is_quantized_candidate(bench.models[1]) and not _is_quantized_candidate("builtin")
     assert peer
+
+
+def test_the_paired_phase_follows_our_levels_only_for_models_with_a_paired_target(
+    bench: Bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wiring only: which server gets the phase, and for which model; the phase itself
+    runs for real in tests/integration/test_bench_paired.py."""
+    import pipeline.bench.runner as runner
+
+    target = _target(bench, "itl_p50_vs_peer_step_paired")
+    paired_at: list[tuple[str, str]] = []
+
+    def fake_server(
+        kind: str, model: str, *args: Any, after_levels: Any = None, **kw: Any
+    ) -> list[Cell]:
+        if after_levels is not None:
+            after_levels(f"http://{kind}-{model}")
+        return []
+
+    def fake_paired(model: str, url: str, *args: Any) -> PairedCell:
+        paired_at.append((model, url))
+        return PairedCell(model, skipped="fake")
+
+    monkeypatch.setattr(runner, "model_floor", lambda model: {"weights_bytes": 1})
+    monkeypatch.setattr(runner, "measure_peer", lambda *args: [])
+    monkeypatch.setattr(runner, "measure_server", fake_server)
+    monkeypatch.setattr(runner, "measure_paired", fake_paired)
+    models = ("builtin", target.model)
+    *_, paired = runner.run_bench(bench, models, (1,), tmp_path, lambda _: None)
+    assert paired_at == [(target.model, f"http://ours-{target.model}")]
+    assert [cell.model for cell in paired] == [target.model]
+    paired_at.clear()
+    runner.run_bench(bench, models, (1,), tmp_path, lambda _: None, peer=False)
+    assert paired_at == []  # no peer, no pairing
