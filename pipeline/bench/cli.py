@@ -3,6 +3,8 @@
 Three columns, one run: our server, the naive pipeline server and the peer
 (CTranslate2 in process on the same weights, fp32 and int8; optional extra
 ``peer``: without it the peer's cells say so and its targets read NOT MEASURED).
+The one-client target is taken in turns with the peer, after our server's
+levels (pipeline/bench/paired.py), so both sides meet the same minute of the host.
 
 What runs is the ``bench`` table of the pipeline definition (models,
 concurrency levels, request counts, time budget, targets) for ``--profile``
