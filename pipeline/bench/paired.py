@@ -139,8 +139,11 @@ class _PeerProcess:
             stdin.flush()
         except BrokenPipeError:
             pass  # it died: the read below says why
-        gaps = json.loads(self._answer())
-        return float(statistics.median(gaps))
+        answer = self._answer()
+        try:
+            return float(statistics.median(json.loads(answer)))
+        except (ValueError, TypeError, statistics.StatisticsError) as error:
+            raise PairingError(f"a peer process answered {answer.strip()[:80]!r}") from error
 
     def close(self) -> None:
         with contextlib.suppress(BrokenPipeError, OSError):

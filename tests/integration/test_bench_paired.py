@@ -10,12 +10,13 @@ side becomes a skipped cell that says which side and why, not an exception.
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
-from pipeline.bench.paired import measure_paired
+from pipeline.bench.paired import PairingError, _PeerProcess, measure_paired
 from pipeline.bench.runner import running_server
 from pipeline.definition import Bench, load_definition
 
@@ -66,3 +67,15 @@ def test_a_server_that_does_not_answer_is_a_skipped_cell_naming_it() -> None:
     cell = measure_paired("builtin", "http://127.0.0.1:1", _bench(), 1, lambda _: None)
     assert cell.skipped is not None
     assert cell.skipped.startswith("failed: our server answered 0 of 2 requests")
+
+
+def test_a_peer_answer_that_is_not_gaps_is_a_pairing_error(tmp_path: Path) -> None:
+    """No traceback from a garbled answer: the phase turns it into a skipped cell."""
+    child = "print('ready', flush=True)\nimport sys\nfor _ in sys.stdin: print('oops', flush=True)"
+    peer = _PeerProcess([sys.executable, "-c", child], tmp_path / "peer.err")
+    try:
+        peer.wait_ready()
+        with pytest.raises(PairingError, match="answered 'oops'"):
+            peer.step_ms()
+    finally:
+        peer.close()
