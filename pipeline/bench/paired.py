@@ -41,9 +41,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pipeline.bench.peer import converted_model, peer_version, prompt_tokens
+from pipeline.bench.peer import load_generator, peer_version, prompt_tokens
 from pipeline.bench.tree_sampler import TreeSampler
 from pipeline.convert import INSTALL_HINT
 from pipeline.definition import Bench
@@ -64,6 +63,10 @@ class PairingError(RuntimeError):
 class PairedRound:
     ours_itl_ms: float
     peer_step_ms: float  # the fastest peer process's step in this round
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_itl_ms / self.peer_step_ms
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def paired_cell(
         rounds=tuple(rounds),
         requests_per_round=requests_per_round,
         peer_processes=peer_processes,
-        ratio=round(statistics.median(r.ours_itl_ms / r.peer_step_ms for r in rounds), 4),
+        ratio=round(statistics.median(r.ratio for r in rounds), 4),
         ours_itl_ms=round(statistics.median(r.ours_itl_ms for r in rounds), 3),
         peer_step_ms=round(statistics.median(r.peer_step_ms for r in rounds), 3),
         foreign_cpu_cores=round(foreign_cpu_cores, 3),
@@ -228,13 +231,9 @@ def measure_paired(
 
 def serve_calls(model: str, max_new_tokens: int, threads: int) -> None:
     """The peer's side: load once, say ready, then one batch-1 call per line of input."""
-    import ctranslate2
-
     from inference.ct2_lanes import timed_greedy_call
 
-    generator: Any = ctranslate2.Generator(
-        str(converted_model(model, "float32")), device="cpu", intra_threads=threads
-    )
+    generator = load_generator(model, "float32", threads)
     rows = [prompt_tokens(model)[0]]  # batch 1 of the peer cells: the first prompt
     timed_greedy_call(generator, rows, min(2, max_new_tokens))
     print("ready", flush=True)

@@ -140,6 +140,15 @@ def _time_batch(
     )
 
 
+def load_generator(model_ref: str, quantization: str, threads: int) -> Any:
+    """The peer: CTranslate2's generator on ``model_ref``'s conversion, on ``threads``."""
+    import ctranslate2
+
+    return ctranslate2.Generator(
+        str(converted_model(model_ref, quantization)), device="cpu", intra_threads=threads
+    )
+
+
 def measure_batches(
     model_ref: str,
     quantization: str,
@@ -150,11 +159,7 @@ def measure_batches(
     budget_s: float,
 ) -> list[PeerCell]:
     """Time CTranslate2 at each batch size, ascending, applying the cell budget."""
-    import ctranslate2
-
-    generator = ctranslate2.Generator(
-        str(converted_model(model_ref, quantization)), device="cpu", intra_threads=threads
-    )
+    generator = load_generator(model_ref, quantization, threads)
     prompts = prompt_tokens(model_ref)
     cells: list[PeerCell] = []
     rate: float | None = None

@@ -195,7 +195,7 @@ def _paired(target: BenchTarget, paired: Sequence[PairedCell]) -> tuple[float | 
     if cell is None or not cell.measured:
         why = cell.skipped if cell is not None and cell.skipped else "not run"
         return None, f"the paired one-client phase: {why}"
-    ratios = [r.ours_itl_ms / r.peer_step_ms for r in cell.rounds]
+    ratios = [r.ratio for r in cell.rounds]
     return cell.ratio, (
         f"median of {len(ratios)} rounds' ratios ({min(ratios):.2f}-{max(ratios):.2f}); "
         f"medians {cell.ours_itl_ms:.1f} ms vs {cell.peer_step_ms:.1f} ms per step (batch 1)"
